@@ -1,0 +1,43 @@
+import Fastify, { LogController, type FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import type { BlobCache } from './cache/blobs.js';
+import type { ManifestCache } from './cache/manifests.js';
+import type { Config } from './config/load.js';
+import { OciError } from './oci/errors.js';
+import type { UpstreamClient } from './upstream/client.js';
+import { sendError } from './server/error-handler.js';
+import { registerRequestLog } from './server/plugins/request-log.js';
+import { registerHealthRoutes } from './server/routes/health.js';
+import { registerV2Routes } from './server/routes/v2.js';
+
+/** Everything the HTTP layer needs, built by services.ts. */
+export interface AppDeps {
+  config: Config;
+  log: Logger;
+  blobs: BlobCache;
+  manifests: ManifestCache;
+  upstream: UpstreamClient;
+  ready: () => Promise<boolean>;
+}
+
+/** Builds the HTTP server; no I/O happens until `listen`. */
+export function buildApp(deps: AppDeps): FastifyInstance {
+  const app = Fastify({
+    loggerInstance: deps.log,
+    // One line per request comes from plugins/request-log.ts, with the cache outcome.
+    logController: new LogController({ disableRequestLogging: true }),
+    // HEAD routes are registered by hand: the automatic one would run the GET handler and read the blob.
+    exposeHeadRoutes: false,
+    bodyLimit: 64 * 1024,
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+  }) as unknown as FastifyInstance;
+  app.setErrorHandler((err, request, reply) => sendError(err, request, reply));
+  app.setNotFoundHandler((request, reply) =>
+    sendError(new OciError('NAME_UNKNOWN', 'not found', { status: 404, detail: { path: request.url.split('?')[0]?.slice(0, 200) } }), request, reply),
+  );
+  registerRequestLog(app);
+  registerHealthRoutes(app, deps.ready);
+  registerV2Routes(app, deps);
+  return app;
+}

@@ -1,0 +1,143 @@
+import type { Readable } from 'node:stream';
+import type { Logger } from 'pino';
+import type { RegistryConfig } from '../config/load.js';
+import type { Metadata } from '../db/queries.js';
+import { OciError } from '../oci/errors.js';
+import type { BlobStore } from '../store/blob-store.js';
+import { drain, type UpstreamClient } from '../upstream/client.js';
+import type { Credential } from '../upstream/credentials.js';
+import { errorForUpstreamStatus } from '../upstream/errors.js';
+import { BlobFill } from './fill.js';
+
+/** Where a blob answer comes from, for logs and metrics. */
+export type BlobSource = 'store' | 'inflight' | 'upstream';
+
+/** A blob ready to be served: its size and a way to stream any range of it. */
+export interface BlobAnswer {
+  digest: string;
+  /** Total size, unknown only while an upstream fill without Content-Length is running. */
+  size: number | undefined;
+  source: BlobSource;
+  /** Streams `[start, end]` inclusive. */
+  open(start?: number, end?: number): Readable;
+}
+
+/** Where a blob request goes upstream. */
+export interface BlobRequest {
+  registry: RegistryConfig;
+  repository: string;
+  digest: string;
+  credential?: Credential;
+}
+
+/** Pull-through blobs: serve from the store, else fill once from upstream while streaming to every waiting client. */
+export class BlobCache {
+  private readonly fills = new Map<string, BlobFill>();
+
+  constructor(
+    private readonly deps: { store: BlobStore; metadata: Metadata; upstream: UpstreamClient; log: Logger; fillTimeoutMs: number },
+  ) {}
+
+  /** Answers a GET: stored, joined to a running fill, or a new fill. */
+  async get(req: BlobRequest): Promise<BlobAnswer> {
+    const stored = this.stored(req.digest);
+    if (stored) return stored;
+    let fill = this.fills.get(req.digest);
+    let source: BlobSource = 'inflight';
+    if (!fill) {
+      fill = this.startFill(req);
+      source = 'upstream';
+    }
+    await fill.ready;
+    const running = fill;
+    return { digest: req.digest, size: running.size, source, open: (start, end) => running.createReader(start, end) };
+  }
+
+  /** Answers a HEAD without reading or fetching any body. */
+  async head(req: BlobRequest, signal?: AbortSignal): Promise<{ size: number; source: BlobSource }> {
+    const row = this.deps.metadata.getBlob(req.digest);
+    if (row) return { size: row.size, source: 'store' };
+    const fill = this.fills.get(req.digest);
+    if (fill) {
+      await fill.ready;
+      if (fill.size !== undefined) return { size: fill.size, source: 'inflight' };
+    }
+    const res = await this.deps.upstream.send({
+      registry: req.registry,
+      method: 'HEAD',
+      path: `/v2/${req.repository}/blobs/${req.digest}`,
+      repository: req.repository,
+      ...(req.credential ? { credential: req.credential } : {}),
+      ...(signal ? { signal } : {}),
+    });
+    await drain(res.body);
+    if (res.status !== 200) throw errorForUpstreamStatus(res.status, 'blob', req.registry.host, header(res.headers['retry-after']));
+    const size = Number(res.headers['content-length']);
+    if (!Number.isSafeInteger(size) || size < 0) {
+      throw new OciError('UNAVAILABLE', 'upstream HEAD gave no Content-Length', { status: 502 });
+    }
+    return { size, source: 'upstream' };
+  }
+
+  /** A stored blob's answer, when the store has it. */
+  stored(digest: string): BlobAnswer | undefined {
+    const row = this.deps.metadata.getBlob(digest);
+    if (!row) return undefined;
+    this.deps.metadata.touch(digest);
+    const store = this.deps.store;
+    return { digest, size: row.size, source: 'store', open: (start, end) => store.openRead(digest, start, end) };
+  }
+
+  /** Number of fills under way. */
+  get activeFills(): number {
+    return this.fills.size;
+  }
+
+  /** Resolves when every running fill has ended (for orderly shutdown and tests). */
+  async settle(): Promise<void> {
+    await Promise.allSettled([...this.fills.values()].map((f) => f.done));
+  }
+
+  private startFill(req: BlobRequest): BlobFill {
+    const { store, metadata, upstream, log } = this.deps;
+    const fill = new BlobFill(req.digest, store);
+    this.fills.set(req.digest, fill);
+    // The fill owns its lifetime: a client that disconnects detaches its reader, the download goes on.
+    const signal = AbortSignal.timeout(this.deps.fillTimeoutMs);
+    const flog = log.child({ registry: req.registry.host, repository: req.repository, digest: req.digest });
+    void fill
+      .run(
+        async () => {
+          const res = await upstream.send({
+            registry: req.registry,
+            method: 'GET',
+            path: `/v2/${req.repository}/blobs/${req.digest}`,
+            repository: req.repository,
+            signal,
+            ...(req.credential ? { credential: req.credential } : {}),
+          });
+          if (res.status !== 200) {
+            await drain(res.body);
+            throw errorForUpstreamStatus(res.status, 'blob', req.registry.host, header(res.headers['retry-after']));
+          }
+          const length = Number(res.headers['content-length']);
+          return { body: res.body, size: Number.isSafeInteger(length) && length >= 0 ? length : undefined };
+        },
+        (size) => {
+          metadata.insertBlob(req.digest, size, null);
+          metadata.linkRepository(req.registry.host, req.repository, req.digest);
+        },
+      )
+      .then(() => {
+        if (fill.state === 'committed') flog.info({ size: fill.written }, 'blob stored');
+        else flog.warn({ err: fill.error }, 'blob fill failed');
+      })
+      .finally(() => this.fills.delete(req.digest));
+    return fill;
+  }
+}
+
+/** First value of a header that may repeat. */
+export function header(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}

@@ -1,0 +1,198 @@
+import { EventEmitter } from 'node:events';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { createDigester, parseDigest } from '../oci/digest.js';
+import { OciError } from '../oci/errors.js';
+import type { BlobStore, TempFile } from '../store/blob-store.js';
+
+/** Bytes read per positional read when serving from a growing file. */
+const READ_CHUNK = 1024 * 1024;
+
+type FillState = 'filling' | 'committed' | 'failed';
+
+/**
+ * One upstream download of one digest into a temp file, readable by any number of clients while it grows.
+ *
+ * Readers never get the last byte before the digest is verified and the file committed, so a body that fails
+ * verification is never delivered complete. Clients come and go; the fill runs to completion on its own signal.
+ */
+export class BlobFill extends EventEmitter {
+  /** Bytes durably written to the temp file so far. */
+  written = 0;
+  state: FillState = 'filling';
+  error: unknown;
+  /** Size announced by the upstream (Content-Length), when it sent one. */
+  expectedSize: number | undefined;
+  /** Resolves once the upstream answered with a body (or rejects with its error). */
+  readonly ready: Promise<void>;
+  /** Resolves when the fill is committed; rejects when it fails. */
+  readonly done: Promise<void>;
+
+  private temp: TempFile | undefined;
+  private readers = 0;
+  private closed = false;
+  private resolveReady!: () => void;
+  private rejectReady!: (err: unknown) => void;
+  private resolveDone!: () => void;
+  private rejectDone!: (err: unknown) => void;
+
+  constructor(
+    readonly digest: string,
+    private readonly store: BlobStore,
+  ) {
+    super();
+    this.setMaxListeners(0);
+    this.ready = new Promise((res, rej) => {
+      this.resolveReady = res;
+      this.rejectReady = rej;
+    });
+    this.done = new Promise((res, rej) => {
+      this.resolveDone = res;
+      this.rejectDone = rej;
+    });
+    // Nobody may be waiting on these when a fill fails; avoid unhandled rejections.
+    this.ready.catch(() => undefined);
+    this.done.catch(() => undefined);
+  }
+
+  /**
+   * Streams `body` into a temp file, verifying size and digest, then commits it and calls `onCommit`
+   * (which writes the database row) before readers may see the final byte.
+   */
+  async run(open: () => Promise<{ body: Readable; size: number | undefined }>, onCommit: (size: number) => void): Promise<void> {
+    try {
+      const { body, size } = await open();
+      this.expectedSize = size;
+      try {
+        this.temp = await this.store.createTemp();
+      } catch (err) {
+        body.destroy();
+        throw err;
+      }
+      this.resolveReady();
+      const algorithm = parseDigest(this.digest).algorithm;
+      const hash = createDigester(algorithm);
+      await pipeline(body, this.fileWriter(this.temp.handle, hash));
+      if (size !== undefined && this.written !== size) {
+        throw new OciError('SIZE_INVALID', 'upstream body size does not match Content-Length', { status: 502 });
+      }
+      const actual = `${algorithm}:${hash.digest('hex')}`;
+      if (actual !== this.digest) {
+        throw new OciError('DIGEST_INVALID', 'upstream content does not match its digest', { status: 502, detail: { digest: this.digest } });
+      }
+      await this.store.commit(this.temp, this.digest);
+      onCommit(this.written);
+      this.state = 'committed';
+      this.resolveDone();
+    } catch (err) {
+      this.state = 'failed';
+      this.error = err;
+      this.rejectReady(err);
+      this.rejectDone(err);
+      if (this.temp) await this.store.discard(this.temp).catch(() => undefined);
+    } finally {
+      this.emit('change');
+      await this.maybeClose();
+    }
+  }
+
+  /** Final size when known: committed size, else the announced one. */
+  get size(): number | undefined {
+    return this.state === 'committed' ? this.written : this.expectedSize;
+  }
+
+  /** A stream of bytes `[start, end]` (inclusive; end undefined = to the end) that follows the growing file. */
+  createReader(start = 0, end?: number): Readable {
+    // A late reader of a fill that already committed and let go of its temp file reads the stored file.
+    if (this.closed && this.state === 'committed') return this.store.openRead(this.digest, start, end);
+    const fill = this;
+    let position = start;
+    let reading = false;
+    this.readers++;
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      fill.readers--;
+      fill.off('change', wake);
+      void fill.maybeClose();
+    };
+    const stream = new Readable({
+      highWaterMark: READ_CHUNK,
+      read() {
+        void pump();
+      },
+      destroy(err, cb) {
+        release();
+        cb(err);
+      },
+    });
+    const wake = (): void => {
+      if (!reading) void pump();
+    };
+    this.on('change', wake);
+
+    async function pump(): Promise<void> {
+      if (reading || stream.destroyed) return;
+      reading = true;
+      try {
+        for (;;) {
+          if (fill.state === 'failed') {
+            stream.destroy(fill.error instanceof Error ? fill.error : new Error('fill failed'));
+            return;
+          }
+          const last = end ?? Number.POSITIVE_INFINITY;
+          // Hold back the final byte until verified: an unverified body is never delivered complete.
+          const available = fill.state === 'committed' ? fill.written : fill.written - 1;
+          if (position > last || (fill.state === 'committed' && position >= fill.written)) {
+            stream.push(null);
+            release();
+            return;
+          }
+          const upTo = Math.min(available, last + 1);
+          if (position >= upTo || !fill.temp) return; // wait for 'change'
+          const length = Math.min(READ_CHUNK, upTo - position);
+          const buffer = Buffer.allocUnsafe(length);
+          const { bytesRead } = await fill.temp.handle.read(buffer, 0, length, position);
+          if (stream.destroyed) return;
+          position += bytesRead;
+          if (!stream.push(bytesRead === length ? buffer : buffer.subarray(0, bytesRead))) return;
+        }
+      } catch (err) {
+        stream.destroy(err as Error);
+      } finally {
+        reading = false;
+      }
+    }
+    return stream;
+  }
+
+  private fileWriter(handle: FileHandle, hash: ReturnType<typeof createDigester>): Writable {
+    const fill = this;
+    return new Writable({
+      highWaterMark: READ_CHUNK,
+      write(chunk: Buffer, _encoding, callback) {
+        if (fill.expectedSize !== undefined && fill.written + chunk.length > fill.expectedSize) {
+          callback(new OciError('SIZE_INVALID', 'upstream body is longer than its Content-Length', { status: 502 }));
+          return;
+        }
+        hash.update(chunk);
+        handle.write(chunk, 0, chunk.length, fill.written).then(
+          ({ bytesWritten }) => {
+            fill.written += bytesWritten;
+            fill.emit('change');
+            callback();
+          },
+          (err: Error) => callback(err),
+        );
+      },
+    });
+  }
+
+  private async maybeClose(): Promise<void> {
+    if (this.closed || this.state === 'filling' || this.readers > 0 || !this.temp) return;
+    this.closed = true;
+    await this.temp.handle.close().catch(() => undefined);
+  }
+}

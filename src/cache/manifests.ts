@@ -1,0 +1,236 @@
+import type { Logger } from 'pino';
+import type { RegistryConfig } from '../config/load.js';
+import type { ManifestRef, Metadata } from '../db/queries.js';
+import { digestOf, parseDigest } from '../oci/digest.js';
+import { OciError, isOciError } from '../oci/errors.js';
+import { MANIFEST_MEDIA_TYPES, accepts, isIndexMediaType, manifestMediaType, type ParsedManifestJson } from '../oci/media-types.js';
+import type { BlobStore } from '../store/blob-store.js';
+import { drain, type UpstreamClient, type UpstreamResponse } from '../upstream/client.js';
+import type { Credential } from '../upstream/credentials.js';
+import { errorForUpstreamStatus } from '../upstream/errors.js';
+import { header } from './blobs.js';
+import { Singleflight } from './inflight.js';
+
+/** Manifests are small documents; anything bigger is refused rather than buffered. */
+export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+
+/** Where a manifest answer comes from. */
+export type ManifestSource = 'store' | 'upstream' | 'revalidated' | 'stale';
+
+/** A manifest ready to be served. */
+export interface ManifestAnswer {
+  digest: string;
+  mediaType: string;
+  size: number;
+  source: ManifestSource;
+  /** The exact stored bytes; absent for HEAD. */
+  bytes?: Buffer;
+}
+
+/** A manifest request, upstream already chosen. */
+export interface ManifestRequest {
+  registry: RegistryConfig;
+  repository: string;
+  reference: string;
+  isDigest: boolean;
+  /** The client's Accept list (parsed). */
+  accept: readonly string[];
+  method: 'GET' | 'HEAD';
+  credential?: Credential;
+}
+
+const UPSTREAM_ACCEPT = MANIFEST_MEDIA_TYPES.join(', ');
+
+/** Pull-through manifests: by digest forever from the store; by tag revalidated upstream after `tagTtl`. */
+export class ManifestCache {
+  private readonly byDigest = new Singleflight<ManifestAnswer>();
+  private readonly byTag = new Singleflight<ManifestAnswer>();
+
+  constructor(
+    private readonly deps: { store: BlobStore; metadata: Metadata; upstream: UpstreamClient; log: Logger; tagTtlMs: number },
+  ) {}
+
+  /** Resolves a manifest request to stored bytes, fetching or revalidating upstream as needed. */
+  async get(req: ManifestRequest): Promise<ManifestAnswer> {
+    const answer = req.isDigest ? await this.getByDigest(req) : await this.getByTag(req);
+    return this.withBytes(answer, req.method);
+  }
+
+  private async getByDigest(req: ManifestRequest): Promise<ManifestAnswer> {
+    const row = this.deps.metadata.getManifest(req.reference);
+    if (row) {
+      this.deps.metadata.touch(row.digest);
+      return { ...row, source: 'store' };
+    }
+    // A manifest by digest never changes: one upstream GET, ever, per digest.
+    return this.byDigest.run(req.reference, () => this.fetch(req, req.reference, UPSTREAM_ACCEPT, req.reference));
+  }
+
+  private async getByTag(req: ManifestRequest): Promise<ManifestAnswer> {
+    const { metadata } = this.deps;
+    const tagRow = metadata.getTag(req.registry.host, req.repository, req.reference);
+    const known = tagRow && metadata.getManifest(tagRow.digest);
+    const fresh = tagRow !== undefined && Date.now() - tagRow.fetchedAt < this.deps.tagTtlMs;
+    let answer: ManifestAnswer;
+    if (known && fresh) {
+      metadata.touch(known.digest);
+      answer = { ...known, source: 'store' };
+    } else {
+      const key = `${req.registry.host}/${req.repository}:${req.reference}`;
+      answer = await this.byTag.run(key, () => this.resolveTag(req));
+    }
+    if (accepts(req.accept, answer.mediaType)) return answer;
+    // The client cannot take the type this tag resolves to (e.g. an index for a client that wants one image):
+    // ask upstream with the client's own Accept; cache by digest, leave the tag's answer alone.
+    return this.fetch(req, req.reference, req.accept.join(', '), undefined);
+  }
+
+  /** HEADs the tag upstream; refetches only when the digest changed. Serves the last known digest if the upstream is down. */
+  private async resolveTag(req: ManifestRequest): Promise<ManifestAnswer> {
+    const { metadata, log } = this.deps;
+    const tagRow = metadata.getTag(req.registry.host, req.repository, req.reference);
+    const known = tagRow && metadata.getManifest(tagRow.digest);
+    if (!known) return this.fetchTag(req);
+    try {
+      const res = await this.send(req, 'HEAD', req.reference, UPSTREAM_ACCEPT);
+      await drain(res.body);
+      if (res.status !== 200) throw errorForUpstreamStatus(res.status, 'manifest', req.registry.host, header(res.headers['retry-after']));
+      const digest = header(res.headers['docker-content-digest']);
+      if (digest === known.digest) {
+        metadata.putTag(req.registry.host, req.repository, req.reference, digest);
+        return { ...known, source: 'revalidated' };
+      }
+      if (digest) {
+        const stored = metadata.getManifest(digest);
+        if (stored) {
+          metadata.putTag(req.registry.host, req.repository, req.reference, digest);
+          return { ...stored, source: 'revalidated' };
+        }
+      }
+      return await this.fetchTag(req);
+    } catch (err) {
+      if (isUpstreamOutage(err)) {
+        log.warn(
+          { registry: req.registry.host, repository: req.repository, tag: req.reference, digest: known.digest, err: errSummary(err) },
+          'upstream unavailable; serving last known digest for tag',
+        );
+        return { ...known, source: 'stale' };
+      }
+      throw err;
+    }
+  }
+
+  private async fetchTag(req: ManifestRequest): Promise<ManifestAnswer> {
+    const answer = await this.fetch(req, req.reference, UPSTREAM_ACCEPT, undefined);
+    this.deps.metadata.putTag(req.registry.host, req.repository, req.reference, answer.digest);
+    return answer;
+  }
+
+  /** GETs a manifest upstream, verifies it against `expectedDigest` (or the upstream's claim), stores it. */
+  private async fetch(req: ManifestRequest, reference: string, accept: string, expectedDigest: string | undefined): Promise<ManifestAnswer> {
+    const res = await this.send(req, 'GET', reference, accept);
+    if (res.status !== 200) {
+      await drain(res.body);
+      throw errorForUpstreamStatus(res.status, 'manifest', req.registry.host, header(res.headers['retry-after']));
+    }
+    const bytes = await readManifestBody(res);
+    const algorithm = expectedDigest ? parseDigest(expectedDigest).algorithm : 'sha256';
+    const digest = digestOf(bytes, algorithm);
+    const claimed = header(res.headers['docker-content-digest']);
+    if (expectedDigest && digest !== expectedDigest) {
+      throw new OciError('DIGEST_INVALID', 'upstream manifest does not match the requested digest', { status: 502, detail: { digest: expectedDigest } });
+    }
+    if (!expectedDigest && claimed && claimed.startsWith('sha256:') && claimed !== digest) {
+      throw new OciError('DIGEST_INVALID', 'upstream manifest does not match its Docker-Content-Digest', { status: 502 });
+    }
+    const parsed = parseManifest(bytes);
+    const contentType = header(res.headers['content-type'])?.split(';')[0]?.trim();
+    const mediaType = contentType && MANIFEST_MEDIA_TYPES.includes(contentType) ? contentType : manifestMediaType(parsed, contentType);
+    const existing = this.deps.metadata.getManifest(digest);
+    if (!existing) {
+      await this.deps.store.writeSmall(digest, bytes);
+      this.deps.metadata.insertManifest({ digest, size: bytes.length, mediaType }, manifestRefs(parsed, mediaType), {
+        registry: req.registry.host,
+        repository: req.repository,
+      });
+      this.deps.log.info({ registry: req.registry.host, repository: req.repository, digest, mediaType }, 'manifest stored');
+    }
+    return { digest, size: bytes.length, mediaType: existing?.mediaType ?? mediaType, source: 'upstream', bytes };
+  }
+
+  private send(req: ManifestRequest, method: 'GET' | 'HEAD', reference: string, accept: string): Promise<UpstreamResponse> {
+    return this.deps.upstream.send({
+      registry: req.registry,
+      method,
+      path: `/v2/${req.repository}/manifests/${reference}`,
+      headers: { accept },
+      repository: req.repository,
+      ...(req.credential ? { credential: req.credential } : {}),
+    });
+  }
+
+  private async withBytes(answer: ManifestAnswer, method: 'GET' | 'HEAD'): Promise<ManifestAnswer> {
+    if (method === 'HEAD') {
+      const { bytes: _omit, ...rest } = answer;
+      return rest;
+    }
+    if (answer.bytes) return answer;
+    return { ...answer, bytes: await this.deps.store.readSmall(answer.digest) };
+  }
+}
+
+/** Upstream trouble during which a known tag answer may be served: unreachable, 5xx, timeouts, rate limits. */
+function isUpstreamOutage(err: unknown): boolean {
+  return isOciError(err) && (err.status >= 500 || err.code === 'TOOMANYREQUESTS');
+}
+
+function errSummary(err: unknown): { code?: string; message?: string } {
+  return isOciError(err) ? { code: err.code, message: err.message } : { message: String(err) };
+}
+
+async function readManifestBody(res: UpstreamResponse): Promise<Buffer> {
+  const declared = Number(res.headers['content-length']);
+  if (Number.isFinite(declared) && declared > MAX_MANIFEST_BYTES) {
+    res.body.destroy();
+    throw new OciError('MANIFEST_INVALID', 'upstream manifest exceeds 4 MiB', { status: 502 });
+  }
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of res.body as AsyncIterable<Buffer>) {
+    total += chunk.length;
+    if (total > MAX_MANIFEST_BYTES) {
+      res.body.destroy();
+      throw new OciError('MANIFEST_INVALID', 'upstream manifest exceeds 4 MiB', { status: 502 });
+    }
+    chunks.push(chunk);
+  }
+  if (Number.isFinite(declared) && declared !== total) {
+    throw new OciError('SIZE_INVALID', 'upstream manifest is shorter than its Content-Length', { status: 502 });
+  }
+  return Buffer.concat(chunks);
+}
+
+function parseManifest(bytes: Buffer): ParsedManifestJson {
+  try {
+    const parsed = JSON.parse(bytes.toString('utf8')) as unknown;
+    if (typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed)) return parsed as ParsedManifestJson;
+  } catch {
+    // fall through
+  }
+  throw new OciError('MANIFEST_INVALID', 'upstream manifest is not a JSON object', { status: 502 });
+}
+
+/** What a manifest references: child manifests of an index, config and layers of an image. */
+export function manifestRefs(parsed: ParsedManifestJson, mediaType: string): ManifestRef[] {
+  const refs: ManifestRef[] = [];
+  const add = (d: unknown, kind: ManifestRef['kind']): void => {
+    if (typeof d === 'string' && /^sha(256|512):[a-f0-9]+$/.test(d)) refs.push({ child: d, kind });
+  };
+  if (isIndexMediaType(mediaType)) {
+    for (const m of parsed.manifests ?? []) add(m.digest, 'manifest');
+  } else {
+    add(parsed.config?.digest, 'blob');
+    for (const l of parsed.layers ?? []) add(l.digest, 'blob');
+  }
+  return refs;
+}

@@ -1,0 +1,160 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { Value } from '@sinclair/typebox/value';
+import { parse as parseYaml } from 'yaml';
+import { canonicalRegistry } from '../oci/reference.js';
+import { parseDuration } from './duration.js';
+import { ConfigSchema, type RawConfig } from './schema.js';
+
+/** A configured upstream registry, resolved. */
+export interface RegistryConfig {
+  host: string;
+  url: URL;
+  /** Node-wide Basic credentials for this registry, when configured. */
+  username?: string;
+  password?: string;
+}
+
+/** The validated, frozen configuration the process runs on. */
+export interface Config {
+  listen: { host: string; port: number };
+  storage: string;
+  defaultRegistry: string;
+  registries: ReadonlyMap<string, RegistryConfig>;
+  tagTtlMs: number;
+  logLevel: RawConfig['logLevel'];
+  upstreamConnectTimeoutMs: number;
+  upstreamHeadersTimeoutMs: number;
+  upstreamBodyTimeoutMs: number;
+  fillTimeoutMs: number;
+}
+
+/** A configuration problem, reported at startup with the key that caused it. */
+export class ConfigError extends Error {
+  constructor(
+    readonly key: string,
+    message: string,
+  ) {
+    super(`invalid configuration: ${key}: ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+const ENV_PREFIX = 'REGISTRY_CACHE_';
+
+/** `tagTtl` → `REGISTRY_CACHE_TAG_TTL`. */
+export function envNameFor(key: string): string {
+  return ENV_PREFIX + key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase();
+}
+
+/**
+ * Loads config: defaults, then the YAML file, then `REGISTRY_CACHE_*` env vars (values parsed as YAML,
+ * so `REGISTRY_CACHE_REGISTRIES='{"ghcr.io": {url: "https://ghcr.io"}}'` works). Throws ConfigError.
+ */
+export function loadConfig(options: { file?: string; env?: NodeJS.ProcessEnv; overrides?: Record<string, unknown> } = {}): Config {
+  const env = options.env ?? process.env;
+  let fromFile: Record<string, unknown> = {};
+  if (options.file !== undefined) {
+    let text: string;
+    try {
+      text = readFileSync(options.file, 'utf8');
+    } catch (err) {
+      throw new ConfigError('--config', `cannot read ${options.file}: ${(err as Error).message}`);
+    }
+    let parsed: unknown;
+    try {
+      parsed = parseYaml(text);
+    } catch (err) {
+      throw new ConfigError('--config', `${options.file} is not valid YAML: ${(err as Error).message}`);
+    }
+    if (parsed !== null && parsed !== undefined) {
+      if (typeof parsed !== 'object' || Array.isArray(parsed)) throw new ConfigError('--config', `${options.file} must hold a mapping`);
+      fromFile = parsed as Record<string, unknown>;
+    }
+  }
+  const knownKeys = Object.keys(ConfigSchema.properties);
+  const fromEnv: Record<string, unknown> = {};
+  for (const key of knownKeys) {
+    const value = env[envNameFor(key)];
+    if (value === undefined) continue;
+    try {
+      fromEnv[key] = parseYaml(value);
+    } catch {
+      throw new ConfigError(key, `${envNameFor(key)} is not valid YAML`);
+    }
+  }
+  for (const name of Object.keys(env)) {
+    if (name.startsWith(ENV_PREFIX) && !knownKeys.some((k) => envNameFor(k) === name)) {
+      throw new ConfigError(name, 'unknown environment variable');
+    }
+  }
+  const merged: Record<string, unknown> = { ...fromFile, ...fromEnv, ...(options.overrides ?? {}) };
+  for (const [k, v] of Object.entries(merged)) if (v === null) delete merged[k];
+  const withDefaults = Value.Default(ConfigSchema, Value.Clone(merged));
+  const first = Value.Errors(ConfigSchema, withDefaults).First();
+  if (first) {
+    const key = pointerToKey(first.path) || '(root)';
+    const hint = /unexpected property/i.test(first.message) ? 'unknown key' : first.message;
+    throw new ConfigError(key, hint);
+  }
+  return finalize(withDefaults as RawConfig);
+}
+
+function pointerToKey(path: string): string {
+  return path
+    .split('/')
+    .filter(Boolean)
+    .map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'))
+    .join('.');
+}
+
+function duration(key: string, value: string): number {
+  const ms = parseDuration(value);
+  if (ms === undefined) throw new ConfigError(key, `"${value}" is not a duration (examples: 0s, 500ms, 1m30s)`);
+  return ms;
+}
+
+function finalize(raw: RawConfig): Config {
+  const listen = parseListen('listen', raw.listen);
+  const registries = new Map<string, RegistryConfig>();
+  for (const [hostKey, reg] of Object.entries(raw.registries)) {
+    const host = canonicalRegistry(hostKey);
+    if (!/^[a-z0-9.-]+(?::[0-9]{1,5})?$/.test(host)) throw new ConfigError(`registries.${hostKey}`, 'not a registry host[:port]');
+    let url: URL;
+    try {
+      url = new URL(reg.url);
+    } catch {
+      throw new ConfigError(`registries.${hostKey}.url`, `"${reg.url}" is not a URL`);
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(`registries.${hostKey}.url`, 'must be http:// or https://');
+    if (url.username || url.password) throw new ConfigError(`registries.${hostKey}.url`, 'put credentials in username/password, not the URL');
+    if ((reg.username === undefined) !== (reg.password === undefined)) {
+      throw new ConfigError(`registries.${hostKey}`, 'username and password go together');
+    }
+    const entry: RegistryConfig = { host, url };
+    if (reg.username !== undefined) entry.username = reg.username;
+    if (reg.password !== undefined) entry.password = reg.password;
+    registries.set(host, Object.freeze(entry));
+  }
+  const defaultRegistry = canonicalRegistry(raw.defaultRegistry);
+  if (!registries.has(defaultRegistry)) throw new ConfigError('defaultRegistry', `"${raw.defaultRegistry}" is not one of registries`);
+  return Object.freeze({
+    listen,
+    storage: resolve(raw.storage),
+    defaultRegistry,
+    registries,
+    tagTtlMs: duration('tagTtl', raw.tagTtl),
+    logLevel: raw.logLevel,
+    upstreamConnectTimeoutMs: duration('upstreamConnectTimeout', raw.upstreamConnectTimeout),
+    upstreamHeadersTimeoutMs: duration('upstreamHeadersTimeout', raw.upstreamHeadersTimeout),
+    upstreamBodyTimeoutMs: duration('upstreamBodyTimeout', raw.upstreamBodyTimeout),
+    fillTimeoutMs: duration('fillTimeout', raw.fillTimeout),
+  });
+}
+
+function parseListen(key: string, value: string): { host: string; port: number } {
+  const m = /^(\[[0-9a-fA-F:]+\]|[^:]+):(\d{1,5})$/.exec(value);
+  const port = m ? Number(m[2]) : NaN;
+  if (!m || port > 65535) throw new ConfigError(key, `"${value}" is not host:port`);
+  return { host: (m[1] as string).replace(/^\[|\]$/g, ''), port };
+}

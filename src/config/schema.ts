@@ -1,0 +1,43 @@
+import { Type, type Static } from '@sinclair/typebox';
+
+const Duration = Type.String({ description: 'Go-style duration: 0s, 500ms, 1m30s, 2h' });
+
+/** One upstream registry the cache may contact. */
+export const RegistrySchema = Type.Object(
+  {
+    url: Type.String({ description: 'Base URL of the registry API, http(s)://host[:port]' }),
+    username: Type.Optional(Type.String()),
+    password: Type.Optional(Type.String()),
+  },
+  { additionalProperties: false },
+);
+
+/** The whole configuration file; every key is optional and has a frozen default. */
+export const ConfigSchema = Type.Object(
+  {
+    listen: Type.String({ default: '127.0.0.1:5000' }),
+    storage: Type.String({ default: './storage' }),
+    defaultRegistry: Type.String({ default: 'docker.io' }),
+    registries: Type.Record(Type.String(), RegistrySchema, {
+      default: {
+        'docker.io': { url: 'https://registry-1.docker.io' },
+        'ghcr.io': { url: 'https://ghcr.io' },
+        'quay.io': { url: 'https://quay.io' },
+        'registry.k8s.io': { url: 'https://registry.k8s.io' },
+      },
+    }),
+    tagTtl: Type.String({ ...Duration, default: '0s' }),
+    logLevel: Type.Union(
+      ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
+      { default: 'info' },
+    ),
+    upstreamConnectTimeout: Type.String({ ...Duration, default: '500ms' }),
+    upstreamHeadersTimeout: Type.String({ ...Duration, default: '30s' }),
+    upstreamBodyTimeout: Type.String({ ...Duration, default: '60s' }),
+    fillTimeout: Type.String({ ...Duration, default: '1h' }),
+  },
+  { additionalProperties: false },
+);
+
+/** The configuration as written (strings for durations). */
+export type RawConfig = Static<typeof ConfigSchema>;

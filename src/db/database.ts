@@ -1,0 +1,29 @@
+import Database from 'better-sqlite3';
+import { MIGRATIONS } from './migrations.js';
+
+/** A better-sqlite3 connection. */
+export type Db = Database.Database;
+
+/** Opens the metadata database with WAL and the pragmas a small, write-light cache wants; migrates it. */
+export function openDatabase(file: string): Db {
+  const db = new Database(file);
+  db.pragma('journal_mode = WAL');
+  // NORMAL is durable across process crashes in WAL mode; a power cut may lose the last rows, never files.
+  db.pragma('synchronous = NORMAL');
+  db.pragma('foreign_keys = ON');
+  db.pragma('busy_timeout = 5000');
+  migrate(db);
+  return db;
+}
+
+function migrate(db: Db): void {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  for (let i = current; i < MIGRATIONS.length; i++) {
+    const migration = MIGRATIONS[i];
+    if (!migration) break;
+    db.transaction(() => {
+      db.exec(migration.sql);
+      db.pragma(`user_version = ${i + 1}`);
+    })();
+  }
+}

@@ -1,0 +1,46 @@
+/** Schema migrations, applied in order; `user_version` records how many ran. Never edit a shipped one. */
+export const MIGRATIONS: readonly { name: string; sql: string }[] = [
+  {
+    name: '001-initial',
+    sql: `
+      -- One row per complete, verified file under blobs/ (manifests included).
+      CREATE TABLE blobs (
+        digest      TEXT PRIMARY KEY,
+        size        INTEGER NOT NULL,
+        media_type  TEXT,
+        created_at  INTEGER NOT NULL,
+        last_access INTEGER NOT NULL
+      ) STRICT;
+      -- Blobs that are manifests, with the media type they were served with.
+      CREATE TABLE manifests (
+        digest     TEXT PRIMARY KEY REFERENCES blobs(digest) ON DELETE CASCADE,
+        media_type TEXT NOT NULL
+      ) STRICT;
+      -- What each manifest references: child manifests of an index, config and layers of an image.
+      CREATE TABLE manifest_refs (
+        manifest TEXT NOT NULL REFERENCES manifests(digest) ON DELETE CASCADE,
+        child    TEXT NOT NULL,
+        kind     TEXT NOT NULL CHECK (kind IN ('manifest', 'blob')),
+        PRIMARY KEY (manifest, child)
+      ) STRICT, WITHOUT ROWID;
+      CREATE INDEX manifest_refs_child ON manifest_refs(child);
+      -- Tag → digest answers from upstreams, with when they were last confirmed.
+      CREATE TABLE tags (
+        registry   TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        tag        TEXT NOT NULL,
+        digest     TEXT NOT NULL,
+        fetched_at INTEGER NOT NULL,
+        PRIMARY KEY (registry, repository, tag)
+      ) STRICT, WITHOUT ROWID;
+      -- Which repositories of which registries each digest was fetched through.
+      CREATE TABLE repository_digests (
+        registry   TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        digest     TEXT NOT NULL,
+        PRIMARY KEY (registry, repository, digest)
+      ) STRICT, WITHOUT ROWID;
+      CREATE INDEX repository_digests_digest ON repository_digests(digest);
+    `,
+  },
+];

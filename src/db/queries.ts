@@ -1,0 +1,159 @@
+import type { Statement } from 'better-sqlite3';
+import type { Db } from './database.js';
+
+/** A stored blob's metadata. */
+export interface BlobRow {
+  digest: string;
+  size: number;
+  mediaType: string | null;
+}
+
+/** A stored manifest's metadata. */
+export interface ManifestRow {
+  digest: string;
+  size: number;
+  mediaType: string;
+}
+
+/** A tag's last known digest. */
+export interface TagRow {
+  digest: string;
+  fetchedAt: number;
+}
+
+/** A manifest's reference to a child manifest or a blob. */
+export interface ManifestRef {
+  child: string;
+  kind: 'manifest' | 'blob';
+}
+
+/** How often batched last-access updates are written; access times need not be exact. */
+const TOUCH_FLUSH_MS = 5_000;
+
+/** Typed, prepared queries over the metadata database. Short transactions only: better-sqlite3 blocks. */
+export class Metadata {
+  private readonly stmt: {
+    getBlob: Statement<[string], { digest: string; size: number; media_type: string | null }>;
+    insertBlob: Statement<[string, number, string | null, number, number]>;
+    getManifest: Statement<[string], { digest: string; size: number; media_type: string }>;
+    insertManifest: Statement<[string, string]>;
+    insertRef: Statement<[string, string, string]>;
+    getTag: Statement<[string, string, string], { digest: string; fetched_at: number }>;
+    putTag: Statement<[string, string, string, string, number]>;
+    link: Statement<[string, string, string]>;
+    touch: Statement<[number, string]>;
+    refs: Statement<[string], { child: string; kind: 'manifest' | 'blob' }>;
+  };
+  private pendingTouches = new Set<string>();
+  private touchTimer: NodeJS.Timeout | undefined;
+
+  constructor(readonly db: Db) {
+    this.stmt = {
+      getBlob: db.prepare('SELECT digest, size, media_type FROM blobs WHERE digest = ?'),
+      insertBlob: db.prepare(
+        'INSERT INTO blobs (digest, size, media_type, created_at, last_access) VALUES (?, ?, ?, ?, ?) ON CONFLICT(digest) DO NOTHING',
+      ),
+      getManifest: db.prepare(
+        'SELECT m.digest AS digest, b.size AS size, m.media_type AS media_type FROM manifests m JOIN blobs b USING (digest) WHERE m.digest = ?',
+      ),
+      insertManifest: db.prepare('INSERT INTO manifests (digest, media_type) VALUES (?, ?) ON CONFLICT(digest) DO NOTHING'),
+      insertRef: db.prepare('INSERT INTO manifest_refs (manifest, child, kind) VALUES (?, ?, ?) ON CONFLICT DO NOTHING'),
+      getTag: db.prepare('SELECT digest, fetched_at FROM tags WHERE registry = ? AND repository = ? AND tag = ?'),
+      putTag: db.prepare(
+        `INSERT INTO tags (registry, repository, tag, digest, fetched_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (registry, repository, tag) DO UPDATE SET digest = excluded.digest, fetched_at = excluded.fetched_at`,
+      ),
+      link: db.prepare('INSERT INTO repository_digests (registry, repository, digest) VALUES (?, ?, ?) ON CONFLICT DO NOTHING'),
+      touch: db.prepare('UPDATE blobs SET last_access = ? WHERE digest = ?'),
+      refs: db.prepare('SELECT child, kind FROM manifest_refs WHERE manifest = ?'),
+    };
+  }
+
+  /** A complete blob's row, if stored. */
+  getBlob(digest: string): BlobRow | undefined {
+    const row = this.stmt.getBlob.get(digest);
+    return row && { digest: row.digest, size: row.size, mediaType: row.media_type };
+  }
+
+  /** Records a blob whose file was just committed. */
+  insertBlob(digest: string, size: number, mediaType: string | null): void {
+    const now = Date.now();
+    this.stmt.insertBlob.run(digest, size, mediaType, now, now);
+  }
+
+  /** A stored manifest's row. */
+  getManifest(digest: string): ManifestRow | undefined {
+    const row = this.stmt.getManifest.get(digest);
+    return row && { digest: row.digest, size: row.size, mediaType: row.media_type };
+  }
+
+  /** Records a committed manifest, what it references, and the repository it came through, in one transaction. */
+  insertManifest(manifest: ManifestRow, refs: readonly ManifestRef[], via: { registry: string; repository: string }): void {
+    const now = Date.now();
+    this.db.transaction(() => {
+      this.stmt.insertBlob.run(manifest.digest, manifest.size, manifest.mediaType, now, now);
+      this.stmt.insertManifest.run(manifest.digest, manifest.mediaType);
+      for (const ref of refs) this.stmt.insertRef.run(manifest.digest, ref.child, ref.kind);
+      this.stmt.link.run(via.registry, via.repository, manifest.digest);
+    })();
+  }
+
+  /** The children a manifest references. */
+  manifestRefs(digest: string): ManifestRef[] {
+    return this.stmt.refs.all(digest);
+  }
+
+  /** Last known digest of a tag. */
+  getTag(registry: string, repository: string, tag: string): TagRow | undefined {
+    const row = this.stmt.getTag.get(registry, repository, tag);
+    return row && { digest: row.digest, fetchedAt: row.fetched_at };
+  }
+
+  /** Records (or refreshes) a tag's digest as confirmed upstream now. */
+  putTag(registry: string, repository: string, tag: string, digest: string, at = Date.now()): void {
+    this.stmt.putTag.run(registry, repository, tag, digest, at);
+  }
+
+  /** Records that a digest was fetched through a repository. */
+  linkRepository(registry: string, repository: string, digest: string): void {
+    this.stmt.link.run(registry, repository, digest);
+  }
+
+  /** Notes an access; written in batches so cache hits never wait on a write. */
+  touch(digest: string): void {
+    this.pendingTouches.add(digest);
+    if (!this.touchTimer) {
+      this.touchTimer = setTimeout(() => this.flushTouches(), TOUCH_FLUSH_MS);
+      this.touchTimer.unref();
+    }
+  }
+
+  /** Writes pending access times now. */
+  flushTouches(): void {
+    if (this.touchTimer) clearTimeout(this.touchTimer);
+    this.touchTimer = undefined;
+    if (this.pendingTouches.size === 0) return;
+    const digests = [...this.pendingTouches];
+    this.pendingTouches.clear();
+    const now = Date.now();
+    this.db.transaction(() => {
+      for (const d of digests) this.stmt.touch.run(now, d);
+    })();
+  }
+
+  /** Every stored digest (startup reconciliation). */
+  allBlobDigests(): string[] {
+    return this.db.prepare('SELECT digest FROM blobs').pluck().all() as string[];
+  }
+
+  /** Removes a blob row and, by cascade, its manifest row and references. */
+  deleteBlob(digest: string): void {
+    this.db.prepare('DELETE FROM blobs WHERE digest = ?').run(digest);
+  }
+
+  /** Flushes and closes the database. */
+  close(): void {
+    this.flushTouches();
+    this.db.close();
+  }
+}

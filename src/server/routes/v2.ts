@@ -1,0 +1,234 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { Config, RegistryConfig } from '../../config/load.js';
+import type { BlobCache } from '../../cache/blobs.js';
+import type { ManifestCache } from '../../cache/manifests.js';
+import { OciError } from '../../oci/errors.js';
+import { MEDIA_TYPES, parseAccept } from '../../oci/media-types.js';
+import { parseV2Path, resolveTarget, type Target } from '../../oci/path.js';
+import { drain, type UpstreamClient } from '../../upstream/client.js';
+import { errorForUpstreamStatus } from '../../upstream/errors.js';
+import { header } from '../../cache/blobs.js';
+import { parseRange } from '../range.js';
+
+/** What the v2 routes need. */
+export interface V2Deps {
+  config: Config;
+  blobs: BlobCache;
+  manifests: ManifestCache;
+  upstream: UpstreamClient;
+}
+
+const API_VERSION = { 'docker-distribution-api-version': 'registry/2.0' };
+const MAX_PASSTHROUGH_BYTES = 16 * 1024 * 1024;
+
+/** The OCI distribution pull API under `/v2/`. HEAD is handled explicitly: a HEAD never reads a blob body. */
+export function registerV2Routes(app: FastifyInstance, deps: V2Deps): void {
+  const known = new Set(deps.config.registries.keys());
+
+  const handler = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    const path = request.url.split('?')[0] ?? '';
+    const rest = path.replace(/^\/v2\/?/, '');
+    const route = parseV2Path(rest);
+    const query = request.query as Record<string, string | undefined>;
+    const head = request.method === 'HEAD';
+    if (route.kind === 'base') {
+      reply.headers({ ...API_VERSION, 'content-type': 'application/json' });
+      await reply.code(200).send(head ? undefined : '{}');
+      return;
+    }
+    const target = resolveTarget(route.name, query.ns, known, deps.config.defaultRegistry);
+    const registry = deps.config.registries.get(target.registry) as RegistryConfig;
+    switch (route.kind) {
+      case 'manifest':
+        return serveManifest(deps, request, reply, registry, target, route.reference, route.isDigest);
+      case 'blob':
+        return serveBlob(deps, request, reply, registry, target, route.digest);
+      case 'tags':
+        if (head) throw new OciError('UNSUPPORTED', 'HEAD is not supported on tags/list', { status: 405 });
+        return serveTags(deps, request, reply, registry, target, query);
+      case 'referrers':
+        if (head) throw new OciError('UNSUPPORTED', 'HEAD is not supported on referrers', { status: 405 });
+        return serveReferrers(deps, request, reply, registry, target, route.digest, query);
+    }
+  };
+
+  app.route({ method: ['HEAD', 'GET'], url: '/v2', handler });
+  app.route({ method: ['HEAD', 'GET'], url: '/v2/*', handler });
+  app.route({
+    method: ['POST', 'PUT', 'PATCH', 'DELETE'],
+    url: '/v2/*',
+    handler: async () => {
+      throw new OciError('UNSUPPORTED', 'registry-cache is a pull-only mirror');
+    },
+  });
+}
+
+async function serveManifest(
+  deps: V2Deps,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  registry: RegistryConfig,
+  target: Target,
+  reference: string,
+  isDigest: boolean,
+): Promise<void> {
+  const method = request.method === 'HEAD' ? 'HEAD' : 'GET';
+  const answer = await deps.manifests.get({
+    registry,
+    repository: target.repository,
+    reference,
+    isDigest,
+    accept: parseAccept(request.headers.accept),
+    method,
+  });
+  request.cacheStatus = answer.source === 'store' ? 'hit' : answer.source === 'upstream' ? 'miss' : answer.source;
+  reply.code(200).headers({
+    ...API_VERSION,
+    'content-type': answer.mediaType,
+    'content-length': String(answer.size),
+    'docker-content-digest': answer.digest,
+    etag: `"${answer.digest}"`,
+  });
+  await reply.send(method === 'HEAD' ? undefined : answer.bytes);
+}
+
+async function serveBlob(
+  deps: V2Deps,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  registry: RegistryConfig,
+  target: Target,
+  digest: string,
+): Promise<void> {
+  const blobRequest = { registry, repository: target.repository, digest };
+  const common = {
+    ...API_VERSION,
+    'content-type': 'application/octet-stream',
+    'docker-content-digest': digest,
+    'accept-ranges': 'bytes',
+    etag: `"${digest}"`,
+    'cache-control': 'max-age=31536000, immutable',
+  };
+  if (request.method === 'HEAD') {
+    const { size, source } = await deps.blobs.head(blobRequest);
+    request.cacheStatus = source === 'store' ? 'hit' : source === 'upstream' ? 'miss' : source;
+    reply.code(200).headers({ ...common, 'content-length': String(size) });
+    await reply.send();
+    return;
+  }
+  const answer = await deps.blobs.get(blobRequest);
+  request.cacheStatus = answer.source === 'store' ? 'hit' : answer.source === 'upstream' ? 'miss' : answer.source;
+  const range = answer.size === undefined ? undefined : parseRange(header(request.headers.range), answer.size);
+  if (range && answer.size !== undefined) {
+    reply.code(206).headers({
+      ...common,
+      'content-length': String(range.end - range.start + 1),
+      'content-range': `bytes ${range.start}-${range.end}/${answer.size}`,
+    });
+    await reply.send(answer.open(range.start, range.end));
+    return;
+  }
+  reply.code(200).headers(common);
+  if (answer.size !== undefined) reply.header('content-length', String(answer.size));
+  await reply.send(answer.open());
+}
+
+async function serveTags(
+  deps: V2Deps,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  registry: RegistryConfig,
+  target: Target,
+  query: Record<string, string | undefined>,
+): Promise<void> {
+  const upstreamQuery: Record<string, string> = {};
+  if (query.n !== undefined) {
+    if (!/^\d{1,6}$/.test(query.n)) throw new OciError('UNSUPPORTED', 'n must be a non-negative integer', { status: 400 });
+    upstreamQuery.n = query.n;
+  }
+  if (query.last !== undefined) upstreamQuery.last = query.last;
+  const res = await deps.upstream.send({
+    registry,
+    method: 'GET',
+    path: `/v2/${target.repository}/tags/list`,
+    query: upstreamQuery,
+    headers: { accept: 'application/json' },
+    repository: target.repository,
+  });
+  if (res.status !== 200) {
+    await drain(res.body);
+    throw errorForUpstreamStatus(res.status, 'tags', registry.host, header(res.headers['retry-after']));
+  }
+  request.cacheStatus = 'passthrough';
+  const body = await readCapped(res.body);
+  reply.code(200).headers({ ...API_VERSION, 'content-type': 'application/json' });
+  const link = rewriteLink(header(res.headers.link), request, query.ns);
+  if (link) reply.header('link', link);
+  await reply.send(body);
+}
+
+async function serveReferrers(
+  deps: V2Deps,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  registry: RegistryConfig,
+  target: Target,
+  digest: string,
+  query: Record<string, string | undefined>,
+): Promise<void> {
+  const upstreamQuery: Record<string, string> = {};
+  if (query.artifactType !== undefined) upstreamQuery.artifactType = query.artifactType;
+  const res = await deps.upstream.send({
+    registry,
+    method: 'GET',
+    path: `/v2/${target.repository}/referrers/${digest}`,
+    query: upstreamQuery,
+    headers: { accept: MEDIA_TYPES.ociIndex },
+    repository: target.repository,
+  });
+  request.cacheStatus = 'passthrough';
+  reply.headers({ ...API_VERSION, 'content-type': MEDIA_TYPES.ociIndex });
+  if (res.status === 200) {
+    const body = await readCapped(res.body);
+    const filtered = header(res.headers['oci-filters-applied']);
+    if (filtered) reply.header('oci-filters-applied', filtered);
+    await reply.code(200).send(body);
+    return;
+  }
+  await drain(res.body);
+  // Registries without the referrers API answer 404/405/400: per the spec the answer is then an empty index.
+  if (res.status === 404 || res.status === 405 || res.status === 400) {
+    await reply.code(200).send(JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests: [] }));
+    return;
+  }
+  throw errorForUpstreamStatus(res.status, 'referrers', registry.host, header(res.headers['retry-after']));
+}
+
+async function readCapped(body: AsyncIterable<Buffer> & { destroy(): void }): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of body) {
+    total += chunk.length;
+    if (total > MAX_PASSTHROUGH_BYTES) {
+      body.destroy();
+      throw new OciError('UNKNOWN', 'upstream response too large', { status: 502 });
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
+/** Points a pagination Link at this cache (same path, same ns) instead of the upstream. */
+function rewriteLink(link: string | undefined, request: FastifyRequest, ns: string | undefined): string | undefined {
+  if (!link) return undefined;
+  const m = /<([^>]+)>/.exec(link);
+  if (!m) return undefined;
+  const next = new URL(m[1] as string, 'http://upstream.invalid');
+  const params = new URLSearchParams();
+  for (const key of ['n', 'last']) {
+    const v = next.searchParams.get(key);
+    if (v !== null) params.set(key, v);
+  }
+  if (ns) params.set('ns', ns);
+  return `<${request.url.split('?')[0]}?${params.toString()}>; rel="next"`;
+}

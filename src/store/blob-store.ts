@@ -1,0 +1,105 @@
+import { randomBytes } from 'node:crypto';
+import { createReadStream, type ReadStream } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { blobPath, storeLayout, type StoreLayout } from './layout.js';
+
+/** A temp file being filled; committed by rename into the content-addressed tree. */
+export interface TempFile {
+  path: string;
+  handle: FileHandle;
+}
+
+/** Read buffer for serving stored blobs: large chunks keep syscalls per GiB low. */
+const READ_HIGH_WATER_MARK = 1024 * 1024;
+
+/** Content-addressed files on disk. Knows nothing of the database. */
+export class BlobStore {
+  readonly layout: StoreLayout;
+
+  constructor(root: string) {
+    this.layout = storeLayout(root);
+  }
+
+  /** Creates the directories and removes downloads left over from a previous run. */
+  async init(): Promise<{ removedTempFiles: number }> {
+    await mkdir(this.layout.blobsDir, { recursive: true });
+    await mkdir(this.layout.tmpDir, { recursive: true });
+    const leftovers = await readdir(this.layout.tmpDir);
+    await Promise.all(leftovers.map((name) => rm(join(this.layout.tmpDir, name), { force: true, recursive: true })));
+    return { removedTempFiles: leftovers.length };
+  }
+
+  /** Path of a digest's file (which may not exist). */
+  pathFor(digest: string): string {
+    return blobPath(this.layout, digest);
+  }
+
+  /** Size of the stored file, or undefined when absent. */
+  async size(digest: string): Promise<number | undefined> {
+    try {
+      return (await stat(this.pathFor(digest))).size;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  /** Streams `[start, end]` (inclusive) of a stored file. */
+  openRead(digest: string, start?: number, end?: number): ReadStream {
+    const options: { highWaterMark: number; start?: number; end?: number } = { highWaterMark: READ_HIGH_WATER_MARK };
+    if (start !== undefined) options.start = start;
+    if (end !== undefined) options.end = end;
+    return createReadStream(this.pathFor(digest), options);
+  }
+
+  /** Reads a small stored file (a manifest) whole. */
+  async readSmall(digest: string): Promise<Buffer> {
+    return readFile(this.pathFor(digest));
+  }
+
+  /** Opens a new temp file for reading and writing. */
+  async createTemp(): Promise<TempFile> {
+    const path = join(this.layout.tmpDir, `${Date.now().toString(36)}-${randomBytes(8).toString('hex')}`);
+    const handle = await open(path, 'w+', 0o644);
+    return { path, handle };
+  }
+
+  /** Makes a verified temp file durable and visible under its digest: fsync, rename, fsync the directory. */
+  async commit(temp: TempFile, digest: string): Promise<void> {
+    await temp.handle.sync();
+    const target = this.pathFor(digest);
+    const dir = dirname(target);
+    await mkdir(dir, { recursive: true });
+    await rename(temp.path, target);
+    await syncDirectory(dir);
+  }
+
+  /** Writes a small verified buffer (a manifest) under its digest, atomically. */
+  async writeSmall(digest: string, bytes: Uint8Array): Promise<void> {
+    const temp = await this.createTemp();
+    try {
+      await temp.handle.write(bytes, 0, bytes.length, 0);
+      await this.commit(temp, digest);
+    } catch (err) {
+      await rm(temp.path, { force: true });
+      throw err;
+    } finally {
+      await temp.handle.close();
+    }
+  }
+
+  /** Removes a temp file; used when a fill fails. */
+  async discard(temp: TempFile): Promise<void> {
+    await rm(temp.path, { force: true });
+  }
+}
+
+async function syncDirectory(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

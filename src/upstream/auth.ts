@@ -1,0 +1,137 @@
+import { getDomain } from 'tldts';
+import { request, type Dispatcher } from 'undici';
+import type { Logger } from 'pino';
+import { OciError } from '../oci/errors.js';
+import type { Challenge } from './challenge.js';
+import { basicAuthorization, credentialKey, type Credential } from './credentials.js';
+import { errorForTransportFailure } from './errors.js';
+
+/** Tokens without `expires_in` live this long (the distribution token spec's default). */
+const DEFAULT_TOKEN_TTL_S = 60;
+/** Refresh a little early so a token never expires mid-request. */
+const EXPIRY_MARGIN_MS = 5_000;
+const MAX_TOKEN_RESPONSE_BYTES = 1024 * 1024;
+
+interface CachedToken {
+  token: string;
+  expiresAt: number;
+}
+
+/** Whether credentials may be sent to `realm` when talking to `upstream`: same registrable domain (or same host for IPs). */
+export function realmMayReceiveCredentials(realm: URL, upstream: URL): boolean {
+  if (realm.protocol !== 'https:' && upstream.protocol === 'https:') return false;
+  const a = getDomain(realm.hostname, { allowPrivateDomains: true });
+  const b = getDomain(upstream.hostname, { allowPrivateDomains: true });
+  if (a && b) return a === b;
+  return realm.hostname === upstream.hostname;
+}
+
+/** Fetches and caches Bearer tokens per (upstream, scope, credential); concurrent fetches of one token share a request. */
+export class TokenCache {
+  private readonly tokens = new Map<string, CachedToken>();
+  private readonly pending = new Map<string, Promise<string>>();
+
+  constructor(
+    private readonly dispatcher: Dispatcher,
+    private readonly log: Logger,
+  ) {}
+
+  /** A cached, unexpired token, if any. */
+  cached(upstream: URL, scope: string, credential: Credential | undefined): string | undefined {
+    const hit = this.tokens.get(this.key(upstream, scope, credential));
+    if (hit && hit.expiresAt > Date.now()) return hit.token;
+    return undefined;
+  }
+
+  /** Drops a token the upstream rejected. */
+  forget(upstream: URL, scope: string, credential: Credential | undefined): void {
+    this.tokens.delete(this.key(upstream, scope, credential));
+  }
+
+  /** Obtains a token answering `challenge`, sharing concurrent fetches. */
+  async obtain(upstream: URL, registry: string, challenge: Challenge, scope: string, credential: Credential | undefined, signal?: AbortSignal): Promise<string> {
+    const key = this.key(upstream, scope, credential);
+    const inflight = this.pending.get(key);
+    if (inflight) return inflight;
+    const p = this.fetchToken(upstream, registry, challenge, scope, credential, signal).then((t) => {
+      this.tokens.set(key, { token: t.token, expiresAt: Date.now() + t.ttlMs - EXPIRY_MARGIN_MS });
+      return t.token;
+    });
+    this.pending.set(key, p);
+    try {
+      return await p;
+    } finally {
+      this.pending.delete(key);
+    }
+  }
+
+  private key(upstream: URL, scope: string, credential: Credential | undefined): string {
+    return `${upstream.origin}\n${scope}\n${credentialKey(credential)}`;
+  }
+
+  private async fetchToken(
+    upstream: URL,
+    registry: string,
+    challenge: Challenge,
+    scope: string,
+    credential: Credential | undefined,
+    signal?: AbortSignal,
+  ): Promise<{ token: string; ttlMs: number }> {
+    const realmText = challenge.params.realm;
+    if (!realmText) throw new OciError('UNAUTHORIZED', `upstream ${registry} sent a Bearer challenge without realm`, { status: 502 });
+    let realm: URL;
+    try {
+      realm = new URL(realmText);
+    } catch {
+      throw new OciError('UNAUTHORIZED', `upstream ${registry} sent an invalid token realm`, { status: 502 });
+    }
+    if (realm.protocol !== 'https:' && realm.protocol !== 'http:') {
+      throw new OciError('UNAUTHORIZED', `upstream ${registry} sent a non-HTTP token realm`, { status: 502 });
+    }
+    if (challenge.params.service) realm.searchParams.set('service', challenge.params.service);
+    realm.searchParams.set('scope', challenge.params.scope ?? scope);
+    const headers: Record<string, string> = { accept: 'application/json' };
+    if (credential) {
+      if (realmMayReceiveCredentials(realm, upstream)) headers.authorization = basicAuthorization(credential);
+      else this.log.warn({ registry, realmHost: realm.host }, 'token realm is on another domain; asking it anonymously');
+    }
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await request(realm, { dispatcher: this.dispatcher, method: 'GET', headers, signal });
+    } catch (err) {
+      throw errorForTransportFailure(err, registry);
+    }
+    if (res.statusCode === 401 || res.statusCode === 403) {
+      await res.body.dump();
+      throw new OciError(res.statusCode === 401 ? 'UNAUTHORIZED' : 'DENIED', `token service of ${registry} refused the credentials`, {
+        detail: { registry, upstreamStatus: res.statusCode },
+      });
+    }
+    if (res.statusCode !== 200) {
+      await res.body.dump();
+      throw new OciError('UNAVAILABLE', `token service of ${registry} answered ${res.statusCode}`, { status: 502, detail: { registry } });
+    }
+    const text = await readLimited(res.body, MAX_TOKEN_RESPONSE_BYTES);
+    let body: { token?: unknown; access_token?: unknown; expires_in?: unknown };
+    try {
+      body = JSON.parse(text) as typeof body;
+    } catch {
+      throw new OciError('UNAVAILABLE', `token service of ${registry} sent invalid JSON`, { status: 502 });
+    }
+    const token = typeof body.token === 'string' ? body.token : typeof body.access_token === 'string' ? body.access_token : undefined;
+    if (!token) throw new OciError('UNAVAILABLE', `token service of ${registry} sent no token`, { status: 502 });
+    const ttlS = typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : DEFAULT_TOKEN_TTL_S;
+    return { token, ttlMs: Math.max(ttlS * 1000, EXPIRY_MARGIN_MS * 2) };
+  }
+}
+
+async function readLimited(body: AsyncIterable<Buffer>, limit: number): Promise<string> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of body) {
+    total += chunk.length;
+    if (total > limit) throw new OciError('UNAVAILABLE', 'token response too large', { status: 502 });
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}

@@ -1,0 +1,156 @@
+import { Readable } from 'node:stream';
+import type { IncomingHttpHeaders } from 'node:http';
+import { Agent, request, type Dispatcher } from 'undici';
+import type { Logger } from 'pino';
+import type { RegistryConfig } from '../config/load.js';
+import { parseChallenge } from './challenge.js';
+import { basicAuthorization, type Credential } from './credentials.js';
+import { errorForTransportFailure } from './errors.js';
+import { TokenCache } from './auth.js';
+
+/** One request to an upstream registry's `/v2/` API. */
+export interface UpstreamRequest {
+  registry: RegistryConfig;
+  method: 'GET' | 'HEAD';
+  /** Path below the registry's base URL, starting with `/v2/`. */
+  path: string;
+  query?: Record<string, string>;
+  headers?: Record<string, string>;
+  /** Repository the request is scoped to (for the Bearer `repository:<name>:pull` scope). */
+  repository?: string;
+  /** Credentials to present if challenged; defaults to the registry's configured ones. */
+  credential?: Credential;
+  signal?: AbortSignal;
+}
+
+/** An upstream answer; the caller must consume or destroy `body`. */
+export interface UpstreamResponse {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: Readable;
+  /** Final URL after redirects (for logs). */
+  url: URL;
+}
+
+/** Timeouts of the shared connection pool. */
+export interface UpstreamClientOptions {
+  connectTimeoutMs: number;
+  headersTimeoutMs: number;
+  bodyTimeoutMs: number;
+  log: Logger;
+  /** Tests pass their own dispatcher. */
+  dispatcher?: Dispatcher;
+}
+
+const MAX_REDIRECTS = 5;
+const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
+
+/** Talks to upstream registries: auth challenges, token reuse, redirects without leaking credentials. */
+export class UpstreamClient {
+  private readonly dispatcher: Dispatcher;
+  private readonly ownsDispatcher: boolean;
+  private readonly tokens: TokenCache;
+  /** Upstreams that answered a Basic challenge: later requests send Basic up front. */
+  private readonly basicOrigins = new Set<string>();
+  private readonly log: Logger;
+
+  constructor(options: UpstreamClientOptions) {
+    this.log = options.log;
+    this.ownsDispatcher = options.dispatcher === undefined;
+    this.dispatcher =
+      options.dispatcher ??
+      new Agent({
+        connect: { timeout: options.connectTimeoutMs },
+        headersTimeout: options.headersTimeoutMs,
+        bodyTimeout: options.bodyTimeoutMs,
+        keepAliveTimeout: 30_000,
+        connections: 64,
+      });
+    this.tokens = new TokenCache(this.dispatcher, this.log);
+  }
+
+  /** Sends a request, answering one auth challenge and following redirects. Throws OciError on transport failure. */
+  async send(req: UpstreamRequest): Promise<UpstreamResponse> {
+    const base = req.registry.url;
+    const url = new URL(base.pathname.replace(/\/$/, '') + req.path, base);
+    for (const [k, v] of Object.entries(req.query ?? {})) url.searchParams.set(k, v);
+    const credential = req.credential ?? configuredCredential(req.registry);
+    const scope = req.repository ? `repository:${req.repository}:pull` : '';
+
+    const authorization = (): string | undefined => {
+      const token = this.tokens.cached(base, scope, credential);
+      if (token) return `Bearer ${token}`;
+      if (credential && this.basicOrigins.has(base.origin)) return basicAuthorization(credential);
+      return undefined;
+    };
+
+    let res = await this.follow(req, url, authorization());
+    if (res.status !== 401) return res;
+
+    const challenge = parseChallenge(res.headers['www-authenticate']);
+    if (!challenge) return res;
+    if (challenge.scheme === 'bearer') {
+      await drain(res.body);
+      this.tokens.forget(base, scope, credential);
+      const token = await this.tokens.obtain(base, req.registry.host, challenge, scope, credential, req.signal);
+      res = await this.follow(req, url, `Bearer ${token}`);
+    } else if (challenge.scheme === 'basic' && credential) {
+      await drain(res.body);
+      this.basicOrigins.add(base.origin);
+      res = await this.follow(req, url, basicAuthorization(credential));
+    }
+    return res;
+  }
+
+  /** Closes pooled connections. */
+  async close(): Promise<void> {
+    if (this.ownsDispatcher) await this.dispatcher.close();
+  }
+
+  private async follow(req: UpstreamRequest, start: URL, authorization: string | undefined): Promise<UpstreamResponse> {
+    let url = start;
+    for (let hop = 0; ; hop++) {
+      const headers: Record<string, string> = { ...(req.headers ?? {}) };
+      // Credentials belong to the registry's origin only; a CDN redirect target never sees them.
+      if (authorization && url.origin === req.registry.url.origin) headers.authorization = authorization;
+      let res: Dispatcher.ResponseData;
+      try {
+        res = await request(url, { dispatcher: this.dispatcher, method: req.method, headers, signal: req.signal });
+      } catch (err) {
+        throw errorForTransportFailure(err, req.registry.host);
+      }
+      const location = res.headers.location;
+      if (REDIRECT_STATUSES.has(res.statusCode) && typeof location === 'string' && hop < MAX_REDIRECTS) {
+        await drain(res.body);
+        url = new URL(location, url);
+        if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+          throw errorForTransportFailure(new Error('redirect to a non-HTTP URL'), req.registry.host);
+        }
+        continue;
+      }
+      return { status: res.statusCode, headers: res.headers as IncomingHttpHeaders, body: res.body as unknown as Readable, url };
+    }
+  }
+}
+
+function configuredCredential(registry: RegistryConfig): Credential | undefined {
+  return registry.username !== undefined && registry.password !== undefined
+    ? { username: registry.username, password: registry.password }
+    : undefined;
+}
+
+/** Consumes a body we do not need so its connection returns to the pool. */
+export async function drain(body: Readable): Promise<void> {
+  const dump = (body as unknown as { dump?: () => Promise<void> }).dump;
+  if (typeof dump === 'function') {
+    await dump.call(body).catch(() => undefined);
+    return;
+  }
+  body.resume();
+  body.destroy();
+}
+
+/** An empty body, for answers synthesized without an upstream body. */
+export function emptyBody(): Readable {
+  return Readable.from([]);
+}
