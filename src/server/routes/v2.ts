@@ -33,7 +33,7 @@ export function registerV2Routes(app: FastifyInstance, deps: V2Deps): void {
     const head = request.method === 'HEAD';
     if (route.kind === 'base') {
       reply.headers({ ...API_VERSION, 'content-type': 'application/json' });
-      await reply.code(200).send(head ? undefined : '{}');
+      await reply.code(200).send(head ? undefined : Buffer.from('{}'));
       return;
     }
     const target = resolveTarget(route.name, query.ns, known, deps.config.defaultRegistry);
@@ -198,7 +198,7 @@ async function serveReferrers(
   await drain(res.body);
   // Registries without the referrers API answer 404/405/400: per the spec the answer is then an empty index.
   if (res.status === 404 || res.status === 405 || res.status === 400) {
-    await reply.code(200).send(JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests: [] }));
+    await reply.code(200).send(Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests: [] })));
     return;
   }
   throw errorForUpstreamStatus(res.status, 'referrers', registry.host, header(res.headers['retry-after']));

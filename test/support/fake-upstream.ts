@@ -1,0 +1,278 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+/** A request the fake upstream received. */
+export interface RecordedRequest {
+  method: string;
+  path: string;
+  query: URLSearchParams;
+  headers: IncomingMessage['headers'];
+}
+
+/** What to do instead of answering normally. */
+export type Fault =
+  | { kind: 'status'; status: number; headers?: Record<string, string>; body?: string }
+  | { kind: 'truncate'; afterBytes: number }
+  | { kind: 'wrong-bytes' }
+  | { kind: 'slow'; chunkBytes: number; delayMs: number }
+  | { kind: 'redirect'; to: string }
+  | { kind: 'hang' };
+
+/** An image pushed into the fake upstream. */
+export interface FakeImage {
+  manifest: Buffer;
+  manifestDigest: string;
+  mediaType: string;
+  blobs: { digest: string; bytes: Buffer }[];
+}
+
+/** sha256 digest string of bytes. */
+export function sha256(bytes: Uint8Array): string {
+  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+}
+
+/** Builds an OCI image manifest over random layers of the given sizes. */
+export function makeImage(layerSizes: number[], mediaType = 'application/vnd.oci.image.manifest.v1+json'): FakeImage {
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, nonce: randomBytes(8).toString('hex') }));
+  const layers = layerSizes.map((n) => randomBytes(n));
+  const docker = mediaType.includes('docker');
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType,
+      config: { mediaType: docker ? 'application/vnd.docker.container.image.v1+json' : 'application/vnd.oci.image.config.v1+json', digest: sha256(config), size: config.length },
+      layers: layers.map((l) => ({
+        mediaType: docker ? 'application/vnd.docker.image.rootfs.diff.tar.gzip' : 'application/vnd.oci.image.layer.v1.tar+gzip',
+        digest: sha256(l),
+        size: l.length,
+      })),
+    }),
+  );
+  return {
+    manifest,
+    manifestDigest: sha256(manifest),
+    mediaType,
+    blobs: [config, ...layers].map((bytes) => ({ digest: sha256(bytes), bytes })),
+  };
+}
+
+/** Auth the fake demands on `/v2/` requests. */
+export type FakeAuth =
+  | { kind: 'none' }
+  | { kind: 'bearer'; users?: Record<string, string>; allowAnonymous?: boolean; realmOrigin?: string; expiresIn?: number }
+  | { kind: 'basic'; users: Record<string, string> };
+
+/**
+ * An in-process registry over a real socket: counts requests and injects faults that real registries do not
+ * produce on demand (Bearer flows, truncated or wrong bodies, redirects, rate limits).
+ */
+export class FakeUpstream {
+  readonly requests: RecordedRequest[] = [];
+  readonly tokenRequests: RecordedRequest[] = [];
+  private readonly manifests = new Map<string, { bytes: Buffer; mediaType: string }>();
+  private readonly blobs = new Map<string, Buffer>();
+  private readonly issuedTokens = new Map<string, { scope: string; user: string | undefined }>();
+  private server: Server | undefined;
+  auth: FakeAuth = { kind: 'none' };
+  /** Return a fault for a request, or undefined to answer normally. */
+  fault: (req: RecordedRequest) => Fault | undefined = () => undefined;
+  /** Delay before answering manifest and blob requests, to widen race windows. */
+  delayMs = 0;
+  url = '';
+  host = '';
+
+  /** Starts listening on 127.0.0.1, an ephemeral port. */
+  async start(): Promise<this> {
+    this.server = createServer((req, res) => {
+      this.handle(req, res).catch((err: unknown) => {
+        res.destroy(err as Error);
+      });
+    });
+    await new Promise<void>((resolve) => this.server?.listen(0, '127.0.0.1', resolve));
+    const { port } = this.server.address() as AddressInfo;
+    this.host = `127.0.0.1:${port}`;
+    this.url = `http://${this.host}`;
+    return this;
+  }
+
+  /** Stops the server and drops open connections. */
+  async stop(): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+
+  /** Adds an image to `repo` under `tag`. */
+  push(repo: string, tag: string | undefined, image: FakeImage): void {
+    this.manifests.set(`${repo}@${image.manifestDigest}`, { bytes: image.manifest, mediaType: image.mediaType });
+    if (tag) this.manifests.set(`${repo}:${tag}`, { bytes: image.manifest, mediaType: image.mediaType });
+    for (const b of image.blobs) this.blobs.set(`${repo}@${b.digest}`, b.bytes);
+  }
+
+  /** Adds a raw manifest (e.g. an index) to `repo`. */
+  pushManifest(repo: string, tag: string | undefined, bytes: Buffer, mediaType: string): string {
+    const digest = sha256(bytes);
+    this.manifests.set(`${repo}@${digest}`, { bytes, mediaType });
+    if (tag) this.manifests.set(`${repo}:${tag}`, { bytes, mediaType });
+    return digest;
+  }
+
+  /** Requests matching a method and a path pattern. */
+  count(method: string, pathPattern: RegExp): number {
+    return this.requests.filter((r) => r.method === method && pathPattern.test(r.path)).length;
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', this.url);
+    const recorded: RecordedRequest = { method: req.method ?? 'GET', path: url.pathname, query: url.searchParams, headers: req.headers };
+    if (url.pathname === '/token') {
+      this.tokenRequests.push(recorded);
+      return this.serveToken(recorded, res);
+    }
+    this.requests.push(recorded);
+    if (!this.authorized(recorded, res)) return;
+    const fault = this.fault(recorded);
+    if (fault?.kind === 'status') {
+      res.writeHead(fault.status, { 'content-type': 'application/json', ...(fault.headers ?? {}) });
+      res.end(fault.body ?? JSON.stringify({ errors: [{ code: 'UNKNOWN', message: 'injected' }] }));
+      return;
+    }
+    if (fault?.kind === 'redirect') {
+      res.writeHead(307, { location: fault.to });
+      res.end();
+      return;
+    }
+    if (fault?.kind === 'hang') return; // never answer
+    if (this.delayMs > 0) await sleep(this.delayMs);
+
+    if (url.pathname === '/v2/' || url.pathname === '/v2') {
+      res.writeHead(200, { 'content-type': 'application/json', 'docker-distribution-api-version': 'registry/2.0' });
+      res.end('{}');
+      return;
+    }
+    let m = /^\/v2\/(.+)\/manifests\/([^/]+)$/.exec(url.pathname);
+    if (m) {
+      const ref = m[2] as string;
+      const key = ref.includes(':') ? `${m[1]}@${ref}` : `${m[1]}:${ref}`;
+      const manifest = this.manifests.get(key);
+      if (!manifest) return notFound(res, 'MANIFEST_UNKNOWN');
+      res.writeHead(200, { 'content-type': manifest.mediaType, 'content-length': manifest.bytes.length, 'docker-content-digest': sha256(manifest.bytes) });
+      res.end(req.method === 'HEAD' ? undefined : manifest.bytes);
+      return;
+    }
+    m = /^\/v2\/(.+)\/blobs\/([^/]+)$/.exec(url.pathname);
+    if (m) {
+      const bytes = this.blobs.get(`${m[1]}@${m[2]}`);
+      if (!bytes) return notFound(res, 'BLOB_UNKNOWN');
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': bytes.length, 'docker-content-digest': m[2] });
+      if (req.method === 'HEAD') return void res.end();
+      return this.sendBody(res, bytes, fault);
+    }
+    m = /^\/v2\/(.+)\/tags\/list$/.exec(url.pathname);
+    if (m) {
+      const prefix = `${m[1]}:`;
+      let tags = [...this.manifests.keys()].filter((k) => k.startsWith(prefix)).map((k) => k.slice(prefix.length)).sort();
+      const last = url.searchParams.get('last');
+      if (last) tags = tags.filter((t) => t > last);
+      const n = url.searchParams.get('n');
+      const headers: Record<string, string> = { 'content-type': 'application/json' };
+      if (n && tags.length > Number(n)) {
+        tags = tags.slice(0, Number(n));
+        headers.link = `</v2/${m[1]}/tags/list?n=${n}&last=${tags[tags.length - 1]}>; rel="next"`;
+      }
+      res.writeHead(200, headers);
+      res.end(JSON.stringify({ name: m[1], tags }));
+      return;
+    }
+    notFound(res, 'NAME_UNKNOWN');
+  }
+
+  private async sendBody(res: ServerResponse, bytes: Buffer, fault: Fault | undefined): Promise<void> {
+    if (fault?.kind === 'truncate') {
+      res.write(bytes.subarray(0, fault.afterBytes));
+      await sleep(20);
+      res.destroy();
+      return;
+    }
+    if (fault?.kind === 'wrong-bytes') {
+      const wrong = Buffer.from(bytes);
+      wrong[wrong.length - 1] = (wrong[wrong.length - 1] ?? 0) ^ 0xff;
+      res.end(wrong);
+      return;
+    }
+    if (fault?.kind === 'slow') {
+      for (let i = 0; i < bytes.length; i += fault.chunkBytes) {
+        if (res.destroyed) return;
+        res.write(bytes.subarray(i, i + fault.chunkBytes));
+        await sleep(fault.delayMs);
+      }
+      res.end();
+      return;
+    }
+    res.end(bytes);
+  }
+
+  private authorized(req: RecordedRequest, res: ServerResponse): boolean {
+    const auth = this.auth;
+    if (auth.kind === 'none') return true;
+    const header = req.headers.authorization ?? '';
+    if (auth.kind === 'basic') {
+      const user = checkBasic(header, auth.users);
+      if (user) return true;
+      res.writeHead(401, { 'www-authenticate': 'Basic realm="fake"', 'content-type': 'application/json' });
+      res.end(JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: 'auth required' }] }));
+      return false;
+    }
+    const token = header.startsWith('Bearer ') ? header.slice(7) : '';
+    if (token && this.issuedTokens.has(token)) return true;
+    const repo = /^\/v2\/(.+)\/(manifests|blobs|tags)\//.exec(req.path)?.[1];
+    const realm = `${auth.realmOrigin ?? this.url}/token`;
+    const scope = repo ? `,scope="repository:${repo}:pull"` : '';
+    res.writeHead(401, { 'www-authenticate': `Bearer realm="${realm}",service="fake-registry"${scope}`, 'content-type': 'application/json' });
+    res.end(JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: 'token required' }] }));
+    return false;
+  }
+
+  private serveToken(req: RecordedRequest, res: ServerResponse): void {
+    const auth = this.auth;
+    if (auth.kind !== 'bearer') return notFound(res, 'NAME_UNKNOWN');
+    const header = req.headers.authorization;
+    let user: string | undefined;
+    if (header) {
+      user = checkBasic(header, auth.users ?? {});
+      if (!user) {
+        res.writeHead(401, { 'content-type': 'application/json' });
+        res.end('{"details":"bad credentials"}');
+        return;
+      }
+    } else if (auth.allowAnonymous === false) {
+      res.writeHead(401, { 'content-type': 'application/json' });
+      res.end('{"details":"credentials required"}');
+      return;
+    }
+    const token = randomBytes(16).toString('hex');
+    this.issuedTokens.set(token, { scope: req.query.get('scope') ?? '', user });
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ token, expires_in: auth.expiresIn ?? 300 }));
+  }
+}
+
+function checkBasic(header: string, users: Record<string, string>): string | undefined {
+  if (!header.startsWith('Basic ')) return undefined;
+  const decoded = Buffer.from(header.slice(6), 'base64').toString('utf8');
+  const i = decoded.indexOf(':');
+  const user = decoded.slice(0, i);
+  return i > 0 && users[user] === decoded.slice(i + 1) ? user : undefined;
+}
+
+function notFound(res: ServerResponse, code: string): void {
+  res.writeHead(404, { 'content-type': 'application/json' });
+  res.end(JSON.stringify({ errors: [{ code, message: 'not found' }] }));
+}
+
+/** Resolves after `ms`. */
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
