@@ -4,7 +4,7 @@ import { Value } from '@sinclair/typebox/value';
 import { parse as parseYaml } from 'yaml';
 import { canonicalRegistry } from '../oci/reference.js';
 import { parseDuration } from './duration.js';
-import { ConfigSchema, type RawConfig } from './schema.js';
+import { ConfigSchema, DEFAULT_REGISTRIES, type RawConfig } from './schema.js';
 
 /** A configured upstream registry, resolved. */
 export interface RegistryConfig {
@@ -90,6 +90,7 @@ export function loadConfig(options: { file?: string; env?: NodeJS.ProcessEnv; ov
   }
   const merged: Record<string, unknown> = { ...fromFile, ...fromEnv, ...(options.overrides ?? {}) };
   for (const [k, v] of Object.entries(merged)) if (v === null) delete merged[k];
+  merged.registries ??= structuredClone(DEFAULT_REGISTRIES);
   const withDefaults = Value.Default(ConfigSchema, Value.Clone(merged));
   const first = Value.Errors(ConfigSchema, withDefaults).First();
   if (first) {

@@ -12,20 +12,22 @@ export const RegistrySchema = Type.Object(
   { additionalProperties: false },
 );
 
+/** The upstreams a cache with no `registries` key may contact. */
+export const DEFAULT_REGISTRIES: Readonly<Record<string, { url: string }>> = Object.freeze({
+  'docker.io': { url: 'https://registry-1.docker.io' },
+  'ghcr.io': { url: 'https://ghcr.io' },
+  'quay.io': { url: 'https://quay.io' },
+  'registry.k8s.io': { url: 'https://registry.k8s.io' },
+});
+
 /** The whole configuration file; every key is optional and has a frozen default. */
 export const ConfigSchema = Type.Object(
   {
     listen: Type.String({ default: '127.0.0.1:5000' }),
     storage: Type.String({ default: './storage' }),
     defaultRegistry: Type.String({ default: 'docker.io' }),
-    registries: Type.Record(Type.String(), RegistrySchema, {
-      default: {
-        'docker.io': { url: 'https://registry-1.docker.io' },
-        'ghcr.io': { url: 'https://ghcr.io' },
-        'quay.io': { url: 'https://quay.io' },
-        'registry.k8s.io': { url: 'https://registry.k8s.io' },
-      },
-    }),
+    // Its default is DEFAULT_REGISTRIES, applied by load.ts: TypeBox would merge a record default into given keys.
+    registries: Type.Record(Type.String(), RegistrySchema),
     tagTtl: Type.String({ ...Duration, default: '0s' }),
     logLevel: Type.Union(
       ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),

@@ -1,0 +1,112 @@
+import { describe, expect, it } from 'vitest';
+import { parseDuration } from '../../src/config/duration.js';
+import { ConfigError, envNameFor, loadConfig } from '../../src/config/load.js';
+import { parseRange } from '../../src/server/range.js';
+import { realmMayReceiveCredentials } from '../../src/upstream/auth.js';
+import { parseChallenge } from '../../src/upstream/challenge.js';
+import { errorForTransportFailure, errorForUpstreamStatus } from '../../src/upstream/errors.js';
+
+function configError(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof ConfigError) return err;
+    throw err;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('configuration', () => {
+  it('has working embedded defaults', () => {
+    const c = loadConfig({ env: {} });
+    expect(c.listen).toEqual({ host: '127.0.0.1', port: 5000 });
+    expect(c.defaultRegistry).toBe('docker.io');
+    expect([...c.registries.keys()]).toEqual(['docker.io', 'ghcr.io', 'quay.io', 'registry.k8s.io']);
+    expect(c.tagTtlMs).toBe(0);
+    expect(Object.isFrozen(c)).toBe(true);
+  });
+
+  it('takes every key from REGISTRY_CACHE_* env vars', () => {
+    expect(envNameFor('tagTtl')).toBe('REGISTRY_CACHE_TAG_TTL');
+    const c = loadConfig({
+      env: {
+        REGISTRY_CACHE_LISTEN: '0.0.0.0:6000',
+        REGISTRY_CACHE_TAG_TTL: '1m30s',
+        REGISTRY_CACHE_REGISTRIES: '{"ghcr.io": {"url": "https://ghcr.io"}}',
+        REGISTRY_CACHE_DEFAULT_REGISTRY: 'ghcr.io',
+      },
+    });
+    expect(c.listen.port).toBe(6000);
+    expect(c.tagTtlMs).toBe(90_000);
+    expect([...c.registries.keys()]).toEqual(['ghcr.io']);
+  });
+
+  it.each([
+    [{ bogus: 1 }, 'bogus'],
+    [{ listen: 'nope' }, 'listen'],
+    [{ tagTtl: '5 minutes' }, 'tagTtl'],
+    [{ registries: { 'ghcr.io': { url: 'ftp://ghcr.io' } }, defaultRegistry: 'ghcr.io' }, 'registries.ghcr.io.url'],
+    [{ registries: { 'ghcr.io': { url: 'https://ghcr.io', urll: 'x' } }, defaultRegistry: 'ghcr.io' }, 'registries.ghcr.io.urll'],
+    [{ defaultRegistry: 'example.com' }, 'defaultRegistry'],
+    [{ logLevel: 'loud' }, 'logLevel'],
+  ])('names the bad key in %j', (overrides, key) => {
+    expect(configError(() => loadConfig({ env: {}, overrides })).key).toBe(key);
+  });
+
+  it('rejects unknown REGISTRY_CACHE_ variables by name', () => {
+    expect(configError(() => loadConfig({ env: { REGISTRY_CACHE_TAGTTL: '1s' } })).key).toBe('REGISTRY_CACHE_TAGTTL');
+  });
+
+  it('parses Go-style durations', () => {
+    expect(parseDuration('0s')).toBe(0);
+    expect(parseDuration('500ms')).toBe(500);
+    expect(parseDuration('2h')).toBe(7_200_000);
+    expect(parseDuration('1m30s')).toBe(90_000);
+    expect(parseDuration('1x')).toBeUndefined();
+    expect(parseDuration('')).toBeUndefined();
+  });
+});
+
+describe('Range parsing', () => {
+  it('handles single ranges and refuses unsatisfiable ones', () => {
+    expect(parseRange('bytes=0-9', 100)).toEqual({ start: 0, end: 9 });
+    expect(parseRange('bytes=90-', 100)).toEqual({ start: 90, end: 99 });
+    expect(parseRange('bytes=-10', 100)).toEqual({ start: 90, end: 99 });
+    expect(parseRange('bytes=50-1000', 100)).toEqual({ start: 50, end: 99 });
+    expect(parseRange('bytes=0-1,5-6', 100)).toBeUndefined();
+    expect(parseRange(undefined, 100)).toBeUndefined();
+    expect(() => parseRange('bytes=100-', 100)).toThrow(/not satisfiable/);
+  });
+});
+
+describe('upstream auth helpers', () => {
+  it('parses Bearer and Basic challenges', () => {
+    expect(parseChallenge('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull"')).toEqual({
+      scheme: 'bearer',
+      params: { realm: 'https://auth.docker.io/token', service: 'registry.docker.io', scope: 'repository:library/busybox:pull' },
+    });
+    expect(parseChallenge('Basic realm=x')).toEqual({ scheme: 'basic', params: { realm: 'x' } });
+    expect(parseChallenge(undefined)).toBeUndefined();
+  });
+
+  it('sends credentials only to token realms on the upstream registrable domain', () => {
+    expect(realmMayReceiveCredentials(new URL('https://auth.docker.io/token'), new URL('https://registry-1.docker.io'))).toBe(true);
+    expect(realmMayReceiveCredentials(new URL('https://evil.example/token'), new URL('https://registry-1.docker.io'))).toBe(false);
+    expect(realmMayReceiveCredentials(new URL('http://auth.docker.io/token'), new URL('https://registry-1.docker.io'))).toBe(false);
+    expect(realmMayReceiveCredentials(new URL('http://127.0.0.1:1/token'), new URL('http://127.0.0.1:2'))).toBe(true);
+    expect(realmMayReceiveCredentials(new URL('http://localhost:1/token'), new URL('http://127.0.0.1:2'))).toBe(false);
+  });
+
+  it('maps upstream statuses and transport failures', () => {
+    expect(errorForUpstreamStatus(404, 'manifest', 'r').code).toBe('MANIFEST_UNKNOWN');
+    expect(errorForUpstreamStatus(404, 'blob', 'r').code).toBe('BLOB_UNKNOWN');
+    expect(errorForUpstreamStatus(401, 'blob', 'r').code).toBe('UNAUTHORIZED');
+    expect(errorForUpstreamStatus(403, 'blob', 'r').code).toBe('DENIED');
+    const limited = errorForUpstreamStatus(429, 'blob', 'r', '30');
+    expect([limited.code, limited.status, limited.headers['retry-after']]).toEqual(['TOOMANYREQUESTS', 429, '30']);
+    expect(errorForUpstreamStatus(500, 'blob', 'r').status).toBe(502);
+    expect(errorForTransportFailure(Object.assign(new Error('x'), { code: 'ECONNREFUSED' }), 'r').status).toBe(503);
+    expect(errorForTransportFailure(Object.assign(new Error('x'), { code: 'ENOTFOUND' }), 'r').status).toBe(503);
+    expect(errorForTransportFailure(Object.assign(new Error('x'), { code: 'UND_ERR_HEADERS_TIMEOUT' }), 'r').status).toBe(504);
+  });
+});
