@@ -1,0 +1,85 @@
+import { spawn } from 'node:child_process';
+import { mkdtemp, readdir, rm, unlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startCache } from '../support/cache-server.js';
+import { FakeUpstream, makeImage, sha256 } from '../support/fake-upstream.js';
+import { call } from '../support/http-client.js';
+
+describe('store recovery and the CLI', () => {
+  const cleanup: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    for (const fn of cleanup.splice(0).reverse()) await fn();
+  });
+
+  it('removes leftover downloads at start and drops rows whose file vanished', async () => {
+    const upstream = await new FakeUpstream().start();
+    cleanup.push(() => upstream.stop());
+    const image = makeImage([4096, 8192]);
+    upstream.push('app', '1', image);
+    const storage = await mkdtemp(join(tmpdir(), 'rc-recover-'));
+    cleanup.push(() => rm(storage, { recursive: true, force: true }));
+
+    const first = await startCache({ [upstream.host]: upstream.url }, {}, storage);
+    const [config, layer] = image.blobs as [{ digest: string }, { digest: string }];
+    await call(`${first.url}/v2/app/blobs/${config.digest}?ns=${upstream.host}`);
+    await call(`${first.url}/v2/app/blobs/${layer.digest}?ns=${upstream.host}`);
+    await first.services.blobs.settle();
+    await first.stop({ keepStorage: true });
+
+    await writeFile(join(storage, 'tmp', 'half-written'), 'partial');
+    await unlink(first.services.store.pathFor(layer.digest));
+
+    const second = await startCache({ [upstream.host]: upstream.url }, {}, storage);
+    cleanup.push(() => second.stop());
+    expect(await readdir(join(storage, 'tmp'))).toEqual([]);
+    expect(second.services.metadata.getBlob(layer.digest)).toBeUndefined();
+    expect(second.services.metadata.getBlob(config.digest)).toBeDefined();
+    expect(second.logs.some((l) => l.includes('store recovered'))).toBe(true);
+    const res = await call(`${second.url}/v2/app/blobs/${layer.digest}?ns=${upstream.host}`);
+    expect(sha256(res.body)).toBe(layer.digest);
+    expect(upstream.count('GET', /\/blobs\//)).toBe(3);
+  });
+
+  it('runs `registry-cache serve --config FILE` and stops with a clear message on a bad key', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'rc-cli-'));
+    cleanup.push(() => rm(dir, { recursive: true, force: true }));
+    const bad = join(dir, 'bad.yaml');
+    await writeFile(bad, 'listen: 127.0.0.1:0\nregistries:\n  ghcr.io: { url: "ftp://ghcr.io" }\ndefaultRegistry: ghcr.io\n');
+    const failed = await runCli(['serve', '--config', bad]);
+    expect(failed.code).toBe(2);
+    expect(failed.stderr).toContain('registries.ghcr.io.url');
+
+    const good = join(dir, 'good.yaml');
+    await writeFile(good, `listen: 127.0.0.1:0\nstorage: ${join(dir, 'store')}\nlogLevel: info\n`);
+    const child = spawn(process.execPath, ['dist/cli.js', 'serve', '--config', good], { stdio: ['ignore', 'pipe', 'pipe'] });
+    cleanup.push(async () => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    });
+    const url = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      child.stdout.on('data', (c: Buffer) => {
+        out += c.toString();
+        const m = /"listen":"([^"]+)"/.exec(out);
+        if (m) resolve(`http://${m[1]}`);
+      });
+      child.on('exit', () => reject(new Error(`exited early: ${out}`)));
+    });
+    const res = await call(`${url}/v2/`);
+    expect(res.status).toBe(200);
+    child.kill('SIGTERM');
+    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+    expect(code).toBe(0);
+    expect((await readdir(join(dir, 'store'))).sort()).toEqual(expect.arrayContaining(['blobs', 'registry-cache.db', 'tmp']));
+  });
+});
+
+function runCli(args: string[]): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['dist/cli.js', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    child.on('exit', (code) => resolve({ code, stderr }));
+  });
+}
