@@ -22,7 +22,7 @@ describe('store recovery and the CLI', () => {
     cleanup.push(() => rm(storage, { recursive: true, force: true }));
 
     const first = await startCache({ [upstream.host]: upstream.url }, {}, storage);
-    const [config, layer] = image.blobs as [{ digest: string }, { digest: string }];
+    const [config, layer] = image.blobs as unknown as [{ digest: string }, { digest: string }];
     await call(`${first.url}/v2/app/blobs/${config.digest}?ns=${upstream.host}`);
     await call(`${first.url}/v2/app/blobs/${layer.digest}?ns=${upstream.host}`);
     await first.services.blobs.settle();

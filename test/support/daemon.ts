@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { once } from 'node:events';
+import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /** A long-running child process whose stdout and stderr go to a log file. */
@@ -19,26 +19,34 @@ export interface Daemon {
 
 /** Starts `file args` with its output appended to `logFile`. */
 export async function startDaemon(file: string, args: string[], logFile: string, env?: Record<string, string>): Promise<Daemon> {
-  const log = createWriteStream(logFile, { flags: 'a' });
-  await once(log, 'open');
   const child = spawn(file, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  // Both streams go to the file; we end it only after the process has closed them.
-  child.stdout?.pipe(log, { end: false });
-  child.stderr?.pipe(log, { end: false });
+  // Two O_APPEND streams into one file interleave whole writes, which is all a debug log needs.
+  const logged = Promise.all([
+    pipeline(child.stdout, createWriteStream(logFile, { flags: 'a' })),
+    pipeline(child.stderr, createWriteStream(logFile, { flags: 'a' })),
+  ]).catch(() => undefined);
   let hasExited = false;
   const closed = new Promise<void>((resolve) => {
     child.once('close', () => {
       hasExited = true;
-      log.end(() => resolve());
+      void logged.then(() => resolve());
     });
   });
-  const spawned = await Promise.race([
-    once(child, 'spawn').then(() => true),
-    once(child, 'error').then(([error]: unknown[]) => {
-      throw new Error(`could not start ${file}: ${String(error)}`);
-    }),
-  ]);
-  if (!spawned || child.pid === undefined) throw new Error(`could not start ${file}`);
+  await new Promise<void>((resolve, reject) => {
+    const onSpawn = (): void => {
+      child.off('error', onError);
+      resolve();
+    };
+    const onError = (error: Error): void => {
+      child.off('spawn', onSpawn);
+      reject(new Error(`could not start ${file}: ${error.message}`));
+    };
+    child.once('spawn', onSpawn);
+    child.once('error', onError);
+  });
+  // Later errors (a failed kill) must not crash the test process; 'close' still reports the exit.
+  child.on('error', () => undefined);
+  if (child.pid === undefined) throw new Error(`could not start ${file}`);
   const pid = child.pid;
   return {
     pid,

@@ -27,8 +27,6 @@ export interface AccessLogEntry {
   uri: string;
   status: number;
   bytes: number;
-  /** The authenticated user, or undefined for anonymous requests. */
-  user?: string;
   userAgent: string;
 }
 
@@ -47,12 +45,15 @@ export interface DockerRegistry {
   readLog(): Promise<string>;
   /** Requests served so far, from the access log; a line is written just after its response, so poll if counting. */
   requests(): Promise<AccessLogEntry[]>;
+  /** Polls the access log until `done(entries)` holds (default 5 s), because lines land just after their responses. */
+  waitForRequests(done: (entries: AccessLogEntry[]) => boolean, timeoutMs?: number): Promise<AccessLogEntry[]>;
   /** Stops the process (SIGTERM, then SIGKILL) and deletes rootDir. */
   stop(): Promise<void>;
 }
 
 const START_ATTEMPTS = 3;
-const ACCESS_LOG_LINE = /^\S+ - (\S+) \[[^\]]*\] "(\S+) (\S+) [^"]*" (\d{3}) (\d+) "[^"]*" "([^"]*)"$/;
+// distribution 2.8 always writes "-" for the user, even after htpasswd auth, so the field is not captured.
+const ACCESS_LOG_LINE = /^\S+ - \S+ \[[^\]]*\] "(\S+) (\S+) [^"]*" (\d{3}) (\d+) "[^"]*" "([^"]*)"$/;
 
 /** Starts `docker-registry serve` on a free port and resolves once GET /v2/ answers (200, or 401 with htpasswd). */
 export async function startDockerRegistry(opts: DockerRegistryOptions = {}): Promise<DockerRegistry> {
@@ -106,6 +107,18 @@ function runningRegistry(daemon: Daemon, rootDir: string, port: number): DockerR
     async requests() {
       return parseAccessLog(await daemon.readLog());
     },
+    async waitForRequests(done, timeoutMs = 5_000) {
+      let entries: AccessLogEntry[] = [];
+      await waitUntil(
+        'registry access log',
+        async () => {
+          entries = parseAccessLog(await daemon.readLog());
+          return done(entries);
+        },
+        { timeoutMs, intervalMs: 20 },
+      );
+      return entries;
+    },
     async stop() {
       await daemon.stop();
       await removeTempDir(rootDir);
@@ -119,14 +132,13 @@ export function parseAccessLog(log: string): AccessLogEntry[] {
   for (const line of log.split('\n')) {
     const m = ACCESS_LOG_LINE.exec(line);
     if (m === null) continue;
-    const [, user, method, uri, status, bytes, userAgent] = m;
+    const [, method, uri, status, bytes, userAgent] = m;
     if (method === undefined || uri === undefined || status === undefined || bytes === undefined || userAgent === undefined) continue;
     entries.push({
       method,
       uri,
       status: Number(status),
       bytes: Number(bytes),
-      ...(user === undefined || user === '-' ? {} : { user }),
       userAgent,
     });
   }
