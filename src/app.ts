@@ -5,6 +5,10 @@ import type { ManifestCache } from './cache/manifests.js';
 import type { Config } from './config/load.js';
 import { OciError } from './oci/errors.js';
 import type { UpstreamClient } from './upstream/client.js';
+import type { CredentialHasher } from './policy/credential-hash.js';
+import type { TokenService } from './policy/tokens.js';
+import type { CredentialVerifier } from './policy/verifier.js';
+import { registerTokenRoutes } from './server/routes/token.js';
 import { sendError } from './server/error-handler.js';
 import { registerRequestLog } from './server/plugins/request-log.js';
 import { registerHealthRoutes } from './server/routes/health.js';
@@ -17,6 +21,9 @@ export interface AppDeps {
   blobs: BlobCache;
   manifests: ManifestCache;
   upstream: UpstreamClient;
+  verifier: CredentialVerifier;
+  tokens: TokenService;
+  hasher: CredentialHasher;
   ready: () => Promise<boolean>;
 }
 
@@ -38,6 +45,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   );
   registerRequestLog(app);
   registerHealthRoutes(app, deps.ready);
+  registerTokenRoutes(app, deps);
   registerV2Routes(app, deps);
   return app;
 }

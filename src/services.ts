@@ -9,11 +9,17 @@ import { BlobStore } from './store/blob-store.js';
 import { UpstreamClient } from './upstream/client.js';
 import type { AppDeps } from './app.js';
 import type { Dispatcher } from 'undici';
+import { CredentialHasher } from './policy/credential-hash.js';
+import { NodeCredentials } from './policy/node-credentials.js';
+import { PullRecords } from './policy/records.js';
+import { TokenService } from './policy/tokens.js';
+import { CredentialVerifier } from './policy/verifier.js';
 
 /** The long-lived parts of a running cache, and how to shut them down. */
 export interface Services extends AppDeps {
   store: BlobStore;
   metadata: Metadata;
+  records: PullRecords;
   close(): Promise<void>;
 }
 
@@ -31,8 +37,27 @@ export async function createServices(config: Config, log: Logger, options: { dis
     log,
     ...(options.dispatcher ? { dispatcher: options.dispatcher } : {}),
   });
-  const blobs = new BlobCache({ store, metadata, upstream, log, fillTimeoutMs: config.fillTimeoutMs });
-  const manifests = new ManifestCache({ store, metadata, upstream, log, tagTtlMs: config.tagTtlMs });
+  const records = new PullRecords(metadata.db);
+  const recovered = records.recoverIntents();
+  if (recovered > 0) log.warn({ intents: recovered }, 'pull intents left by a crash became records without credentials');
+  const policy = config.imagePullCredentialsVerificationPolicy;
+  if (policy !== 'NeverVerify') {
+    const marked = records.initializeVerification();
+    if (marked !== undefined) log.info({ preloaded: marked }, 'credential verification enabled for the first time; stored content counts as preloaded');
+  }
+  const hasher = await CredentialHasher.load(config.storage);
+  const nodeCredentials = await NodeCredentials.load({
+    ...(config.nodeDockerConfig ? { dockerConfig: config.nodeDockerConfig } : {}),
+    ...(config.credentialProviderConfig ? { providerConfig: config.credentialProviderConfig } : {}),
+    ...(config.credentialProviderBinDir ? { providerBinDir: config.credentialProviderBinDir } : {}),
+    log,
+  });
+  // NeverVerify keeps no records (the kubelet with the feature off), so it writes no intents either.
+  const intents = policy === 'NeverVerify' ? undefined : { begin: records.beginIntent.bind(records), end: records.endIntent.bind(records) };
+  const blobs = new BlobCache({ store, metadata, upstream, log, fillTimeoutMs: config.fillTimeoutMs, ...(intents ? { intents } : {}) });
+  const manifests = new ManifestCache({ store, metadata, upstream, log, tagTtlMs: config.tagTtlMs, ...(intents ? { intents } : {}) });
+  const verifier = new CredentialVerifier({ policy, allowlist: config.preloadedImagesVerificationAllowlist, records, metadata, upstream, nodeCredentials, log });
+  const tokens = new TokenService(config.tokenTtlMs);
   return {
     config,
     log,
@@ -41,6 +66,10 @@ export async function createServices(config: Config, log: Logger, options: { dis
     upstream,
     blobs,
     manifests,
+    records,
+    verifier,
+    tokens,
+    hasher,
     ready: async () => {
       metadata.db.prepare('SELECT 1').get();
       await access(store.layout.tmpDir);

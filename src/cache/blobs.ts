@@ -8,6 +8,7 @@ import { drain, type UpstreamClient } from '../upstream/client.js';
 import type { Credential } from '../upstream/credentials.js';
 import { errorForUpstreamStatus } from '../upstream/errors.js';
 import { BlobFill } from './fill.js';
+import type { PullIntents } from './manifests.js';
 
 /** Where a blob answer comes from, for logs and metrics. */
 export type BlobSource = 'store' | 'inflight' | 'upstream';
@@ -20,6 +21,8 @@ export interface BlobAnswer {
   source: BlobSource;
   /** Streams `[start, end]` inclusive. */
   open(start?: number, end?: number): Readable;
+  /** For a blob being fetched: resolves once it is committed to the store. */
+  committed?: Promise<void>;
 }
 
 /** Where a blob request goes upstream. */
@@ -35,8 +38,13 @@ export class BlobCache {
   private readonly fills = new Map<string, BlobFill>();
 
   constructor(
-    private readonly deps: { store: BlobStore; metadata: Metadata; upstream: UpstreamClient; log: Logger; fillTimeoutMs: number },
+    private readonly deps: { store: BlobStore; metadata: Metadata; upstream: UpstreamClient; log: Logger; fillTimeoutMs: number; intents?: PullIntents },
   ) {}
+
+  /** Whether the blob is stored or being fetched. */
+  known(digest: string): boolean {
+    return this.fills.has(digest) || this.deps.metadata.getBlob(digest) !== undefined;
+  }
 
   /** Answers a GET: stored, joined to a running fill, or a new fill. */
   async get(req: BlobRequest): Promise<BlobAnswer> {
@@ -50,7 +58,7 @@ export class BlobCache {
     }
     await fill.ready;
     const running = fill;
-    return { digest: req.digest, size: running.size, source, open: (start, end) => running.createReader(start, end) };
+    return { digest: req.digest, size: running.size, source, open: (start, end) => running.createReader(start, end), committed: running.done };
   }
 
   /** Answers a HEAD without reading or fetching any body. */
@@ -105,6 +113,7 @@ export class BlobCache {
     // The fill owns its lifetime: a client that disconnects detaches its reader, the download goes on.
     const signal = AbortSignal.timeout(this.deps.fillTimeoutMs);
     const flog = log.child({ registry: req.registry.host, repository: req.repository, digest: req.digest });
+    const intent = this.deps.intents?.begin(req.registry.host, req.repository, req.digest);
     void fill
       .run(
         async () => {
@@ -132,7 +141,10 @@ export class BlobCache {
         if (fill.state === 'committed') flog.info({ size: fill.written }, 'blob stored');
         else flog.warn({ err: fill.error }, 'blob fill failed');
       })
-      .finally(() => this.fills.delete(req.digest));
+      .finally(() => {
+        this.fills.delete(req.digest);
+        if (intent !== undefined) this.deps.intents?.end(intent);
+      });
     return fill;
   }
 }

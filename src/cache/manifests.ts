@@ -6,7 +6,7 @@ import { OciError, isOciError } from '../oci/errors.js';
 import { MANIFEST_MEDIA_TYPES, accepts, isIndexMediaType, manifestMediaType, type ParsedManifestJson } from '../oci/media-types.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { drain, type UpstreamClient, type UpstreamResponse } from '../upstream/client.js';
-import type { Credential } from '../upstream/credentials.js';
+import { credentialKey, type Credential } from '../upstream/credentials.js';
 import { errorForUpstreamStatus } from '../upstream/errors.js';
 import { header } from './blobs.js';
 import { Singleflight } from './inflight.js';
@@ -25,6 +25,12 @@ export interface ManifestAnswer {
   source: ManifestSource;
   /** The exact stored bytes; absent for HEAD. */
   bytes?: Buffer;
+}
+
+/** Hooks around an upstream pull, so a crash mid-pull leaves a trace (the kubelet's pull intents). */
+export interface PullIntents {
+  begin(registry: string, repository: string, reference: string): number;
+  end(id: number): void;
 }
 
 /** A manifest request, upstream already chosen. */
@@ -47,8 +53,24 @@ export class ManifestCache {
   private readonly byTag = new Singleflight<ManifestAnswer>();
 
   constructor(
-    private readonly deps: { store: BlobStore; metadata: Metadata; upstream: UpstreamClient; log: Logger; tagTtlMs: number },
+    private readonly deps: { store: BlobStore; metadata: Metadata; upstream: UpstreamClient; log: Logger; tagTtlMs: number; intents?: PullIntents },
   ) {}
+
+  /** Whether a manifest is stored under this digest. */
+  isStored(digest: string): boolean {
+    return this.deps.metadata.getManifest(digest) !== undefined;
+  }
+
+  /** The digest a tag last resolved to, if its manifest is still stored. */
+  lastKnownDigest(registry: string, repository: string, tag: string): string | undefined {
+    const row = this.deps.metadata.getTag(registry, repository, tag);
+    return row && this.deps.metadata.getManifest(row.digest) ? row.digest : undefined;
+  }
+
+  /** Notes that a client was served `digest` through this repository, so its blobs are found from here. */
+  noteServed(registry: string, repository: string, digest: string): void {
+    this.deps.metadata.linkRepository(registry, repository, digest);
+  }
 
   /** Resolves a manifest request to stored bytes, fetching or revalidating upstream as needed. */
   async get(req: ManifestRequest): Promise<ManifestAnswer> {
@@ -63,7 +85,8 @@ export class ManifestCache {
       return { ...row, source: 'store' };
     }
     // A manifest by digest never changes: one upstream GET, ever, per digest.
-    return this.byDigest.run(req.reference, () => this.fetch(req, req.reference, UPSTREAM_ACCEPT, req.reference));
+    // Keyed by credential too: one client's successful fetch must not answer for another's credentials.
+    return this.byDigest.run(`${credentialKey(req.credential)}|${req.reference}`, () => this.fetch(req, req.reference, UPSTREAM_ACCEPT, req.reference));
   }
 
   private async getByTag(req: ManifestRequest): Promise<ManifestAnswer> {
@@ -76,7 +99,7 @@ export class ManifestCache {
       metadata.touch(known.digest);
       answer = { ...known, source: 'store' };
     } else {
-      const key = `${req.registry.host}/${req.repository}:${req.reference}`;
+      const key = `${credentialKey(req.credential)}|${req.registry.host}/${req.repository}:${req.reference}`;
       answer = await this.byTag.run(key, () => this.resolveTag(req));
     }
     if (accepts(req.accept, answer.mediaType)) return answer;
@@ -128,6 +151,15 @@ export class ManifestCache {
 
   /** GETs a manifest upstream, verifies it against `expectedDigest` (or the upstream's claim), stores it. */
   private async fetch(req: ManifestRequest, reference: string, accept: string, expectedDigest: string | undefined): Promise<ManifestAnswer> {
+    const intent = this.deps.intents?.begin(req.registry.host, req.repository, reference);
+    try {
+      return await this.fetchVerified(req, reference, accept, expectedDigest);
+    } finally {
+      if (intent !== undefined) this.deps.intents?.end(intent);
+    }
+  }
+
+  private async fetchVerified(req: ManifestRequest, reference: string, accept: string, expectedDigest: string | undefined): Promise<ManifestAnswer> {
     const res = await this.send(req, 'GET', reference, accept);
     if (res.status !== 200) {
       await drain(res.body);

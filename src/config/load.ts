@@ -3,6 +3,8 @@ import { resolve } from 'node:path';
 import { Value } from '@sinclair/typebox/value';
 import { parse as parseYaml } from 'yaml';
 import { canonicalRegistry } from '../oci/reference.js';
+import { Allowlist } from '../policy/allowlist.js';
+import type { VerificationPolicy } from '../policy/verifier.js';
 import { parseDuration } from './duration.js';
 import { ConfigSchema, DEFAULT_REGISTRIES, type RawConfig } from './schema.js';
 
@@ -27,6 +29,12 @@ export interface Config {
   upstreamHeadersTimeoutMs: number;
   upstreamBodyTimeoutMs: number;
   fillTimeoutMs: number;
+  imagePullCredentialsVerificationPolicy: VerificationPolicy;
+  preloadedImagesVerificationAllowlist: Allowlist;
+  nodeDockerConfig: string | undefined;
+  credentialProviderConfig: string | undefined;
+  credentialProviderBinDir: string | undefined;
+  tokenTtlMs: number;
 }
 
 /** A configuration problem, reported at startup with the key that caused it. */
@@ -137,6 +145,14 @@ function finalize(raw: RawConfig): Config {
     if (reg.password !== undefined) entry.password = reg.password;
     registries.set(host, Object.freeze(entry));
   }
+  let allowlist: Allowlist;
+  try {
+    allowlist = Allowlist.parse(raw.preloadedImagesVerificationAllowlist);
+  } catch (err) {
+    throw new ConfigError('preloadedImagesVerificationAllowlist', (err as Error).message);
+  }
+  const tokenTtlMs = duration('tokenTtl', raw.tokenTtl);
+  if (tokenTtlMs < 10_000 || tokenTtlMs > 3_600_000) throw new ConfigError('tokenTtl', 'must be between 10s and 1h (tokens hold credentials in memory)');
   const defaultRegistry = canonicalRegistry(raw.defaultRegistry);
   if (!registries.has(defaultRegistry)) throw new ConfigError('defaultRegistry', `"${raw.defaultRegistry}" is not one of registries`);
   return Object.freeze({
@@ -150,6 +166,12 @@ function finalize(raw: RawConfig): Config {
     upstreamHeadersTimeoutMs: duration('upstreamHeadersTimeout', raw.upstreamHeadersTimeout),
     upstreamBodyTimeoutMs: duration('upstreamBodyTimeout', raw.upstreamBodyTimeout),
     fillTimeoutMs: duration('fillTimeout', raw.fillTimeout),
+    imagePullCredentialsVerificationPolicy: raw.imagePullCredentialsVerificationPolicy as VerificationPolicy,
+    preloadedImagesVerificationAllowlist: allowlist,
+    nodeDockerConfig: raw.nodeDockerConfig === undefined ? undefined : resolve(raw.nodeDockerConfig),
+    credentialProviderConfig: raw.credentialProviderConfig === undefined ? undefined : resolve(raw.credentialProviderConfig),
+    credentialProviderBinDir: raw.credentialProviderBinDir === undefined ? undefined : resolve(raw.credentialProviderBinDir),
+    tokenTtlMs,
   });
 }
 

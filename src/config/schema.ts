@@ -37,6 +37,15 @@ export const ConfigSchema = Type.Object(
     upstreamHeadersTimeout: Type.String({ ...Duration, default: '30s' }),
     upstreamBodyTimeout: Type.String({ ...Duration, default: '60s' }),
     fillTimeout: Type.String({ ...Duration, default: '1h' }),
+    imagePullCredentialsVerificationPolicy: Type.Union(
+      ['NeverVerify', 'NeverVerifyPreloadedImages', 'NeverVerifyAllowListedImages', 'AlwaysVerify'].map((l) => Type.Literal(l)),
+      { default: 'NeverVerifyPreloadedImages' },
+    ),
+    preloadedImagesVerificationAllowlist: Type.Array(Type.String(), { default: [] }),
+    nodeDockerConfig: Type.Optional(Type.String({ description: 'Docker config.json with node-wide credentials (kubelet rules)' })),
+    credentialProviderConfig: Type.Optional(Type.String({ description: 'kubelet CredentialProviderConfig file' })),
+    credentialProviderBinDir: Type.Optional(Type.String({ description: 'directory of credential provider plugins' })),
+    tokenTtl: Type.String({ ...Duration, default: '5m' }),
   },
   { additionalProperties: false },
 );

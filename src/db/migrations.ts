@@ -43,4 +43,51 @@ export const MIGRATIONS: readonly { name: string; sql: string }[] = [
       CREATE INDEX repository_digests_digest ON repository_digests(digest);
     `,
   },
+  {
+    name: '002-pull-records',
+    sql: `
+      -- The kubelet's pull records, at the registry: who successfully pulled (or verified) each digest through
+      -- each repository. A record exists only while its content does (cascade from blobs).
+      CREATE TABLE pull_records (
+        registry              TEXT NOT NULL,
+        repository            TEXT NOT NULL,
+        digest                TEXT NOT NULL REFERENCES blobs(digest) ON DELETE CASCADE,
+        node_pods_accessible  INTEGER NOT NULL DEFAULT 0,
+        created_at            INTEGER NOT NULL,
+        last_verified         INTEGER,
+        PRIMARY KEY (registry, repository, digest)
+      ) STRICT, WITHOUT ROWID;
+      CREATE INDEX pull_records_digest ON pull_records(digest);
+      -- Keyed hashes (HMAC-SHA-256 with the node secret) of credentials that succeeded. Never the credential.
+      CREATE TABLE pull_record_credentials (
+        registry        TEXT NOT NULL,
+        repository      TEXT NOT NULL,
+        digest          TEXT NOT NULL,
+        credential_hash TEXT NOT NULL,
+        verified_at     INTEGER NOT NULL,
+        PRIMARY KEY (registry, repository, digest, credential_hash),
+        FOREIGN KEY (registry, repository, digest) REFERENCES pull_records(registry, repository, digest) ON DELETE CASCADE
+      ) STRICT, WITHOUT ROWID;
+      -- Written before an upstream pull starts, removed when it ends; leftovers mean a crash mid-pull.
+      CREATE TABLE pull_intents (
+        id         INTEGER PRIMARY KEY,
+        registry   TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        reference  TEXT NOT NULL,
+        started_at INTEGER NOT NULL
+      ) STRICT;
+      -- Content that entered the store without a pull: imported by preload, or present when verification was
+      -- first enabled.
+      CREATE TABLE preloaded (
+        digest      TEXT PRIMARY KEY REFERENCES blobs(digest) ON DELETE CASCADE,
+        source      TEXT NOT NULL,
+        image       TEXT,
+        imported_at INTEGER NOT NULL
+      ) STRICT;
+      CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+      ) STRICT;
+    `,
+  },
 ];

@@ -43,6 +43,7 @@ export class Metadata {
     link: Statement<[string, string, string]>;
     touch: Statement<[number, string]>;
     refs: Statement<[string], { child: string; kind: 'manifest' | 'blob' }>;
+    parents: Statement<[string, string, string], string>;
   };
   private pendingTouches = new Set<string>();
   private touchTimer: NodeJS.Timeout | undefined;
@@ -66,6 +67,12 @@ export class Metadata {
       link: db.prepare('INSERT INTO repository_digests (registry, repository, digest) VALUES (?, ?, ?) ON CONFLICT DO NOTHING'),
       touch: db.prepare('UPDATE blobs SET last_access = ? WHERE digest = ?'),
       refs: db.prepare('SELECT child, kind FROM manifest_refs WHERE manifest = ?'),
+      parents: db
+        .prepare<[string, string, string], string>(
+          `SELECT r.manifest FROM manifest_refs r JOIN repository_digests d ON d.digest = r.manifest
+           WHERE r.child = ? AND d.registry = ? AND d.repository = ? ORDER BY r.manifest`,
+        )
+        .pluck(),
     };
   }
 
@@ -139,6 +146,11 @@ export class Metadata {
     this.db.transaction(() => {
       for (const d of digests) this.stmt.touch.run(now, d);
     })();
+  }
+
+  /** Stored manifests fetched or served through this repository that reference `child` directly. */
+  parentsInRepository(registry: string, repository: string, child: string): string[] {
+    return this.stmt.parents.all(child, registry, repository) as unknown as string[];
   }
 
   /** Every stored digest (startup reconciliation). */

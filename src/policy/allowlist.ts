@@ -1,5 +1,4 @@
-import { OciError } from '../oci/errors.js';
-import { parseImageReference, type ImageName } from '../oci/reference.js';
+import { DOCKER_HUB, assertRepositoryName, canonicalRegistry, looksLikeRegistryHost, parseImageReference, type ImageName } from '../oci/reference.js';
 
 /** One `preloadedImagesVerificationAllowlist` entry: an exact image name or a `/*` prefix. */
 export type AllowlistEntry = { kind: 'exact'; name: string } | { kind: 'prefix'; prefix: string };
@@ -13,34 +12,35 @@ export function parseAllowlistEntry(entry: string): AllowlistEntry {
   const fail = (why: string): never => {
     throw new Error(`preloadedImagesVerificationAllowlist entry "${entry}": ${why}`);
   };
-  if (entry.trim() !== entry || entry === '') fail('must be a non-empty image name without spaces');
-  let body = entry;
-  let prefix = false;
-  if (entry.endsWith('/*')) {
-    body = entry.slice(0, -2);
-    prefix = true;
-    if (body === '') fail('a bare "/*" would allow everything');
-  }
+  if (entry === '' || /\s/.test(entry)) fail('must be a non-empty image name without spaces');
+  const prefix = entry.endsWith('/*');
+  const body = prefix ? entry.slice(0, -2) : entry;
+  if (prefix && body === '') fail('a bare "/*" would allow every image');
   if (body.includes('*')) fail('"*" is only allowed as a trailing "/*"');
   if (body.includes('@')) fail('must not contain a digest');
+  const slash = body.indexOf('/');
+  const first = slash < 0 ? body : body.slice(0, slash);
+  if (prefix) {
+    // A prefix is matched on the normalized name, but Docker Hub's library/ is not inserted into it.
+    if (slash < 0 && looksLikeRegistryHost(first)) return { kind: 'prefix', prefix: `${canonicalRegistry(first)}/` };
+    const hasHost = slash > 0 && looksLikeRegistryHost(first);
+    const registry = hasHost ? canonicalRegistry(first) : DOCKER_HUB;
+    const path = hasHost ? body.slice(slash + 1) : body;
+    try {
+      assertRepositoryName(path);
+    } catch {
+      fail('not a valid image name prefix');
+    }
+    return { kind: 'prefix', prefix: `${registry}/${path}/` };
+  }
   let parsed: ImageName & { tag?: string };
   try {
     parsed = parseImageReference(body);
-  } catch (err) {
-    if (prefix && /^[a-z0-9.-]+(?::\d+)?$/.test(body) && (body.includes('.') || body.includes(':') || body === 'localhost')) {
-      // `registry.example/*`: a whole registry.
-      return { kind: 'prefix', prefix: `${body}/` };
-    }
-    return fail(err instanceof OciError ? 'not a valid image name' : String(err));
+  } catch {
+    return fail('not a valid image name');
   }
   if (parsed.tag !== undefined) fail('must not contain a tag');
-  const name = `${parsed.registry}/${parsed.repository}`;
-  if (prefix) {
-    // `registry.example/team/*`: normalize without Docker Hub's library/ for a registry-only prefix.
-    const explicitRegistry = body.includes('/') && /[.:]|^localhost\//.test(body.split('/')[0] ?? '');
-    return { kind: 'prefix', prefix: explicitRegistry || body.includes('/') ? `${parsed.registry}/${body.includes('/') && !explicitRegistry ? body : body.slice(body.indexOf('/') + 1)}/`.replace(/\/+$/, '/') : `${name}/` };
-  }
-  return { kind: 'exact', name };
+  return { kind: 'exact', name: `${parsed.registry}/${parsed.repository}` };
 }
 
 /** A parsed allowlist. */

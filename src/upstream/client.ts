@@ -18,7 +18,7 @@ export interface UpstreamRequest {
   headers?: Record<string, string>;
   /** Repository the request is scoped to (for the Bearer `repository:<name>:pull` scope). */
   repository?: string;
-  /** Credentials to present if challenged; defaults to the registry's configured ones. */
+  /** Credentials to present if challenged; none means anonymous (the policy layer picks node-wide ones). */
   credential?: Credential;
   signal?: AbortSignal;
 }
@@ -74,7 +74,7 @@ export class UpstreamClient {
     const base = req.registry.url;
     const url = new URL(base.pathname.replace(/\/$/, '') + req.path, base);
     for (const [k, v] of Object.entries(req.query ?? {})) url.searchParams.set(k, v);
-    const credential = req.credential ?? configuredCredential(req.registry);
+    const credential = req.credential;
     const scope = req.repository ? `repository:${req.repository}:pull` : '';
 
     const authorization = (): string | undefined => {
@@ -131,12 +131,6 @@ export class UpstreamClient {
       return { status: res.statusCode, headers: res.headers as IncomingHttpHeaders, body: res.body as unknown as Readable, url };
     }
   }
-}
-
-function configuredCredential(registry: RegistryConfig): Credential | undefined {
-  return registry.username !== undefined && registry.password !== undefined
-    ? { username: registry.username, password: registry.password }
-    : undefined;
 }
 
 /** Consumes a body we do not need so its connection returns to the pool. */

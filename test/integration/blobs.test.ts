@@ -153,8 +153,12 @@ describe('blobs through the cache', () => {
     expect(broken.status).toBe(502);
     expect(errorCode(broken)).toBe('UNAVAILABLE');
 
+    // Refused anonymously: the client is asked for credentials; refused with them: DENIED.
     upstream.fault = () => ({ kind: 'status', status: 403 });
-    const denied = await call(blobUrl);
+    const challenged = await call(blobUrl);
+    expect(challenged.status).toBe(401);
+    expect(challenged.headers['www-authenticate']).toMatch(/^Bearer realm="http:\/\/127\.0\.0\.1:\d+\/auth\/token\?ns=/);
+    const denied = await call(blobUrl, { headers: { authorization: `Basic ${Buffer.from('u:p').toString('base64')}` } });
     expect(denied.status).toBe(403);
     expect(errorCode(denied)).toBe('DENIED');
   });

@@ -24,14 +24,24 @@ describe('request validation and upstream selection', () => {
     await other.stop();
   });
 
-  it('answers /v2/ with the API version header', async () => {
+  it('answers /v2/ with the API version header, challenging clients that sent no credentials', async () => {
+    const anonymous = await call(`${cache.url}/v2/`);
+    expect(anonymous.status).toBe(401);
+    expect(anonymous.headers['www-authenticate']).toBe(`Bearer realm="${cache.url}/auth/token",service="registry-cache"`);
+    const basic = { authorization: `Basic ${Buffer.from('someone:pw').toString('base64')}` };
     for (const path of ['/v2/', '/v2']) {
-      const res = await call(`${cache.url}${path}`);
+      const res = await call(`${cache.url}${path}`, { headers: basic });
       expect(res.status).toBe(200);
       expect(res.headers['docker-distribution-api-version']).toBe('registry/2.0');
     }
-    const head = await call(`${cache.url}/v2/`, { method: 'HEAD' });
+    const head = await call(`${cache.url}/v2/`, { method: 'HEAD', headers: basic });
     expect(head.status).toBe(200);
+    const open = await startCache({ 'docker.io': upstream.url }, { imagePullCredentialsVerificationPolicy: 'NeverVerify' });
+    try {
+      expect((await call(`${open.url}/v2/`)).status).toBe(200);
+    } finally {
+      await open.stop();
+    }
   });
 
   it('picks the upstream from ns=, from a registry path prefix, or the default, and adds library/ for Docker Hub', async () => {

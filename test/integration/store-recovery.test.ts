@@ -66,8 +66,11 @@ describe('store recovery and the CLI', () => {
       });
       child.on('exit', () => reject(new Error(`exited early: ${out}`)));
     });
+    expect((await call(`${url}/healthz`)).status).toBe(200);
+    expect((await call(`${url}/readyz`)).status).toBe(200);
     const res = await call(`${url}/v2/`);
-    expect(res.status).toBe(200);
+    expect(res.status).toBe(401);
+    expect(res.headers['www-authenticate']).toContain('/auth/token');
     child.kill('SIGTERM');
     const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
     expect(code).toBe(0);

@@ -4,10 +4,16 @@ import type { BlobCache } from '../../cache/blobs.js';
 import type { ManifestCache } from '../../cache/manifests.js';
 import { OciError } from '../../oci/errors.js';
 import { MEDIA_TYPES, parseAccept } from '../../oci/media-types.js';
-import { parseV2Path, resolveTarget, type Target } from '../../oci/path.js';
-import { drain, type UpstreamClient } from '../../upstream/client.js';
+import { parseV2Path, resolveTarget } from '../../oci/path.js';
+import { isOciError } from '../../oci/errors.js';
+import type { CredentialHasher } from '../../policy/credential-hash.js';
+import type { TokenService } from '../../policy/tokens.js';
+import type { Access, CredentialVerifier } from '../../policy/verifier.js';
+import { drain, type UpstreamClient, type UpstreamResponse } from '../../upstream/client.js';
 import { errorForUpstreamStatus } from '../../upstream/errors.js';
-import { header } from '../../cache/blobs.js';
+import { header, type BlobAnswer } from '../../cache/blobs.js';
+import type { ManifestAnswer } from '../../cache/manifests.js';
+import { challengeFor, identify } from '../client-auth.js';
 import { parseRange } from '../range.js';
 
 /** What the v2 routes need. */
@@ -16,6 +22,9 @@ export interface V2Deps {
   blobs: BlobCache;
   manifests: ManifestCache;
   upstream: UpstreamClient;
+  verifier: CredentialVerifier;
+  tokens: TokenService;
+  hasher: CredentialHasher;
 }
 
 const API_VERSION = { 'docker-distribution-api-version': 'registry/2.0' };
@@ -31,24 +40,30 @@ export function registerV2Routes(app: FastifyInstance, deps: V2Deps): void {
     const route = parseV2Path(rest);
     const query = request.query as Record<string, string | undefined>;
     const head = request.method === 'HEAD';
+    const ns = typeof query.ns === 'string' ? query.ns : undefined;
     if (route.kind === 'base') {
+      // Clients such as skopeo learn the auth scheme from this ping; they send credentials only after a challenge.
+      const identity = identify(request, undefined, deps, () => challengeFor(request, undefined, ns));
+      if (identity.kind === 'none' && deps.verifier.policy !== 'NeverVerify') throw challengeFor(request, undefined, ns);
       reply.headers({ ...API_VERSION, 'content-type': 'application/json' });
       await reply.code(200).send(head ? undefined : Buffer.from('{}'));
       return;
     }
-    const target = resolveTarget(route.name, query.ns, known, deps.config.defaultRegistry);
+    const target = resolveTarget(route.name, ns, known, deps.config.defaultRegistry);
     const registry = deps.config.registries.get(target.registry) as RegistryConfig;
+    const challenge = (): OciError => challengeFor(request, route.name, ns);
+    const access: Access = { registry, repository: target.repository, identity: identify(request, target, deps, challenge), challenge };
     switch (route.kind) {
       case 'manifest':
-        return serveManifest(deps, request, reply, registry, target, route.reference, route.isDigest);
+        return serveManifest(deps, request, reply, access, route.reference, route.isDigest);
       case 'blob':
-        return serveBlob(deps, request, reply, registry, target, route.digest);
+        return serveBlob(deps, request, reply, access, route.digest);
       case 'tags':
         if (head) throw new OciError('UNSUPPORTED', 'HEAD is not supported on tags/list', { status: 405 });
-        return serveTags(deps, request, reply, registry, target, query);
+        return serveTags(deps, request, reply, access, query);
       case 'referrers':
         if (head) throw new OciError('UNSUPPORTED', 'HEAD is not supported on referrers', { status: 405 });
-        return serveReferrers(deps, request, reply, registry, target, route.digest, query);
+        return serveReferrers(deps, request, reply, access, route.digest, query);
     }
   };
 
@@ -67,20 +82,33 @@ async function serveManifest(
   deps: V2Deps,
   request: FastifyRequest,
   reply: FastifyReply,
-  registry: RegistryConfig,
-  target: Target,
+  access: Access,
   reference: string,
   isDigest: boolean,
 ): Promise<void> {
+  const { registry, repository } = access;
   const method = request.method === 'HEAD' ? 'HEAD' : 'GET';
-  const answer = await deps.manifests.get({
-    registry,
-    repository: target.repository,
-    reference,
-    isDigest,
-    accept: parseAccept(request.headers.accept),
-    method,
-  });
+  const base = { registry, repository, reference, isDigest, accept: parseAccept(request.headers.accept), method } as const;
+  let answer: ManifestAnswer;
+  if (isDigest && deps.manifests.isStored(reference)) {
+    await deps.verifier.authorizeManifest(access, reference);
+    answer = await deps.manifests.get(base);
+  } else {
+    try {
+      const { value, puller } = await deps.verifier.tryUpstream(access, (credential) => deps.manifests.get({ ...base, ...(credential ? { credential } : {}) }));
+      answer = value;
+      // An upstream that just answered for these credentials verified them; a stored or stale answer did not.
+      if (answer.source === 'upstream' || answer.source === 'revalidated') deps.verifier.record(access, answer.digest, puller);
+      else await deps.verifier.authorizeManifest(access, answer.digest);
+    } catch (err) {
+      // A refused tag revalidation: what the store holds may still be this client's under the policy.
+      const refused = isOciError(err) && (err.code === 'UNAUTHORIZED' || err.code === 'DENIED');
+      const knownDigest = refused && !isDigest ? deps.manifests.lastKnownDigest(registry.host, repository, reference) : undefined;
+      if (!knownDigest || !deps.verifier.allowedLocally(access, knownDigest)) throw err;
+      answer = await deps.manifests.get({ ...base, reference: knownDigest, isDigest: true });
+    }
+  }
+  deps.manifests.noteServed(registry.host, repository, answer.digest);
   request.cacheStatus = answer.source === 'store' ? 'hit' : answer.source === 'upstream' ? 'miss' : answer.source;
   reply.code(200).headers({
     ...API_VERSION,
@@ -96,11 +124,11 @@ async function serveBlob(
   deps: V2Deps,
   request: FastifyRequest,
   reply: FastifyReply,
-  registry: RegistryConfig,
-  target: Target,
+  access: Access,
   digest: string,
 ): Promise<void> {
-  const blobRequest = { registry, repository: target.repository, digest };
+  const blobRequest = { registry: access.registry, repository: access.repository, digest };
+  const authorized = await deps.verifier.authorizeBlob(access, digest, deps.blobs.known(digest));
   const common = {
     ...API_VERSION,
     'content-type': 'application/octet-stream',
@@ -110,13 +138,20 @@ async function serveBlob(
     'cache-control': 'max-age=31536000, immutable',
   };
   if (request.method === 'HEAD') {
-    const { size, source } = await deps.blobs.head(blobRequest);
+    const { value: head } = await deps.verifier.tryUpstream(access, (credential) => deps.blobs.head({ ...blobRequest, ...(credential ? { credential } : {}) }));
+    const { size, source } = head;
     request.cacheStatus = source === 'store' ? 'hit' : source === 'upstream' ? 'miss' : source;
     reply.code(200).headers({ ...common, 'content-length': String(size) });
     await reply.send();
     return;
   }
-  const answer = await deps.blobs.get(blobRequest);
+  let answer: BlobAnswer | undefined = deps.blobs.stored(digest);
+  if (!answer) {
+    const fetched = await deps.verifier.tryUpstream(access, (credential) => deps.blobs.get({ ...blobRequest, ...(credential ? { credential } : {}) }));
+    answer = fetched.value;
+    // A blob no authorized manifest covers was verified by this very fetch: record it once stored.
+    if (!authorized) answer.committed?.then(() => deps.verifier.record(access, digest, fetched.puller)).catch(() => undefined);
+  }
   request.cacheStatus = answer.source === 'store' ? 'hit' : answer.source === 'upstream' ? 'miss' : answer.source;
   const range = answer.size === undefined ? undefined : parseRange(header(request.headers.range), answer.size);
   if (range && answer.size !== undefined) {
@@ -137,28 +172,28 @@ async function serveTags(
   deps: V2Deps,
   request: FastifyRequest,
   reply: FastifyReply,
-  registry: RegistryConfig,
-  target: Target,
+  access: Access,
   query: Record<string, string | undefined>,
 ): Promise<void> {
+  const { registry, repository } = access;
   const upstreamQuery: Record<string, string> = {};
   if (query.n !== undefined) {
     if (!/^\d{1,6}$/.test(query.n)) throw new OciError('UNSUPPORTED', 'n must be a non-negative integer', { status: 400 });
     upstreamQuery.n = query.n;
   }
   if (query.last !== undefined) upstreamQuery.last = query.last;
-  const res = await deps.upstream.send({
-    registry,
-    method: 'GET',
-    path: `/v2/${target.repository}/tags/list`,
-    query: upstreamQuery,
-    headers: { accept: 'application/json' },
-    repository: target.repository,
+  const { value: res } = await deps.verifier.tryUpstream(access, async (credential) => {
+    const r = await deps.upstream.send({
+      registry,
+      method: 'GET',
+      path: `/v2/${repository}/tags/list`,
+      query: upstreamQuery,
+      headers: { accept: 'application/json' },
+      repository,
+      ...(credential ? { credential } : {}),
+    });
+    return expectStatus(r, [200], 'tags', registry.host);
   });
-  if (res.status !== 200) {
-    await drain(res.body);
-    throw errorForUpstreamStatus(res.status, 'tags', registry.host, header(res.headers['retry-after']));
-  }
   request.cacheStatus = 'passthrough';
   const body = await readCapped(res.body);
   reply.code(200).headers({ ...API_VERSION, 'content-type': 'application/json' });
@@ -171,20 +206,25 @@ async function serveReferrers(
   deps: V2Deps,
   request: FastifyRequest,
   reply: FastifyReply,
-  registry: RegistryConfig,
-  target: Target,
+  access: Access,
   digest: string,
   query: Record<string, string | undefined>,
 ): Promise<void> {
+  const { registry, repository } = access;
   const upstreamQuery: Record<string, string> = {};
   if (query.artifactType !== undefined) upstreamQuery.artifactType = query.artifactType;
-  const res = await deps.upstream.send({
-    registry,
-    method: 'GET',
-    path: `/v2/${target.repository}/referrers/${digest}`,
-    query: upstreamQuery,
-    headers: { accept: MEDIA_TYPES.ociIndex },
-    repository: target.repository,
+  // Registries without the referrers API answer 404/405/400: per the spec the answer is then an empty index.
+  const { value: res } = await deps.verifier.tryUpstream(access, async (credential) => {
+    const r = await deps.upstream.send({
+      registry,
+      method: 'GET',
+      path: `/v2/${repository}/referrers/${digest}`,
+      query: upstreamQuery,
+      headers: { accept: MEDIA_TYPES.ociIndex },
+      repository,
+      ...(credential ? { credential } : {}),
+    });
+    return expectStatus(r, [200, 400, 404, 405], 'referrers', registry.host);
   });
   request.cacheStatus = 'passthrough';
   reply.headers({ ...API_VERSION, 'content-type': MEDIA_TYPES.ociIndex });
@@ -196,12 +236,14 @@ async function serveReferrers(
     return;
   }
   await drain(res.body);
-  // Registries without the referrers API answer 404/405/400: per the spec the answer is then an empty index.
-  if (res.status === 404 || res.status === 405 || res.status === 400) {
-    await reply.code(200).send(Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests: [] })));
-    return;
-  }
-  throw errorForUpstreamStatus(res.status, 'referrers', registry.host, header(res.headers['retry-after']));
+  await reply.code(200).send(Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests: [] })));
+}
+
+/** Passes through an upstream answer with an expected status; anything else becomes its OCI error. */
+async function expectStatus(res: UpstreamResponse, ok: number[], subject: 'tags' | 'referrers', registry: string): Promise<UpstreamResponse> {
+  if (ok.includes(res.status)) return res;
+  await drain(res.body);
+  throw errorForUpstreamStatus(res.status, subject, registry, header(res.headers['retry-after']));
 }
 
 async function readCapped(body: AsyncIterable<Buffer> & { destroy(): void }): Promise<Buffer> {

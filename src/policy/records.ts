@@ -1,0 +1,191 @@
+import type { Db } from '../db/database.js';
+import { CredentialHasher } from './credential-hash.js';
+
+/** Who a successful upstream pull or verification is recorded for. */
+export type Puller = { kind: 'nodePodsAccessible' } | { kind: 'credential'; hash: string };
+
+/** One pull record: an image digest pulled through one repository of one registry. */
+export interface PullRecord {
+  registry: string;
+  repository: string;
+  digest: string;
+  nodePodsAccessible: boolean;
+  credentialHashes: string[];
+  createdAt: number;
+  lastVerified: number | null;
+  preloaded: boolean;
+}
+
+const META_VERIFICATION_INITIALIZED = 'verification_initialized_at';
+
+/** The kubelet's pull records and intents, kept in SQLite next to the content they describe. */
+export class PullRecords {
+  private readonly stmt;
+
+  constructor(private readonly db: Db) {
+    this.stmt = {
+      get: db.prepare<[string, string, string], { node_pods_accessible: number; created_at: number; last_verified: number | null }>(
+        'SELECT node_pods_accessible, created_at, last_verified FROM pull_records WHERE registry = ? AND repository = ? AND digest = ?',
+      ),
+      hashes: db.prepare<[string, string, string], string>(
+        'SELECT credential_hash FROM pull_record_credentials WHERE registry = ? AND repository = ? AND digest = ?',
+      ),
+      upsert: db.prepare<[string, string, string, number, number, number]>(
+        `INSERT INTO pull_records (registry, repository, digest, node_pods_accessible, created_at, last_verified)
+         VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (registry, repository, digest) DO UPDATE SET
+           node_pods_accessible = max(node_pods_accessible, excluded.node_pods_accessible),
+           last_verified = excluded.last_verified`,
+      ),
+      ensure: db.prepare<[string, string, string, number]>(
+        'INSERT INTO pull_records (registry, repository, digest, node_pods_accessible, created_at) VALUES (?, ?, ?, 0, ?) ON CONFLICT DO NOTHING',
+      ),
+      addHash: db.prepare<[string, string, string, string, number]>(
+        `INSERT INTO pull_record_credentials (registry, repository, digest, credential_hash, verified_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT DO UPDATE SET verified_at = excluded.verified_at`,
+      ),
+      preloaded: db.prepare<[string], number>('SELECT 1 FROM preloaded WHERE digest = ?'),
+      anyRecord: db.prepare<[string, string, string], number>('SELECT 1 FROM pull_records WHERE registry = ? AND repository = ? AND digest = ?'),
+      markPreloaded: db.prepare<[string, string, string | null, number]>(
+        'INSERT INTO preloaded (digest, source, image, imported_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING',
+      ),
+      beginIntent: db.prepare<[string, string, string, number]>('INSERT INTO pull_intents (registry, repository, reference, started_at) VALUES (?, ?, ?, ?)'),
+      endIntent: db.prepare<[number]>('DELETE FROM pull_intents WHERE id = ?'),
+      blobExists: db.prepare<[string], number>('SELECT 1 FROM blobs WHERE digest = ?'),
+      tagDigest: db.prepare<[string, string, string], string>('SELECT digest FROM tags WHERE registry = ? AND repository = ? AND tag = ?'),
+      getMeta: db.prepare<[string], string>('SELECT value FROM meta WHERE key = ?'),
+      setMeta: db.prepare<[string, string]>('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
+    };
+    this.stmt.hashes.pluck();
+    this.stmt.preloaded.pluck();
+    this.stmt.anyRecord.pluck();
+    this.stmt.blobExists.pluck();
+    this.stmt.tagDigest.pluck();
+    this.stmt.getMeta.pluck();
+  }
+
+  /** The record for a digest pulled through a repository, if any. */
+  get(registry: string, repository: string, digest: string): PullRecord | undefined {
+    const row = this.stmt.get.get(registry, repository, digest);
+    const preloaded = this.isPreloaded(registry, repository, digest);
+    if (!row) {
+      return preloaded
+        ? { registry, repository, digest, nodePodsAccessible: false, credentialHashes: [], createdAt: 0, lastVerified: null, preloaded }
+        : undefined;
+    }
+    return {
+      registry,
+      repository,
+      digest,
+      nodePodsAccessible: row.node_pods_accessible === 1,
+      credentialHashes: this.stmt.hashes.all(registry, repository, digest) as unknown as string[],
+      createdAt: row.created_at,
+      lastVerified: row.last_verified,
+      preloaded,
+    };
+  }
+
+  /** Whether the recorded pullers include `hash` (constant-time per comparison). */
+  static includes(record: PullRecord | undefined, hash: string): boolean {
+    let found = false;
+    for (const h of record?.credentialHashes ?? []) if (CredentialHasher.equal(h, hash)) found = true;
+    return found;
+  }
+
+  /**
+   * Preloaded: content that entered the store without a pull (preload, or present when verification was first
+   * enabled) and has no pull record for this repository since.
+   */
+  isPreloaded(registry: string, repository: string, digest: string): boolean {
+    return this.stmt.preloaded.get(digest) !== undefined && this.stmt.anyRecord.get(registry, repository, digest) === undefined;
+  }
+
+  /** Records a successful upstream pull or verification. The content must already be stored. */
+  recordSuccess(registry: string, repository: string, digest: string, puller: Puller): void {
+    const now = Date.now();
+    this.db.transaction(() => {
+      if (this.stmt.blobExists.get(digest) === undefined) return;
+      this.stmt.upsert.run(registry, repository, digest, puller.kind === 'nodePodsAccessible' ? 1 : 0, now, now);
+      if (puller.kind === 'credential') this.stmt.addHash.run(registry, repository, digest, puller.hash, now);
+    })();
+  }
+
+  /** Writes an intent before an upstream pull; returns its id for `endIntent`. */
+  beginIntent(registry: string, repository: string, reference: string): number {
+    return Number(this.stmt.beginIntent.run(registry, repository, reference, Date.now()).lastInsertRowid);
+  }
+
+  /** Removes an intent once its pull ended (successfully or not). */
+  endIntent(id: number): void {
+    this.stmt.endIntent.run(id);
+  }
+
+  /**
+   * After a crash: each leftover intent whose content is present becomes a record with no credentials, which
+   * forces verification next time, as the kubelet does. Returns how many intents were recovered.
+   */
+  recoverIntents(): number {
+    const intents = this.db.prepare('SELECT id, registry, repository, reference FROM pull_intents').all() as {
+      id: number;
+      registry: string;
+      repository: string;
+      reference: string;
+    }[];
+    const now = Date.now();
+    this.db.transaction(() => {
+      for (const i of intents) {
+        const digest = i.reference.includes(':') ? i.reference : this.stmt.tagDigest.get(i.registry, i.repository, i.reference);
+        if (digest && this.stmt.blobExists.get(digest) !== undefined) this.stmt.ensure.run(i.registry, i.repository, digest, now);
+        this.stmt.endIntent.run(i.id);
+      }
+    })();
+    return intents.length;
+  }
+
+  /** Marks stored content as preloaded (imported outside a pull). */
+  markPreloaded(digest: string, source: 'preload' | 'first-enable', image?: string): void {
+    this.stmt.markPreloaded.run(digest, source, image ?? null, Date.now());
+  }
+
+  /**
+   * The first time verification is enabled on a store, everything already in it without a record counts as
+   * preloaded (the kubelet's rule). Returns how many digests were marked, or undefined if this ran before.
+   */
+  initializeVerification(): number | undefined {
+    if (this.stmt.getMeta.get(META_VERIFICATION_INITIALIZED) !== undefined) return undefined;
+    let marked = 0;
+    this.db.transaction(() => {
+      marked = this.db
+        .prepare(
+          `INSERT INTO preloaded (digest, source, image, imported_at)
+           SELECT b.digest, 'first-enable', NULL, ? FROM blobs b
+           WHERE NOT EXISTS (SELECT 1 FROM pull_records r WHERE r.digest = b.digest)
+           ON CONFLICT DO NOTHING`,
+        )
+        .run(Date.now()).changes;
+      this.stmt.setMeta.run(META_VERIFICATION_INITIALIZED, String(Date.now()));
+    })();
+    return marked;
+  }
+
+  /** Every record (and every preloaded manifest without one), for `registry-cache records`. */
+  list(): PullRecord[] {
+    const rows = this.db
+      .prepare(
+        `SELECT registry, repository, digest FROM pull_records
+         UNION SELECT COALESCE(substr(p.image, 1, instr(p.image, '/') - 1), ''), COALESCE(substr(p.image, instr(p.image, '/') + 1), ''), p.digest
+           FROM preloaded p JOIN manifests m USING (digest)
+         ORDER BY 1, 2, 3`,
+      )
+      .all() as { registry: string; repository: string; digest: string }[];
+    const out: PullRecord[] = [];
+    for (const r of rows) {
+      const rec = this.get(r.registry, r.repository, r.digest);
+      if (rec) out.push(rec);
+      else if (this.stmt.preloaded.get(r.digest) !== undefined) {
+        out.push({ ...r, nodePodsAccessible: false, credentialHashes: [], createdAt: 0, lastVerified: null, preloaded: true });
+      }
+    }
+    return out;
+  }
+}
