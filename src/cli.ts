@@ -2,6 +2,21 @@
 import { Command } from 'commander';
 import { ConfigError, loadConfig } from './config/load.js';
 import { startServer } from './main.js';
+import { runPreload, runRecords } from './commands.js';
+import type { Config } from './config/load.js';
+
+/** Loads config or exits with the bad key named (exit 2). */
+function configOrExit(file: string | undefined): Config {
+  try {
+    return loadConfig(file === undefined ? {} : { file });
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`registry-cache: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+}
 
 const program = new Command();
 program.name('registry-cache').description('Node-local pull-through OCI registry cache').showHelpAfterError();
@@ -11,16 +26,7 @@ program
   .description('run the cache server')
   .option('-c, --config <file>', 'YAML configuration file')
   .action(async (options: { config?: string }) => {
-    let config;
-    try {
-      config = loadConfig(options.config === undefined ? {} : { file: options.config });
-    } catch (err) {
-      if (err instanceof ConfigError) {
-        process.stderr.write(`registry-cache: ${err.message}\n`);
-        process.exit(2);
-      }
-      throw err;
-    }
+    const config = configOrExit(options.config);
     const server = await startServer(config);
     const shutdown = (signal: string): void => {
       server.services.log.info({ signal }, 'shutting down');
@@ -31,6 +37,26 @@ program
     };
     process.once('SIGTERM', () => shutdown('SIGTERM'));
     process.once('SIGINT', () => shutdown('SIGINT'));
+  });
+
+program
+  .command('preload')
+  .description('import an image (OCI layout dir, OCI archive or docker save tar) into the store as pre-pulled')
+  .argument('<source>', 'oci-layout directory, oci-archive .tar or docker-save .tar')
+  .option('--name <ref>', 'image name to tag it with, e.g. registry.k8s.io/pause:3.10')
+  .option('-c, --config <file>', 'YAML configuration file')
+  .action(async (source: string, options: { name?: string; config?: string }) => {
+    await runPreload(configOrExit(options.config), source, options.name);
+  });
+
+program
+  .command('records')
+  .description('print the pull records (who pulled each image); never prints a secret')
+  .option('--image <ref>', 'only this image (registry/repository[@digest])')
+  .option('--json', 'JSON output')
+  .option('-c, --config <file>', 'YAML configuration file')
+  .action(async (options: { image?: string; json?: boolean; config?: string }) => {
+    await runRecords(configOrExit(options.config), options.image, options.json === true);
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => {

@@ -23,13 +23,29 @@ export interface Services extends AppDeps {
   close(): Promise<void>;
 }
 
-/** Opens the store and database (cleaning up after a crash) and wires the caches. */
-export async function createServices(config: Config, log: Logger, options: { dispatcher?: Dispatcher } = {}): Promise<Services> {
+/** The store, its metadata and pull records, opened for a server or a one-shot command. */
+export interface OpenStore {
+  store: BlobStore;
+  metadata: Metadata;
+  records: PullRecords;
+}
+
+/** Opens the store and database, cleaning up after a crash (temp files, rows without files, leftover intents). */
+export async function openStore(config: Config, log: Logger): Promise<OpenStore> {
   const store = new BlobStore(config.storage);
   const { removedTempFiles } = await store.init();
   const metadata = new Metadata(openDatabase(store.layout.databaseFile));
   const dropped = await reconcile(store, metadata);
   if (removedTempFiles > 0 || dropped > 0) log.info({ removedTempFiles, droppedRows: dropped }, 'store recovered from an unclean stop');
+  const records = new PullRecords(metadata.db);
+  const recovered = records.recoverIntents();
+  if (recovered > 0) log.warn({ intents: recovered }, 'pull intents left by a crash became records without credentials');
+  return { store, metadata, records };
+}
+
+/** Opens the store and wires the caches, the credential policy and the upstream client. */
+export async function createServices(config: Config, log: Logger, options: { dispatcher?: Dispatcher } = {}): Promise<Services> {
+  const { store, metadata, records } = await openStore(config, log);
   const upstream = new UpstreamClient({
     connectTimeoutMs: config.upstreamConnectTimeoutMs,
     headersTimeoutMs: config.upstreamHeadersTimeoutMs,
@@ -37,9 +53,6 @@ export async function createServices(config: Config, log: Logger, options: { dis
     log,
     ...(options.dispatcher ? { dispatcher: options.dispatcher } : {}),
   });
-  const records = new PullRecords(metadata.db);
-  const recovered = records.recoverIntents();
-  if (recovered > 0) log.warn({ intents: recovered }, 'pull intents left by a crash became records without credentials');
   const policy = config.imagePullCredentialsVerificationPolicy;
   if (policy !== 'NeverVerify') {
     const marked = records.initializeVerification();

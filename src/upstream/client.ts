@@ -84,7 +84,8 @@ export class UpstreamClient {
       return undefined;
     };
 
-    let res = await this.follow(req, url, authorization());
+    const sent = authorization();
+    let res = await this.follow(req, url, sent);
     if (res.status !== 401) return res;
 
     const challenge = parseChallenge(res.headers['www-authenticate']);
@@ -94,7 +95,8 @@ export class UpstreamClient {
       this.tokens.forget(base, scope, credential);
       const token = await this.tokens.obtain(base, req.registry.host, challenge, scope, credential, req.signal);
       res = await this.follow(req, url, `Bearer ${token}`);
-    } else if (challenge.scheme === 'basic' && credential) {
+    } else if (challenge.scheme === 'basic' && credential && !sent?.startsWith('Basic ')) {
+      // Retrying the same Basic credentials that were just refused would only repeat the refusal.
       await drain(res.body);
       this.basicOrigins.add(base.origin);
       res = await this.follow(req, url, basicAuthorization(credential));

@@ -61,7 +61,7 @@ export function makeImage(layerSizes: number[], mediaType = 'application/vnd.oci
 export type FakeAuth =
   | { kind: 'none' }
   | { kind: 'bearer'; users?: Record<string, string>; allowAnonymous?: boolean; realmOrigin?: string; expiresIn?: number }
-  | { kind: 'basic'; users: Record<string, string> };
+  | { kind: 'basic'; users: Record<string, string>; publicRepos?: string[] };
 
 /**
  * An in-process registry over a real socket: counts requests and injects faults that real registries do not
@@ -221,6 +221,8 @@ export class FakeUpstream {
     if (auth.kind === 'basic') {
       const user = checkBasic(header, auth.users);
       if (user) return true;
+      const repo = /^\/v2\/(.+)\/(manifests|blobs|tags)\//.exec(req.path)?.[1];
+      if (!header && repo && auth.publicRepos?.includes(repo)) return true;
       res.writeHead(401, { 'www-authenticate': 'Basic realm="fake"', 'content-type': 'application/json' });
       res.end(JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: 'auth required' }] }));
       return false;

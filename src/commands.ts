@@ -1,0 +1,74 @@
+import { SingleBar } from 'cli-progress';
+import type { Config } from './config/load.js';
+import { createLogger } from './log.js';
+import { preloadImage } from './preload/preload.js';
+import type { PullRecord } from './policy/records.js';
+import { parseImageReference } from './oci/reference.js';
+import { openStore } from './services.js';
+
+/** `registry-cache preload SOURCE [--name REF]`: imports an image as pre-pulled; prints what it imported. */
+export async function runPreload(config: Config, source: string, name: string | undefined): Promise<void> {
+  const log = createLogger('warn');
+  const opened = await openStore(config, log);
+  const bar = process.stderr.isTTY ? new SingleBar({ format: 'preload [{bar}] {percentage}% | {value}/{total} bytes', hideCursor: true, stream: process.stderr }) : undefined;
+  let started = false;
+  try {
+    const result = await preloadImage(source, name, opened, (done, total) => {
+      if (!bar) return;
+      if (!started) {
+        bar.start(total, 0);
+        started = true;
+      }
+      bar.update(Math.min(done, total));
+    });
+    bar?.stop();
+    for (const img of result.images) process.stdout.write(`preloaded ${img.name ?? '(unnamed)'} ${img.digest} ${img.mediaType}\n`);
+    process.stdout.write(`${result.blobs} blobs, ${result.bytes} bytes read\n`);
+  } finally {
+    bar?.stop();
+    opened.metadata.close();
+  }
+}
+
+/** `registry-cache records [--image REF] [--json]`: the pull records, never a secret (hash prefixes only). */
+export async function runRecords(config: Config, image: string | undefined, json: boolean): Promise<void> {
+  const opened = await openStore(config, createLogger('warn'));
+  try {
+    let rows = opened.records.list();
+    if (image) {
+      const ref = parseImageReference(image);
+      rows = rows.filter((r) => r.registry === ref.registry && r.repository === ref.repository && (!ref.digest || r.digest === ref.digest));
+    }
+    const view = rows.map((r) => summarize(r));
+    if (json) {
+      process.stdout.write(`${JSON.stringify(view, null, 2)}\n`);
+      return;
+    }
+    const header = ['IMAGE', 'DIGEST', 'PULLED BY', 'PRELOADED', 'LAST VERIFIED'];
+    const table = [header, ...view.map((v) => [v.image, v.digest.slice(0, 19), v.pulledBy, v.preloaded ? 'yes' : 'no', v.lastVerified ?? '-'])];
+    const widths = header.map((_, i) => Math.max(...table.map((row) => (row[i] ?? '').length)));
+    for (const row of table) process.stdout.write(`${row.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()}\n`);
+  } finally {
+    opened.metadata.close();
+  }
+}
+
+function summarize(r: PullRecord): { image: string; digest: string; pulledBy: string; credentialHashPrefixes: string[]; nodePodsAccessible: boolean; preloaded: boolean; lastVerified: string | null } {
+  const prefixes = r.credentialHashes.map((h) => h.slice(0, 8));
+  const pulledBy = r.nodePodsAccessible
+    ? 'nodePodsAccessible'
+    : prefixes.length > 0
+      ? `${prefixes.length} credential${prefixes.length > 1 ? 's' : ''} (${prefixes.join(', ')}…)`
+      : r.preloaded
+        ? '-'
+        : 'nobody (verify next time)';
+  return {
+    image: r.registry ? `${r.registry}/${r.repository}` : '(unnamed)',
+    digest: r.digest,
+    pulledBy,
+    credentialHashPrefixes: prefixes,
+    nodePodsAccessible: r.nodePodsAccessible,
+    preloaded: r.preloaded,
+    lastVerified: r.lastVerified ? new Date(r.lastVerified).toISOString() : null,
+  };
+}
