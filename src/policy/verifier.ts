@@ -158,7 +158,8 @@ export class CredentialVerifier {
       this.count('verified');
       log.info({ puller: puller.kind }, 'credentials verified upstream');
     } catch (err) {
-      if (isOciError(err) && (err.code === 'UNAUTHORIZED' || err.code === 'DENIED')) {
+      if (isOciError(err) && (err.code === 'UNAUTHORIZED' || err.code === 'DENIED' || err.status === 404)) {
+        // A definite answer: refused, or the upstream does not have it under this repository.
         log.info({ code: err.code }, 'credential verification refused');
         throw err;
       }
