@@ -77,7 +77,7 @@ export class CredentialVerifier {
       this.count(this.policy === 'NeverVerify' ? 'exempt' : 'local');
       return;
     }
-    await this.verifyUpstream(access, 'manifests', digest, digest);
+    await this.verifyUpstream(access, 'manifests', digest, digest, false);
   }
 
   /**
@@ -100,8 +100,9 @@ export class CredentialVerifier {
     }
     if (parents.length === 0 && !known) return false;
     const parent = parents[0];
-    if (parent) await this.verifyUpstream(access, 'manifests', parent, parent);
-    else await this.verifyUpstream(access, 'blobs', digest, digest);
+    if (parent) await this.verifyUpstream(access, 'manifests', parent, parent, false);
+    // A blob no manifest here explains (e.g. still being fetched by someone): whether it is public is unknown.
+    else await this.verifyUpstream(access, 'blobs', digest, digest, true);
     return true;
   }
 
@@ -137,9 +138,16 @@ export class CredentialVerifier {
     this.deps.records.recordSuccess(access.registry.host, access.repository, digest, puller);
   }
 
-  private async verifyUpstream(access: Access, kind: 'manifests' | 'blobs', reference: string, recordDigest: string): Promise<void> {
-    // A client that sent nothing is tried anonymously (or with node-wide credentials) first, and challenged
-    // for its own credentials only if that is refused.
+  /**
+   * Verifies the client's credentials with a HEAD (never a download). A client that sent nothing is challenged
+   * at once when its record already says anonymous access is not established (`probeAnonymously` false);
+   * otherwise it is tried anonymously (or with node-wide credentials) first and challenged only if refused.
+   */
+  private async verifyUpstream(access: Access, kind: 'manifests' | 'blobs', reference: string, recordDigest: string, probeAnonymously: boolean): Promise<void> {
+    if (access.identity.kind === 'none' && !probeAnonymously) {
+      this.count('challenged');
+      throw access.challenge();
+    }
     const log = this.deps.log.child({ registry: access.registry.host, repository: access.repository, digest: recordDigest });
     try {
       const { puller } = await this.tryUpstream(access, async (credential) => {

@@ -90,6 +90,8 @@ export class UpstreamClient {
 
     const challenge = parseChallenge(res.headers['www-authenticate']);
     if (!challenge) return res;
+    // Remember the scheme even for an anonymous request: the next request with credentials sends them at once.
+    if (challenge.scheme === 'basic') this.basicOrigins.add(base.origin);
     if (challenge.scheme === 'bearer') {
       await drain(res.body);
       this.tokens.forget(base, scope, credential);
@@ -98,7 +100,6 @@ export class UpstreamClient {
     } else if (challenge.scheme === 'basic' && credential && !sent?.startsWith('Basic ')) {
       // Retrying the same Basic credentials that were just refused would only repeat the refusal.
       await drain(res.body);
-      this.basicOrigins.add(base.origin);
       res = await this.follow(req, url, basicAuthorization(credential));
     }
     return res;

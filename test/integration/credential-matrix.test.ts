@@ -23,8 +23,8 @@ const SERVE0: Expect = { served: true, upstream: 0 };
 /** Verification: one upstream HEAD of the manifest by digest, never a re-download. */
 const VERIFY_OK: Expect = { served: true, upstream: 1 };
 const VERIFY_DENIED: Expect = { served: false, status: 401, upstream: 1 };
-/** No Authorization at all: tried anonymously (refused), then challenged for credentials. */
-const CHALLENGE: Expect = { served: false, status: 401, upstream: 1 };
+/** No Authorization at all, and the record does not make the image anonymous: challenged for credentials at once. */
+const CHALLENGE: Expect = { served: false, status: 401, upstream: 0 };
 
 const verifyRow: Record<Client, Expect> = { 'no credentials': CHALLENGE, A: VERIFY_OK, 'B (valid upstream)': VERIFY_OK, 'C (invalid upstream)': VERIFY_DENIED };
 const pulledWithARow: Record<Client, Expect> = { 'no credentials': CHALLENGE, A: SERVE0, 'B (valid upstream)': VERIFY_OK, 'C (invalid upstream)': VERIFY_DENIED };

@@ -94,6 +94,11 @@ async function serveManifest(
     await deps.verifier.authorizeManifest(access, reference);
     answer = await deps.manifests.get(base);
   } else {
+    if (!isDigest && access.identity.kind === 'none') {
+      // A known tag whose content this client may not have anonymously: ask for credentials before going upstream.
+      const known = deps.manifests.lastKnownDigest(registry.host, repository, reference);
+      if (known && !deps.verifier.allowedLocally(access, known)) throw access.challenge();
+    }
     try {
       const { value, puller } = await deps.verifier.tryUpstream(access, (credential) => deps.manifests.get({ ...base, ...(credential ? { credential } : {}) }));
       answer = value;
