@@ -129,38 +129,49 @@ async function importLayoutDirectory(dir: string, deps: Deps, state: ImportState
 async function importTar(file: string, total: number, deps: Deps, state: ImportState, progress?: Progress): Promise<void> {
   const ex = extract();
   const done = pipeline(createReadStream(file), counting(state, total, progress), ex);
-  for await (const entry of ex) {
-    const path = entry.header.name.replace(/^\.\//, '');
-    if (entry.header.type !== 'file') {
-      entry.resume();
-      continue;
-    }
-    const blobMatch = /^blobs\/(sha256|sha512)\/([a-f0-9]+)$/.exec(path);
-    if (blobMatch) {
-      const digest = parseDigest(`${blobMatch[1]}:${blobMatch[2]}`).value;
-      const { size } = await importBlob(deps.store, Readable.from(entry), digest);
-      deps.metadata.insertBlob(digest, size, null);
-      state.blobs.set(path, digest);
-    } else if (path.endsWith('.json') && (entry.header.size ?? 0) <= MAX_MANIFEST_BYTES) {
-      const chunks: Buffer[] = [];
-      for await (const c of entry) chunks.push(c as Buffer);
-      const bytes = Buffer.concat(chunks);
-      state.jsonFiles.set(path, bytes.toString('utf8'));
-      // Legacy docker save: the image config is `<hex>.json`; store it as a blob too.
-      if (/^[a-f0-9]{64}\.json$/.test(path)) {
-        const { digest, size } = await importBlob(deps.store, Readable.from([bytes]));
-        deps.metadata.insertBlob(digest, size, DOCKER_CONFIG);
-        state.blobs.set(path, digest);
-      }
-    } else if (path.endsWith('/layer.tar') || path.endsWith('.tar')) {
-      const { digest, size } = await importBlob(deps.store, Readable.from(entry));
-      deps.metadata.insertBlob(digest, size, LEGACY_LAYER);
-      state.blobs.set(path, digest);
-    } else {
-      entry.resume();
-    }
+  try {
+    await readEntries();
+  } catch (err) {
+    // Stop reading the archive and let its pipeline settle before reporting the first error.
+    ex.destroy();
+    await done.catch(() => undefined);
+    throw err;
   }
   await done;
+
+  async function readEntries(): Promise<void> {
+    for await (const entry of ex) {
+      const path = entry.header.name.replace(/^\.\//, '');
+      if (entry.header.type !== 'file') {
+        entry.resume();
+        continue;
+      }
+      const blobMatch = /^blobs\/(sha256|sha512)\/([a-f0-9]+)$/.exec(path);
+      if (blobMatch) {
+        const digest = parseDigest(`${blobMatch[1]}:${blobMatch[2]}`).value;
+        const { size } = await importBlob(deps.store, Readable.from(entry), digest);
+        deps.metadata.insertBlob(digest, size, null);
+        state.blobs.set(path, digest);
+      } else if (path.endsWith('.json') && (entry.header.size ?? 0) <= MAX_MANIFEST_BYTES) {
+        const chunks: Buffer[] = [];
+        for await (const c of entry) chunks.push(c as Buffer);
+        const bytes = Buffer.concat(chunks);
+        state.jsonFiles.set(path, bytes.toString('utf8'));
+        // Legacy docker save: the image config is `<hex>.json`; store it as a blob too.
+        if (/^[a-f0-9]{64}\.json$/.test(path)) {
+          const { digest, size } = await importBlob(deps.store, Readable.from([bytes]));
+          deps.metadata.insertBlob(digest, size, DOCKER_CONFIG);
+          state.blobs.set(path, digest);
+        }
+      } else if (path.endsWith('/layer.tar') || path.endsWith('.tar')) {
+        const { digest, size } = await importBlob(deps.store, Readable.from(entry));
+        deps.metadata.insertBlob(digest, size, LEGACY_LAYER);
+        state.blobs.set(path, digest);
+      } else {
+        entry.resume();
+      }
+    }
+  }
 }
 
 /** `docker save` (pre-OCI) has no manifests: build a Docker schema2 manifest over its config and layer tars. */
