@@ -9,6 +9,7 @@ import type { CredentialHasher } from './policy/credential-hash.js';
 import type { TokenService } from './policy/tokens.js';
 import type { CredentialVerifier } from './policy/verifier.js';
 import { registerTokenRoutes } from './server/routes/token.js';
+import type { Metrics } from './metrics.js';
 import { sendError } from './server/error-handler.js';
 import { registerRequestLog } from './server/plugins/request-log.js';
 import { registerHealthRoutes } from './server/routes/health.js';
@@ -24,11 +25,12 @@ export interface AppDeps {
   verifier: CredentialVerifier;
   tokens: TokenService;
   hasher: CredentialHasher;
+  metrics: Metrics;
   ready: () => Promise<boolean>;
 }
 
-/** Builds the HTTP server; no I/O happens until `listen`. */
-export function buildApp(deps: AppDeps): FastifyInstance {
+/** Builds the HTTP server; no I/O happens until `listen`. With `opsSeparately`, /metrics lives on buildOpsApp. */
+export function buildApp(deps: AppDeps, options: { opsSeparately?: boolean } = {}): FastifyInstance {
   const app = Fastify({
     loggerInstance: deps.log,
     // One line per request comes from plugins/request-log.ts, with the cache outcome.
@@ -43,9 +45,25 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   app.setNotFoundHandler((request, reply) =>
     sendError(new OciError('NAME_UNKNOWN', 'not found', { status: 404, detail: { path: request.url.split('?')[0]?.slice(0, 200) } }), request, reply),
   );
-  registerRequestLog(app);
+  registerRequestLog(app, deps.metrics);
   registerHealthRoutes(app, deps.ready);
+  if (!options.opsSeparately) registerMetricsRoute(app, deps.metrics);
   registerTokenRoutes(app, deps);
   registerV2Routes(app, deps);
   return app;
+}
+
+/** A small server for probes and metrics on their own address (`metricsListen`). */
+export function buildOpsApp(deps: AppDeps): FastifyInstance {
+  const app = Fastify({ loggerInstance: deps.log, logController: new LogController({ disableRequestLogging: true }) }) as unknown as FastifyInstance;
+  registerHealthRoutes(app, deps.ready);
+  registerMetricsRoute(app, deps.metrics);
+  return app;
+}
+
+function registerMetricsRoute(app: FastifyInstance, metrics: Metrics): void {
+  app.get('/metrics', async (_request, reply) => {
+    const { contentType, body } = await metrics.render();
+    return reply.header('content-type', contentType).send(body);
+  });
 }

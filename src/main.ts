@@ -1,5 +1,5 @@
 import type { FastifyInstance } from 'fastify';
-import { buildApp } from './app.js';
+import { buildApp, buildOpsApp } from './app.js';
 import type { Config } from './config/load.js';
 import { createLogger } from './log.js';
 import { createServices, type Services } from './services.js';
@@ -10,34 +10,49 @@ export interface RunningServer {
   services: Services;
   /** Base URL it listens on, e.g. http://127.0.0.1:5000. */
   url: string;
+  /** Base URL of the separate metrics/probe listener, when configured. */
+  opsUrl: string | undefined;
   close(): Promise<void>;
 }
 
 /** Starts the cache: store, database, HTTP listener. */
 export async function startServer(config: Config, log = createLogger(config.logLevel)): Promise<RunningServer> {
   const services = await createServices(config, log);
-  const app = buildApp(services);
+  const app = buildApp(services, { opsSeparately: config.metricsListen !== undefined });
+  const ops = config.metricsListen ? buildOpsApp(services) : undefined;
+  let url: string;
+  let opsUrl: string | undefined;
   try {
-    await app.listen({ host: config.listen.host, port: config.listen.port });
+    url = await listenOn(app, config.listen);
+    if (ops && config.metricsListen) opsUrl = await listenOn(ops, config.metricsListen);
   } catch (err) {
+    await app.close();
+    await ops?.close();
     await services.close();
     throw err;
   }
-  const address = app.server.address();
-  const port = typeof address === 'object' && address ? address.port : config.listen.port;
-  const host = config.listen.host.includes(':') ? `[${config.listen.host}]` : config.listen.host;
-  log.info({ listen: `${host}:${port}`, storage: config.storage, registries: [...config.registries.keys()] }, 'registry-cache listening');
+  log.info({ listen: url.replace('http://', ''), metrics: opsUrl, storage: config.storage, registries: [...config.registries.keys()] }, 'registry-cache listening');
   let closing: Promise<void> | undefined;
   return {
     app,
     services,
-    url: `http://${host}:${port}`,
+    url,
+    opsUrl,
     close: () => {
       closing ??= (async () => {
+        await ops?.close();
         await app.close();
         await services.close();
       })();
       return closing;
     },
   };
+}
+
+async function listenOn(app: FastifyInstance, listen: { host: string; port: number }): Promise<string> {
+  await app.listen({ host: listen.host, port: listen.port });
+  const address = app.server.address();
+  const port = typeof address === 'object' && address ? address.port : listen.port;
+  const host = listen.host.includes(':') ? `[${listen.host}]` : listen.host;
+  return `http://${host}:${port}`;
 }

@@ -14,12 +14,14 @@ import { NodeCredentials } from './policy/node-credentials.js';
 import { PullRecords } from './policy/records.js';
 import { TokenService } from './policy/tokens.js';
 import { CredentialVerifier } from './policy/verifier.js';
+import { Metrics } from './metrics.js';
 
 /** The long-lived parts of a running cache, and how to shut them down. */
 export interface Services extends AppDeps {
   store: BlobStore;
   metadata: Metadata;
   records: PullRecords;
+  metrics: Metrics;
   close(): Promise<void>;
 }
 
@@ -46,7 +48,11 @@ export async function openStore(config: Config, log: Logger): Promise<OpenStore>
 /** Opens the store and wires the caches, the credential policy and the upstream client. */
 export async function createServices(config: Config, log: Logger, options: { dispatcher?: Dispatcher } = {}): Promise<Services> {
   const { store, metadata, records } = await openStore(config, log);
+  // Metrics read the caches lazily at scrape time; the holder is filled in once the caches exist.
+  const live: { activeFills: () => number } = { activeFills: () => 0 };
+  const metrics = new Metrics({ activeFills: () => live.activeFills(), storeBytes: () => metadata.storedBytes() });
   const upstream = new UpstreamClient({
+    observe: (registry, method, status, seconds) => metrics.upstreamLatency.labels(registry, method, String(status)).observe(seconds),
     connectTimeoutMs: config.upstreamConnectTimeoutMs,
     headersTimeoutMs: config.upstreamHeadersTimeoutMs,
     bodyTimeoutMs: config.upstreamBodyTimeoutMs,
@@ -67,9 +73,27 @@ export async function createServices(config: Config, log: Logger, options: { dis
   });
   // NeverVerify keeps no records (the kubelet with the feature off), so it writes no intents either.
   const intents = policy === 'NeverVerify' ? undefined : { begin: records.beginIntent.bind(records), end: records.endIntent.bind(records) };
-  const blobs = new BlobCache({ store, metadata, upstream, log, fillTimeoutMs: config.fillTimeoutMs, ...(intents ? { intents } : {}) });
+  const blobs = new BlobCache({
+    store,
+    metadata,
+    upstream,
+    log,
+    fillTimeoutMs: config.fillTimeoutMs,
+    onFillEnd: (registry, bytes) => metrics.bytesFetched.labels(registry).inc(bytes),
+    ...(intents ? { intents } : {}),
+  });
+  live.activeFills = () => blobs.activeFills;
   const manifests = new ManifestCache({ store, metadata, upstream, log, tagTtlMs: config.tagTtlMs, ...(intents ? { intents } : {}) });
-  const verifier = new CredentialVerifier({ policy, allowlist: config.preloadedImagesVerificationAllowlist, records, metadata, upstream, nodeCredentials, log });
+  const verifier = new CredentialVerifier({
+    policy,
+    allowlist: config.preloadedImagesVerificationAllowlist,
+    records,
+    metadata,
+    upstream,
+    nodeCredentials,
+    log,
+    onOutcome: (p, outcome) => metrics.verifications.labels(p, outcome).inc(),
+  });
   const tokens = new TokenService(config.tokenTtlMs);
   return {
     config,
@@ -80,6 +104,7 @@ export async function createServices(config: Config, log: Logger, options: { dis
     blobs,
     manifests,
     records,
+    metrics,
     verifier,
     tokens,
     hasher,

@@ -38,7 +38,16 @@ export class BlobCache {
   private readonly fills = new Map<string, BlobFill>();
 
   constructor(
-    private readonly deps: { store: BlobStore; metadata: Metadata; upstream: UpstreamClient; log: Logger; fillTimeoutMs: number; intents?: PullIntents },
+    private readonly deps: {
+      store: BlobStore;
+      metadata: Metadata;
+      upstream: UpstreamClient;
+      log: Logger;
+      fillTimeoutMs: number;
+      intents?: PullIntents;
+      /** Called when a fill ends, with the bytes it downloaded. */
+      onFillEnd?: (registry: string, bytes: number) => void;
+    },
   ) {}
 
   /** Whether the blob is stored or being fetched. */
@@ -138,6 +147,7 @@ export class BlobCache {
         },
       )
       .then(() => {
+        this.deps.onFillEnd?.(req.registry.host, fill.written);
         if (fill.state === 'committed') flog.info({ size: fill.written }, 'blob stored');
         else flog.warn({ err: fill.error }, 'blob fill failed');
       })

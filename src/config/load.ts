@@ -20,6 +20,8 @@ export interface RegistryConfig {
 /** The validated, frozen configuration the process runs on. */
 export interface Config {
   listen: { host: string; port: number };
+  /** Separate address for /metrics and probes, when set. */
+  metricsListen: { host: string; port: number } | undefined;
   storage: string;
   defaultRegistry: string;
   registries: ReadonlyMap<string, RegistryConfig>;
@@ -157,6 +159,7 @@ function finalize(raw: RawConfig): Config {
   if (!registries.has(defaultRegistry)) throw new ConfigError('defaultRegistry', `"${raw.defaultRegistry}" is not one of registries`);
   return Object.freeze({
     listen,
+    metricsListen: raw.metricsListen === undefined ? undefined : parseListen('metricsListen', raw.metricsListen),
     storage: resolve(raw.storage),
     defaultRegistry,
     registries,

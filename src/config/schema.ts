@@ -24,6 +24,7 @@ export const DEFAULT_REGISTRIES: Readonly<Record<string, { url: string }>> = Obj
 export const ConfigSchema = Type.Object(
   {
     listen: Type.String({ default: '127.0.0.1:5000' }),
+    metricsListen: Type.Optional(Type.String({ description: 'host:port for /metrics, /healthz and /readyz on their own listener' })),
     storage: Type.String({ default: './storage' }),
     defaultRegistry: Type.String({ default: 'docker.io' }),
     // Its default is DEFAULT_REGISTRIES, applied by load.ts: TypeBox would merge a record default into given keys.

@@ -153,6 +153,11 @@ export class Metadata {
     return this.stmt.parents.all(child, registry, repository) as unknown as string[];
   }
 
+  /** Total bytes of stored content. */
+  storedBytes(): number {
+    return (this.db.prepare('SELECT COALESCE(SUM(size), 0) FROM blobs').pluck().get() as number) ?? 0;
+  }
+
   /** Every stored digest (startup reconciliation). */
   allBlobDigests(): string[] {
     return this.db.prepare('SELECT digest FROM blobs').pluck().all() as string[];

@@ -39,8 +39,6 @@ export type VerificationOutcome = 'local' | 'exempt' | 'verified' | 'denied' | '
  * exempt by policy → `nodePodsAccessible` → a recorded credential → verify upstream (HEAD, no download).
  */
 export class CredentialVerifier {
-  readonly outcomes = new Map<string, number>();
-
   constructor(
     private readonly deps: {
       policy: VerificationPolicy;
@@ -50,6 +48,7 @@ export class CredentialVerifier {
       upstream: UpstreamClient;
       nodeCredentials: NodeCredentials;
       log: Logger;
+      onOutcome?: (policy: VerificationPolicy, outcome: VerificationOutcome) => void;
     },
   ) {}
 
@@ -191,7 +190,6 @@ export class CredentialVerifier {
   }
 
   private count(outcome: VerificationOutcome): void {
-    const key = `${this.policy}:${outcome}`;
-    this.outcomes.set(key, (this.outcomes.get(key) ?? 0) + 1);
+    this.deps.onOutcome?.(this.policy, outcome);
   }
 }

@@ -40,6 +40,8 @@ export interface UpstreamClientOptions {
   log: Logger;
   /** Tests pass their own dispatcher. */
   dispatcher?: Dispatcher;
+  /** Called with every upstream exchange's time to headers. */
+  observe?: (registry: string, method: string, status: number | 'error', seconds: number) => void;
 }
 
 const MAX_REDIRECTS = 5;
@@ -53,9 +55,11 @@ export class UpstreamClient {
   /** Upstreams that answered a Basic challenge: later requests send Basic up front. */
   private readonly basicOrigins = new Set<string>();
   private readonly log: Logger;
+  private readonly observe: UpstreamClientOptions['observe'];
 
   constructor(options: UpstreamClientOptions) {
     this.log = options.log;
+    this.observe = options.observe;
     this.ownsDispatcher = options.dispatcher === undefined;
     this.dispatcher =
       options.dispatcher ??
@@ -117,11 +121,14 @@ export class UpstreamClient {
       // Credentials belong to the registry's origin only; a CDN redirect target never sees them.
       if (authorization && url.origin === req.registry.url.origin) headers.authorization = authorization;
       let res: Dispatcher.ResponseData;
+      const started = performance.now();
       try {
         res = await request(url, { dispatcher: this.dispatcher, method: req.method, headers, signal: req.signal });
       } catch (err) {
+        this.observe?.(req.registry.host, req.method, 'error', (performance.now() - started) / 1000);
         throw errorForTransportFailure(err, req.registry.host);
       }
+      this.observe?.(req.registry.host, req.method, res.statusCode, (performance.now() - started) / 1000);
       const location = res.headers.location;
       if (REDIRECT_STATUSES.has(res.statusCode) && typeof location === 'string' && hop < MAX_REDIRECTS) {
         await drain(res.body);

@@ -1,4 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { Metrics } from '../../metrics.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -7,14 +8,35 @@ declare module 'fastify' {
   }
 }
 
-/** One log line per request, with the cache outcome; never headers (they carry credentials). */
-export function registerRequestLog(app: FastifyInstance): void {
+/** A bounded label for a request path: the API operation, never the repository or digest. */
+export function routeKind(path: string): string {
+  if (path === '/v2' || path === '/v2/') return 'base';
+  const m = /^\/v2\/.+\/(manifests|blobs|tags|referrers)\//.exec(path);
+  if (m) return m[1] === 'manifests' ? 'manifest' : m[1] === 'blobs' ? 'blob' : (m[1] as string);
+  if (path === '/auth/token') return 'token';
+  if (path === '/healthz' || path === '/readyz') return 'health';
+  if (path === '/metrics') return 'metrics';
+  return 'other';
+}
+
+/** One log line and the metrics per request, with the cache outcome; never headers (they carry credentials). */
+export function registerRequestLog(app: FastifyInstance, metrics: Metrics): void {
   app.decorateRequest('cacheStatus', undefined);
   app.addHook('onResponse', async (request: FastifyRequest, reply) => {
+    const path = request.url.split('?')[0] ?? '';
+    const route = routeKind(path);
+    metrics.httpRequests.labels(route, request.method, String(reply.statusCode)).inc();
+    if ((route === 'manifest' || route === 'blob') && request.cacheStatus) {
+      metrics.cacheResults.labels(route, request.cacheStatus).inc();
+      const length = Number(reply.getHeader('content-length'));
+      if (request.method === 'GET' && (reply.statusCode === 200 || reply.statusCode === 206) && Number.isFinite(length)) {
+        metrics.bytesServed.labels(request.cacheStatus === 'hit' ? 'store' : 'upstream').inc(length);
+      }
+    }
     request.log.info(
       {
         method: request.method,
-        path: request.url.split('?')[0],
+        path,
         ns: (request.query as Record<string, unknown> | undefined)?.ns,
         status: reply.statusCode,
         cache: request.cacheStatus,

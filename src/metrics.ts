@@ -1,0 +1,46 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** Prometheus metrics of one cache process. Labels are bounded: routes and results, never names or digests. */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly httpRequests: Counter<'route' | 'method' | 'status'>;
+  readonly cacheResults: Counter<'kind' | 'result'>;
+  readonly bytesServed: Counter<'source'>;
+  readonly bytesFetched: Counter<'registry'>;
+  readonly upstreamLatency: Histogram<'registry' | 'method' | 'status'>;
+  readonly pullsInFlight: Gauge;
+  readonly pullsQueued: Gauge;
+  readonly verifications: Counter<'policy' | 'result'>;
+  readonly evictions: Counter;
+  readonly storeSize: Gauge;
+
+  constructor(sources: { activeFills: () => number; storeBytes: () => number }) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry, prefix: 'registry_cache_process_' });
+    this.httpRequests = new Counter({ name: 'registry_cache_http_requests_total', help: 'Requests by route kind, method and status', labelNames: ['route', 'method', 'status'], registers });
+    this.cacheResults = new Counter({ name: 'registry_cache_cache_results_total', help: 'Manifest and blob answers by outcome (hit, miss, inflight, revalidated, stale)', labelNames: ['kind', 'result'], registers });
+    this.bytesServed = new Counter({ name: 'registry_cache_bytes_served_total', help: 'Response body bytes by source (store or upstream)', labelNames: ['source'], registers });
+    this.bytesFetched = new Counter({ name: 'registry_cache_upstream_bytes_fetched_total', help: 'Blob bytes downloaded from upstreams', labelNames: ['registry'], registers });
+    this.upstreamLatency = new Histogram({
+      name: 'registry_cache_upstream_request_duration_seconds',
+      help: 'Time to upstream response headers',
+      labelNames: ['registry', 'method', 'status'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    });
+    this.pullsInFlight = new Gauge({ name: 'registry_cache_pulls_in_flight', help: 'Upstream blob transfers under way', registers, collect() {
+      this.set(sources.activeFills());
+    } });
+    this.pullsQueued = new Gauge({ name: 'registry_cache_pulls_queued', help: 'Upstream pulls waiting for a parallel-pull slot', registers });
+    this.verifications = new Counter({ name: 'registry_cache_credential_verifications_total', help: 'Credential checks by policy and result', labelNames: ['policy', 'result'], registers });
+    this.evictions = new Counter({ name: 'registry_cache_evictions_total', help: 'Images evicted from the store', registers });
+    this.storeSize = new Gauge({ name: 'registry_cache_store_size_bytes', help: 'Bytes of content in the store', registers, collect() {
+      this.set(sources.storeBytes());
+    } });
+  }
+
+  /** The exposition text. */
+  async render(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}

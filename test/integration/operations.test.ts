@@ -1,0 +1,84 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { startCache, type TestCache } from '../support/cache-server.js';
+import { FakeUpstream, makeImage } from '../support/fake-upstream.js';
+import { call } from '../support/http-client.js';
+import { cacheToken } from '../support/registry-auth.js';
+
+/** The value of one sample line of a Prometheus exposition, or undefined. */
+function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
+    if (Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) return Number(line.split(' ').pop());
+  }
+  return undefined;
+}
+
+describe('operations endpoints', () => {
+  const cleanup: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    for (const fn of cleanup.splice(0).reverse()) await fn();
+  });
+
+  async function setup(overrides: Record<string, unknown> = {}): Promise<{ upstream: FakeUpstream; cache: TestCache }> {
+    const upstream = await new FakeUpstream().start();
+    cleanup.push(() => upstream.stop());
+    const cache = await startCache({ [upstream.host]: upstream.url }, overrides);
+    cleanup.push(() => cache.stop());
+    return { upstream, cache };
+  }
+
+  it('exports request, cache, byte, upstream latency, verification and store metrics', async () => {
+    const { upstream, cache } = await setup();
+    upstream.auth = { kind: 'basic', users: { alice: 'alice-secret-pw' }, publicRepos: ['pub/app'] };
+    const image = makeImage([10_000, 20_000]);
+    upstream.push('pub/app', 'v1', image);
+    upstream.push('priv/app', 'v1', image);
+    const layer = image.blobs[2] as { digest: string; bytes: Buffer };
+    const blobUrl = `${cache.url}/v2/pub/app/blobs/${layer.digest}?ns=${upstream.host}`;
+    await call(`${cache.url}/v2/pub/app/manifests/v1?ns=${upstream.host}`);
+    await call(blobUrl);
+    await cache.services.blobs.settle();
+    await call(blobUrl);
+    const token = await cacheToken(cache.url, upstream.host, 'priv/app', { username: 'alice', password: 'alice-secret-pw' });
+    await call(`${cache.url}/v2/priv/app/manifests/${image.manifestDigest}?ns=${upstream.host}`, { headers: { authorization: `Bearer ${token}` } });
+    await call(`${cache.url}/v2/priv/app/manifests/${image.manifestDigest}?ns=${upstream.host}`);
+
+    const res = await call(`${cache.url}/metrics`);
+    expect(res.status).toBe(200);
+    expect(res.headers['content-type']).toContain('text/plain');
+    const text = res.body.toString();
+    expect(sample(text, 'registry_cache_http_requests_total', { route: 'blob', method: 'GET', status: '200' })).toBe(2);
+    expect(sample(text, 'registry_cache_cache_results_total', { kind: 'blob', result: 'miss' })).toBe(1);
+    expect(sample(text, 'registry_cache_cache_results_total', { kind: 'blob', result: 'hit' })).toBe(1);
+    // The blob once from disk, and the manifest handed to alice by digest from disk.
+    expect(sample(text, 'registry_cache_bytes_served_total', { source: 'store' })).toBe(layer.bytes.length + image.manifest.length);
+    expect(sample(text, 'registry_cache_upstream_bytes_fetched_total', { registry: upstream.host })).toBe(layer.bytes.length);
+    expect(sample(text, 'registry_cache_upstream_request_duration_seconds_count', { registry: upstream.host, method: 'GET', status: '200' })).toBeGreaterThanOrEqual(2);
+    expect(sample(text, 'registry_cache_credential_verifications_total', { policy: 'NeverVerifyPreloadedImages', result: 'challenged' })).toBe(1);
+    expect(sample(text, 'registry_cache_store_size_bytes')).toBeGreaterThanOrEqual(layer.bytes.length);
+    expect(sample(text, 'registry_cache_pulls_in_flight')).toBe(0);
+    expect(sample(text, 'registry_cache_evictions_total')).toBe(0);
+    // Never content or credentials: no repository names, digests or secrets in the exposition.
+    for (const leak of ['pub/app', 'priv/app', layer.digest, 'alice-secret-pw', token]) expect(text).not.toContain(leak);
+  });
+
+  it('serves probes, and metrics on a separate listener when metricsListen is set', async () => {
+    const { cache } = await setup({ metricsListen: '127.0.0.1:0' });
+    expect(cache.opsUrl).toBeDefined();
+    expect((await call(`${cache.url}/healthz`)).status).toBe(200);
+    expect((await call(`${cache.url}/readyz`)).status).toBe(200);
+    expect((await call(`${cache.url}/metrics`)).status).toBe(404);
+    const ops = await call(`${cache.opsUrl}/metrics`);
+    expect(ops.status).toBe(200);
+    expect(ops.body.toString()).toContain('registry_cache_http_requests_total');
+    expect((await call(`${cache.opsUrl}/readyz`)).status).toBe(200);
+  });
+
+  it('reports not ready when the database is unusable', async () => {
+    const { cache } = await setup();
+    cache.services.metadata.db.close();
+    const res = await call(`${cache.url}/readyz`);
+    expect(res.status).toBe(503);
+    expect((await call(`${cache.url}/healthz`)).status).toBe(200);
+  });
+});
