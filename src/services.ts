@@ -114,6 +114,8 @@ export async function createServices(config: Config, log: Logger, options: { dis
       return true;
     },
     close: async () => {
+      // Fills write rows and end intents: they must finish before the database closes.
+      await blobs.shutdown();
       await upstream.close();
       metadata.close();
     },

@@ -36,6 +36,10 @@ export interface BlobRequest {
 /** Pull-through blobs: serve from the store, else fill once from upstream while streaming to every waiting client. */
 export class BlobCache {
   private readonly fills = new Map<string, BlobFill>();
+  /** Each fill's whole task, bookkeeping included, so shutdown can wait for it. */
+  private readonly tasks = new Set<Promise<void>>();
+  /** Aborts every running fill at shutdown. */
+  private readonly shutdownController = new AbortController();
 
   constructor(
     private readonly deps: {
@@ -110,9 +114,15 @@ export class BlobCache {
     return this.fills.size;
   }
 
-  /** Resolves when every running fill has ended (for orderly shutdown and tests). */
+  /** Resolves when every running fill has ended and recorded its outcome (for tests and shutdown). */
   async settle(): Promise<void> {
-    await Promise.allSettled([...this.fills.values()].map((f) => f.done));
+    while (this.tasks.size > 0) await Promise.allSettled([...this.tasks]);
+  }
+
+  /** Aborts running fills (their partial files are discarded) and waits until they have cleaned up. */
+  async shutdown(): Promise<void> {
+    this.shutdownController.abort(new Error('registry-cache is shutting down'));
+    await this.settle();
   }
 
   private startFill(req: BlobRequest): BlobFill {
@@ -120,10 +130,10 @@ export class BlobCache {
     const fill = new BlobFill(req.digest, store);
     this.fills.set(req.digest, fill);
     // The fill owns its lifetime: a client that disconnects detaches its reader, the download goes on.
-    const signal = AbortSignal.timeout(this.deps.fillTimeoutMs);
+    const signal = AbortSignal.any([AbortSignal.timeout(this.deps.fillTimeoutMs), this.shutdownController.signal]);
     const flog = log.child({ registry: req.registry.host, repository: req.repository, digest: req.digest });
     const intent = this.deps.intents?.begin(req.registry.host, req.repository, req.digest);
-    void fill
+    const task = fill
       .run(
         async () => {
           const res = await upstream.send({
@@ -151,10 +161,13 @@ export class BlobCache {
         if (fill.state === 'committed') flog.info({ size: fill.written }, 'blob stored');
         else flog.warn({ err: fill.error }, 'blob fill failed');
       })
+      .catch((err: unknown) => flog.error({ err }, 'blob fill bookkeeping failed'))
       .finally(() => {
         this.fills.delete(req.digest);
         if (intent !== undefined) this.deps.intents?.end(intent);
+        this.tasks.delete(task);
       });
+    this.tasks.add(task);
     return fill;
   }
 }
