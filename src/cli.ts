@@ -3,6 +3,7 @@ import { Command } from 'commander';
 import { ConfigError, loadConfig } from './config/load.js';
 import { startServer } from './main.js';
 import { runPreload, runRecords } from './commands.js';
+import { DEFAULT_CERTS_DIR, restoreHosts, writeHosts } from './hosts.js';
 import type { Config } from './config/load.js';
 
 /** Loads config or exits with the bad key named (exit 2). */
@@ -57,6 +58,19 @@ program
   .option('-c, --config <file>', 'YAML configuration file')
   .action(async (options: { image?: string; json?: boolean; config?: string }) => {
     await runRecords(configOrExit(options.config), options.image, options.json === true);
+  });
+
+program
+  .command('hosts')
+  .description('write containerd hosts.toml files that make every configured registry pull through this cache')
+  .option('--certs-dir <dir>', 'containerd hosts directory', DEFAULT_CERTS_DIR)
+  .option('--mirror <url>', 'URL containerd reaches the cache at (default: from listen)')
+  .option('--restore', 'put back the original files and remove the ones registry-cache wrote')
+  .option('-c, --config <file>', 'YAML configuration file')
+  .action(async (options: { certsDir: string; mirror?: string; restore?: boolean; config?: string }) => {
+    const config = configOrExit(options.config);
+    const changes = options.restore ? await restoreHosts(config, options.certsDir) : await writeHosts(config, options.certsDir, options.mirror);
+    for (const c of changes) process.stdout.write(`${c.action.padEnd(28)} ${c.file}\n`);
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => {
