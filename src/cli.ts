@@ -2,7 +2,7 @@
 import { Command } from 'commander';
 import { ConfigError, loadConfig } from './config/load.js';
 import { startServer } from './main.js';
-import { runPreload, runRecords } from './commands.js';
+import { runGc, runPreload, runRecords, runVerify } from './commands.js';
 import { DEFAULT_CERTS_DIR, restoreHosts, writeHosts } from './hosts.js';
 import type { Config } from './config/load.js';
 
@@ -71,6 +71,25 @@ program
     const config = configOrExit(options.config);
     const changes = options.restore ? await restoreHosts(config, options.certsDir) : await writeHosts(config, options.certsDir, options.mirror);
     for (const c of changes) process.stdout.write(`${c.action.padEnd(28)} ${c.file}\n`);
+  });
+
+program
+  .command('gc')
+  .description('evict least recently used images down to the low threshold now')
+  .option('--dry-run', 'only print what would be evicted')
+  .option('-c, --config <file>', 'YAML configuration file')
+  .action(async (options: { dryRun?: boolean; config?: string }) => {
+    await runGc(configOrExit(options.config), options.dryRun === true);
+  });
+
+program
+  .command('verify')
+  .description('re-hash every stored blob and manifest; --repair removes bad ones (and their records) so they are refetched')
+  .option('--repair', 'remove what fails verification')
+  .option('-c, --config <file>', 'YAML configuration file')
+  .action(async (options: { repair?: boolean; config?: string }) => {
+    const clean = await runVerify(configOrExit(options.config), options.repair === true);
+    process.exitCode = clean ? 0 : 1;
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => {

@@ -5,6 +5,8 @@ import { preloadImage } from './preload/preload.js';
 import type { PullRecord } from './policy/records.js';
 import { parseImageReference } from './oci/reference.js';
 import { openStore } from './services.js';
+import { Evictor } from './lifecycle/eviction.js';
+import { verifyStore } from './lifecycle/integrity.js';
 
 /** `registry-cache preload SOURCE [--name REF]`: imports an image as pre-pulled; prints what it imported. */
 export async function runPreload(config: Config, source: string, name: string | undefined): Promise<void> {
@@ -71,4 +73,34 @@ function summarize(r: PullRecord): { image: string; digest: string; pulledBy: st
     preloaded: r.preloaded,
     lastVerified: r.lastVerified ? new Date(r.lastVerified).toISOString() : null,
   };
+}
+
+/** `registry-cache gc [--dry-run]`: one eviction pass by hand; prints what it freed (or would free). */
+export async function runGc(config: Config, dryRun: boolean): Promise<void> {
+  const log = createLogger('warn');
+  const opened = await openStore(config, log);
+  try {
+    const evictor = new Evictor({ store: opened.store, metadata: opened.metadata, settings: config.eviction, log, isBusy: () => false });
+    const result = await evictor.collect({ dryRun });
+    const verb = dryRun ? 'would evict' : 'evicted';
+    for (const e of result.evicted) process.stdout.write(`${verb} ${e.root} ${e.bytes} bytes (last used ${new Date(e.lastAccess).toISOString()})\n`);
+    process.stdout.write(
+      `usage ${result.usedPercentBefore.toFixed(1)}%, ${result.bytesToFree} bytes to free; ${verb} ${result.evicted.length} images, ${result.freedBytes} bytes; ${result.skippedPinned} pinned kept\n`,
+    );
+  } finally {
+    opened.metadata.close();
+  }
+}
+
+/** `registry-cache verify [--repair]`: re-hashes the store; exit code 1 when problems remain. */
+export async function runVerify(config: Config, repair: boolean): Promise<boolean> {
+  const opened = await openStore(config, createLogger('warn'));
+  try {
+    const report = await verifyStore(opened, repair);
+    for (const p of report.problems) process.stdout.write(`${p.problem.padEnd(7)} ${p.digest} ${p.detail}${repair ? ' (removed)' : ''}\n`);
+    process.stdout.write(`checked ${report.checked} files, ${report.bytes} bytes; ${report.problems.length} problems, ${report.repaired} repaired\n`);
+    return report.problems.length === report.repaired;
+  } finally {
+    opened.metadata.close();
+  }
 }

@@ -41,7 +41,14 @@ export async function startServer(config: Config, log = createLogger(config.logL
     close: () => {
       closing ??= (async () => {
         await ops?.close();
+        // Stop accepting; let responses in flight finish, but not past the deadline.
+        const deadline = setTimeout(() => {
+          log.warn({ timeoutMs: config.shutdownTimeoutMs }, 'shutdown deadline reached; closing open connections');
+          app.server.closeAllConnections();
+        }, config.shutdownTimeoutMs);
+        deadline.unref();
         await app.close();
+        clearTimeout(deadline);
         await services.close();
       })();
       return closing;

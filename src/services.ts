@@ -1,4 +1,6 @@
-import { access } from 'node:fs/promises';
+import { access, readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Evictor } from './lifecycle/eviction.js';
 import type { Logger } from 'pino';
 import { BlobCache } from './cache/blobs.js';
 import { ManifestCache } from './cache/manifests.js';
@@ -22,6 +24,7 @@ export interface Services extends AppDeps {
   metadata: Metadata;
   records: PullRecords;
   metrics: Metrics;
+  evictor: Evictor;
   close(): Promise<void>;
 }
 
@@ -37,11 +40,15 @@ export async function openStore(config: Config, log: Logger): Promise<OpenStore>
   const store = new BlobStore(config.storage);
   const { removedTempFiles } = await store.init();
   const metadata = new Metadata(openDatabase(store.layout.databaseFile));
-  const dropped = await reconcile(store, metadata);
-  if (removedTempFiles > 0 || dropped > 0) log.info({ removedTempFiles, droppedRows: dropped }, 'store recovered from an unclean stop');
+  const { droppedRows, strayFiles } = await reconcile(store, metadata);
   const records = new PullRecords(metadata.db);
-  const recovered = records.recoverIntents();
-  if (recovered > 0) log.warn({ intents: recovered }, 'pull intents left by a crash became records without credentials');
+  const recoveredIntents = records.recoverIntents();
+  if (removedTempFiles + droppedRows + strayFiles + recoveredIntents > 0) {
+    log.warn(
+      { removedTempFiles, droppedRows, strayFiles, recoveredIntents },
+      'store reconciled after an unclean stop (pull intents left by a crash became records without credentials)',
+    );
+  }
   return { store, metadata, records };
 }
 
@@ -79,10 +86,35 @@ export async function createServices(config: Config, log: Logger, options: { dis
     upstream,
     log,
     fillTimeoutMs: config.fillTimeoutMs,
-    onFillEnd: (registry, bytes) => metrics.bytesFetched.labels(registry).inc(bytes),
+    onFillEnd: (registry, bytes) => {
+      metrics.bytesFetched.labels(registry).inc(bytes);
+      // New content may have pushed usage over the high mark: check now rather than at the next tick.
+      if (bytes > 0) scheduleCollect();
+    },
     ...(intents ? { intents } : {}),
   });
   live.activeFills = () => blobs.activeFills;
+  const evictor = new Evictor({
+    store,
+    metadata,
+    settings: config.eviction,
+    log,
+    isBusy: (digest) => blobs.isBusy(digest),
+    onEvict: (units) => metrics.evictions.inc(units),
+  });
+  let collectQueued = false;
+  let closed = false;
+  function scheduleCollect(): void {
+    if (collectQueued || closed) return;
+    collectQueued = true;
+    setImmediate(() => {
+      collectQueued = false;
+      if (closed) return;
+      evictor.collect().catch((err: unknown) => log.error({ err }, 'eviction failed'));
+    });
+  }
+  const gcTimer = setInterval(scheduleCollect, config.gcIntervalMs);
+  gcTimer.unref();
   const manifests = new ManifestCache({ store, metadata, upstream, log, tagTtlMs: config.tagTtlMs, ...(intents ? { intents } : {}) });
   const verifier = new CredentialVerifier({
     policy,
@@ -105,6 +137,7 @@ export async function createServices(config: Config, log: Logger, options: { dis
     manifests,
     records,
     metrics,
+    evictor,
     verifier,
     tokens,
     hasher,
@@ -114,22 +147,40 @@ export async function createServices(config: Config, log: Logger, options: { dis
       return true;
     },
     close: async () => {
-      // Fills write rows and end intents: they must finish before the database closes.
+      closed = true;
+      clearInterval(gcTimer);
+      // Fills write rows and end intents, eviction deletes rows: both must finish before the database closes.
       await blobs.shutdown();
+      await evictor.idle();
       await upstream.close();
       metadata.close();
     },
   };
 }
 
-/** Drops rows whose file is gone (a row must always mean a complete file). Returns how many. */
-async function reconcile(store: BlobStore, metadata: Metadata): Promise<number> {
-  let dropped = 0;
-  for (const digest of metadata.allBlobDigests()) {
+/**
+ * Makes disk and database agree: rows whose file is gone are dropped with their pull records; files without a row
+ * (committed just before a crash, or left by an interrupted eviction) are removed, never adopted, so a crash
+ * cannot turn pulled content into unrecorded, "preloaded" content.
+ */
+async function reconcile(store: BlobStore, metadata: Metadata): Promise<{ droppedRows: number; strayFiles: number }> {
+  const known = new Set(metadata.allBlobDigests());
+  let droppedRows = 0;
+  for (const digest of known) {
     if ((await store.size(digest)) === undefined) {
       metadata.deleteBlob(digest);
-      dropped++;
+      droppedRows++;
     }
   }
-  return dropped;
+  let strayFiles = 0;
+  for (const algorithm of await readdir(store.layout.blobsDir)) {
+    for (const prefix of await readdir(join(store.layout.blobsDir, algorithm))) {
+      for (const name of await readdir(join(store.layout.blobsDir, algorithm, prefix))) {
+        if (known.has(`${algorithm}:${name}`)) continue;
+        await rm(join(store.layout.blobsDir, algorithm, prefix, name), { force: true });
+        strayFiles++;
+      }
+    }
+  }
+  return { droppedRows, strayFiles };
 }

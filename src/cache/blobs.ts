@@ -36,6 +36,8 @@ export interface BlobRequest {
 /** Pull-through blobs: serve from the store, else fill once from upstream while streaming to every waiting client. */
 export class BlobCache {
   private readonly fills = new Map<string, BlobFill>();
+  /** Open reads of stored blobs, by digest. */
+  private readonly serving = new Map<string, number>();
   /** Each fill's whole task, bookkeeping included, so shutdown can wait for it. */
   private readonly tasks = new Set<Promise<void>>();
   /** Aborts every running fill at shutdown. */
@@ -53,6 +55,11 @@ export class BlobCache {
       onFillEnd?: (registry: string, bytes: number) => void;
     },
   ) {}
+
+  /** Whether a blob is being downloaded or served right now (eviction must leave it alone). */
+  isBusy(digest: string): boolean {
+    return this.fills.has(digest) || (this.serving.get(digest) ?? 0) > 0;
+  }
 
   /** Whether the blob is stored or being fetched. */
   known(digest: string): boolean {
@@ -106,7 +113,22 @@ export class BlobCache {
     if (!row) return undefined;
     this.deps.metadata.touch(digest);
     const store = this.deps.store;
-    return { digest, size: row.size, source: 'store', open: (start, end) => store.openRead(digest, start, end) };
+    const serving = this.serving;
+    return {
+      digest,
+      size: row.size,
+      source: 'store',
+      open: (start, end) => {
+        const stream = store.openRead(digest, start, end);
+        serving.set(digest, (serving.get(digest) ?? 0) + 1);
+        stream.once('close', () => {
+          const left = (serving.get(digest) ?? 1) - 1;
+          if (left <= 0) serving.delete(digest);
+          else serving.set(digest, left);
+        });
+        return stream;
+      },
+    };
   }
 
   /** Number of fills under way. */

@@ -5,6 +5,8 @@ import { parse as parseYaml } from 'yaml';
 import { canonicalRegistry } from '../oci/reference.js';
 import { Allowlist } from '../policy/allowlist.js';
 import type { VerificationPolicy } from '../policy/verifier.js';
+import type { EvictionSettings } from '../lifecycle/eviction.js';
+import { parseImageReference } from '../oci/reference.js';
 import { parseDuration } from './duration.js';
 import { ConfigSchema, DEFAULT_REGISTRIES, type RawConfig } from './schema.js';
 
@@ -37,6 +39,9 @@ export interface Config {
   credentialProviderConfig: string | undefined;
   credentialProviderBinDir: string | undefined;
   tokenTtlMs: number;
+  eviction: EvictionSettings;
+  gcIntervalMs: number;
+  shutdownTimeoutMs: number;
 }
 
 /** A configuration problem, reported at startup with the key that caused it. */
@@ -155,6 +160,17 @@ function finalize(raw: RawConfig): Config {
   }
   const tokenTtlMs = duration('tokenTtl', raw.tokenTtl);
   if (tokenTtlMs < 10_000 || tokenTtlMs > 3_600_000) throw new ConfigError('tokenTtl', 'must be between 10s and 1h (tokens hold credentials in memory)');
+  if (raw.imageGCLowThresholdPercent >= raw.imageGCHighThresholdPercent) {
+    throw new ConfigError('imageGCLowThresholdPercent', `must be lower than imageGCHighThresholdPercent (${raw.imageGCHighThresholdPercent})`);
+  }
+  const maxStorageBytes = raw.maxStorageBytes === undefined ? undefined : parseBytes('maxStorageBytes', raw.maxStorageBytes);
+  raw.pinnedImages.forEach((ref, i) => {
+    try {
+      parseImageReference(ref);
+    } catch {
+      throw new ConfigError(`pinnedImages[${i}]`, `"${ref}" is not an image reference`);
+    }
+  });
   const defaultRegistry = canonicalRegistry(raw.defaultRegistry);
   if (!registries.has(defaultRegistry)) throw new ConfigError('defaultRegistry', `"${raw.defaultRegistry}" is not one of registries`);
   return Object.freeze({
@@ -175,6 +191,14 @@ function finalize(raw: RawConfig): Config {
     credentialProviderConfig: raw.credentialProviderConfig === undefined ? undefined : resolve(raw.credentialProviderConfig),
     credentialProviderBinDir: raw.credentialProviderBinDir === undefined ? undefined : resolve(raw.credentialProviderBinDir),
     tokenTtlMs,
+    eviction: Object.freeze({
+      highThresholdPercent: raw.imageGCHighThresholdPercent,
+      lowThresholdPercent: raw.imageGCLowThresholdPercent,
+      maxStorageBytes,
+      pinnedImages: Object.freeze([...raw.pinnedImages]),
+    }),
+    gcIntervalMs: duration('gcInterval', raw.gcInterval),
+    shutdownTimeoutMs: duration('shutdownTimeout', raw.shutdownTimeout),
   });
 }
 
@@ -183,4 +207,15 @@ function parseListen(key: string, value: string): { host: string; port: number }
   const port = m ? Number(m[2]) : NaN;
   if (!m || port > 65535) throw new ConfigError(key, `"${value}" is not host:port`);
   return { host: (m[1] as string).replace(/^\[|\]$/g, ''), port };
+}
+
+const UNITS: Readonly<Record<string, number>> = { '': 1, K: 1e3, M: 1e6, G: 1e9, T: 1e12, Ki: 1024, Mi: 1024 ** 2, Gi: 1024 ** 3, Ti: 1024 ** 4 };
+
+/** Bytes from a number or a Kubernetes-style quantity (`500Mi`, `20Gi`, `1G`). */
+function parseBytes(key: string, value: number | string): number {
+  if (typeof value === 'number') return value;
+  const m = /^(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T|)$/.exec(value.trim());
+  const bytes = m ? Math.floor(Number(m[1]) * (UNITS[m[2] as string] as number)) : NaN;
+  if (!Number.isFinite(bytes) || bytes <= 0) throw new ConfigError(key, `"${value}" is not a size (examples: 1073741824, 500Mi, 20Gi)`);
+  return bytes;
 }

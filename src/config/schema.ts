@@ -47,6 +47,12 @@ export const ConfigSchema = Type.Object(
     credentialProviderConfig: Type.Optional(Type.String({ description: 'kubelet CredentialProviderConfig file' })),
     credentialProviderBinDir: Type.Optional(Type.String({ description: 'directory of credential provider plugins' })),
     tokenTtl: Type.String({ ...Duration, default: '5m' }),
+    imageGCHighThresholdPercent: Type.Integer({ minimum: 0, maximum: 100, default: 85 }),
+    imageGCLowThresholdPercent: Type.Integer({ minimum: 0, maximum: 100, default: 80 }),
+    maxStorageBytes: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.String()], { description: 'bytes, or with a unit: 500Mi, 20Gi, 1G' })),
+    pinnedImages: Type.Array(Type.String(), { default: [] }),
+    gcInterval: Type.String({ ...Duration, default: '1m' }),
+    shutdownTimeout: Type.String({ ...Duration, default: '25s' }),
   },
   { additionalProperties: false },
 );

@@ -30,6 +30,9 @@ export async function startCache(
       registries: Object.fromEntries(Object.entries(registries).map(([h, url]) => [h, { url }])),
       defaultRegistry: hosts[0],
       logLevel: 'info',
+      // Eviction follows the filesystem by default; the test machine's disk must not decide what a test keeps.
+      imageGCHighThresholdPercent: 100,
+      imageGCLowThresholdPercent: 99,
       ...overrides,
     },
   });

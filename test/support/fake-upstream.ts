@@ -34,8 +34,12 @@ export function sha256(bytes: Uint8Array): string {
 
 /** Builds an OCI image manifest over random layers of the given sizes. */
 export function makeImage(layerSizes: number[], mediaType = 'application/vnd.oci.image.manifest.v1+json'): FakeImage {
+  return makeImageFrom(layerSizes.map((n) => randomBytes(n)), mediaType);
+}
+
+/** Builds an image manifest over the given layer bytes (so images can share layers). */
+export function makeImageFrom(layers: Buffer[], mediaType = 'application/vnd.oci.image.manifest.v1+json'): FakeImage {
   const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, nonce: randomBytes(8).toString('hex') }));
-  const layers = layerSizes.map((n) => randomBytes(n));
   const docker = mediaType.includes('docker');
   const manifest = Buffer.from(
     JSON.stringify({
