@@ -153,6 +153,7 @@ export async function createServices(config: Config, log: Logger, options: { dis
       await blobs.shutdown();
       await evictor.idle();
       await upstream.close();
+      tokens.close();
       metadata.close();
     },
   };

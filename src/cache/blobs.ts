@@ -2,7 +2,7 @@ import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { RegistryConfig } from '../config/load.js';
 import type { Metadata } from '../db/queries.js';
-import { OciError } from '../oci/errors.js';
+import { OciError, isOciError } from '../oci/errors.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { drain, type UpstreamClient } from '../upstream/client.js';
 import type { Credential } from '../upstream/credentials.js';
@@ -66,29 +66,66 @@ export class BlobCache {
     return this.fills.has(digest) || this.deps.metadata.getBlob(digest) !== undefined;
   }
 
-  /** Answers a GET: stored, joined to a running fill, or a new fill. */
+  /** Answers a GET for an authorized client: stored, joined to a running fill, or a new fill. */
   async get(req: BlobRequest): Promise<BlobAnswer> {
     const stored = this.stored(req.digest);
     if (stored) return stored;
-    let fill = this.fills.get(req.digest);
-    let source: BlobSource = 'inflight';
-    if (!fill) {
-      fill = this.startFill(req);
-      source = 'upstream';
+    const running = this.fills.get(req.digest);
+    if (!running) return this.fetchOwn(req);
+    try {
+      await running.ready;
+    } catch (err) {
+      // The fill was started by another client, which the upstream refused or does not serve this blob to
+      // (another repository, other credentials): that says nothing about this client, so it asks for itself.
+      if (isOciError(err) && (err.status === 401 || err.status === 403 || err.status === 404)) {
+        const again = this.stored(req.digest);
+        if (again) return again;
+        const next = this.fills.get(req.digest);
+        return next && next !== running ? this.get(req) : this.fetchOwn(req);
+      }
+      throw err;
     }
-    await fill.ready;
-    const running = fill;
-    return { digest: req.digest, size: running.size, source, open: (start, end) => running.createReader(start, end), committed: running.done };
+    return this.answerFor(running, 'inflight');
   }
 
-  /** Answers a HEAD without reading or fetching any body. */
-  async head(req: BlobRequest, signal?: AbortSignal): Promise<{ size: number; source: BlobSource }> {
-    const row = this.deps.metadata.getBlob(req.digest);
-    if (row) return { size: row.size, source: 'store' };
-    const fill = this.fills.get(req.digest);
-    if (fill) {
-      await fill.ready;
-      if (fill.size !== undefined) return { size: fill.size, source: 'inflight' };
+  /**
+   * This client's own upstream fetch, for a client not yet authorized for the blob: returns undefined instead when the
+   * blob is (now) stored or being fetched by someone else, so the caller authorizes against it first. The check
+   * and the fill's registration happen in one synchronous step, so nobody can slip in between.
+   */
+  async fetchIfUnknown(req: BlobRequest): Promise<BlobAnswer | undefined> {
+    if (this.known(req.digest)) return undefined;
+    return this.fetchOwn(req);
+  }
+
+  private async fetchOwn(req: BlobRequest): Promise<BlobAnswer> {
+    const fill = this.startFill(req);
+    await fill.ready;
+    return this.answerFor(fill, 'upstream');
+  }
+
+  private answerFor(fill: BlobFill, source: BlobSource): BlobAnswer {
+    return { digest: fill.digest, size: fill.size, source, open: (start, end) => fill.createReader(start, end), committed: fill.done };
+  }
+
+  /**
+   * Answers a HEAD without reading or fetching any body. `upstreamOnly` (a client not yet authorized for the blob)
+   * never answers from the store or a running fill: the upstream's answer to this client is the authorization.
+   */
+  async head(req: BlobRequest, options: { upstreamOnly?: boolean; signal?: AbortSignal } = {}): Promise<{ size: number; source: BlobSource }> {
+    const signal = options.signal;
+    if (!options.upstreamOnly) {
+      const row = this.deps.metadata.getBlob(req.digest);
+      if (row) return { size: row.size, source: 'store' };
+      const fill = this.fills.get(req.digest);
+      if (fill) {
+        try {
+          await fill.ready;
+          if (fill.size !== undefined) return { size: fill.size, source: 'inflight' };
+        } catch {
+          // Another client's refused fill: ask the upstream for this one.
+        }
+      }
     }
     const res = await this.deps.upstream.send({
       registry: req.registry,
@@ -185,7 +222,8 @@ export class BlobCache {
       })
       .catch((err: unknown) => flog.error({ err }, 'blob fill bookkeeping failed'))
       .finally(() => {
-        this.fills.delete(req.digest);
+        // A refused fill may already have been replaced by a joiner's own; only remove this one.
+        if (this.fills.get(req.digest) === fill) this.fills.delete(req.digest);
         if (intent !== undefined) this.deps.intents?.end(intent);
         this.tasks.delete(task);
       });

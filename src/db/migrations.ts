@@ -76,14 +76,15 @@ export const MIGRATIONS: readonly { name: string; sql: string }[] = [
         reference  TEXT NOT NULL,
         started_at INTEGER NOT NULL
       ) STRICT;
-      -- Content that entered the store without a pull: imported by preload, or present when verification was
-      -- first enabled.
+      -- Content that entered the store without a pull: imported by preload (under the image name it was given),
+      -- or present when verification was first enabled (image '': the names it was fetched through count).
       CREATE TABLE preloaded (
-        digest      TEXT PRIMARY KEY REFERENCES blobs(digest) ON DELETE CASCADE,
+        digest      TEXT NOT NULL REFERENCES blobs(digest) ON DELETE CASCADE,
+        image       TEXT NOT NULL DEFAULT '',
         source      TEXT NOT NULL,
-        image       TEXT,
-        imported_at INTEGER NOT NULL
-      ) STRICT;
+        imported_at INTEGER NOT NULL,
+        PRIMARY KEY (digest, image)
+      ) STRICT, WITHOUT ROWID;
       CREATE TABLE meta (
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL

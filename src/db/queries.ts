@@ -44,6 +44,7 @@ export class Metadata {
     touch: Statement<[number, string]>;
     refs: Statement<[string], { child: string; kind: 'manifest' | 'blob' }>;
     parents: Statement<[string, string, string], string>;
+    isLinked: Statement<[string, string, string], number>;
   };
   private pendingTouches = new Set<string>();
   private touchTimer: NodeJS.Timeout | undefined;
@@ -72,6 +73,9 @@ export class Metadata {
           `SELECT r.manifest FROM manifest_refs r JOIN repository_digests d ON d.digest = r.manifest
            WHERE r.child = ? AND d.registry = ? AND d.repository = ? ORDER BY r.manifest`,
         )
+        .pluck(),
+      isLinked: db
+        .prepare<[string, string, string], number>('SELECT 1 FROM repository_digests WHERE registry = ? AND repository = ? AND digest = ?')
         .pluck(),
     };
   }
@@ -146,6 +150,11 @@ export class Metadata {
     this.db.transaction(() => {
       for (const d of digests) this.stmt.touch.run(now, d);
     })();
+  }
+
+  /** Whether a digest was fetched, verified or preloaded through this repository. */
+  isLinked(registry: string, repository: string, digest: string): boolean {
+    return this.stmt.isLinked.get(registry, repository, digest) !== undefined;
   }
 
   /** Stored manifests fetched or served through this repository that reference `child` directly. */

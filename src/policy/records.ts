@@ -44,9 +44,18 @@ export class PullRecords {
         `INSERT INTO pull_record_credentials (registry, repository, digest, credential_hash, verified_at) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT DO UPDATE SET verified_at = excluded.verified_at`,
       ),
-      preloaded: db.prepare<[string], number>('SELECT 1 FROM preloaded WHERE digest = ?'),
-      anyRecord: db.prepare<[string, string, string], number>('SELECT 1 FROM pull_records WHERE registry = ? AND repository = ? AND digest = ?'),
-      markPreloaded: db.prepare<[string, string, string | null, number]>(
+      // Preloaded under this name (given at preload, or the name it was fetched through before verification was
+      // first enabled), and no pull record for the digest anywhere: one real pull ends "preloaded" for every name.
+      preloaded: db.prepare<[string, string, string, string, string], number>(
+        `SELECT 1 FROM preloaded p
+         WHERE p.digest = ?
+           AND (p.image = ? OR (p.image = '' AND EXISTS (
+                 SELECT 1 FROM repository_digests d WHERE d.registry = ? AND d.repository = ? AND d.digest = p.digest)))
+           AND NOT EXISTS (SELECT 1 FROM pull_records r WHERE r.digest = ?)
+         LIMIT 1`,
+      ),
+      anyPreloaded: db.prepare<[string], number>('SELECT 1 FROM preloaded WHERE digest = ? LIMIT 1'),
+      markPreloaded: db.prepare<[string, string, string, number]>(
         'INSERT INTO preloaded (digest, source, image, imported_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING',
       ),
       beginIntent: db.prepare<[string, string, string, number]>('INSERT INTO pull_intents (registry, repository, reference, started_at) VALUES (?, ?, ?, ?)'),
@@ -58,7 +67,7 @@ export class PullRecords {
     };
     this.stmt.hashes.pluck();
     this.stmt.preloaded.pluck();
-    this.stmt.anyRecord.pluck();
+    this.stmt.anyPreloaded.pluck();
     this.stmt.blobExists.pluck();
     this.stmt.tagDigest.pluck();
     this.stmt.getMeta.pluck();
@@ -97,7 +106,7 @@ export class PullRecords {
    * enabled) and has no pull record for this repository since.
    */
   isPreloaded(registry: string, repository: string, digest: string): boolean {
-    return this.stmt.preloaded.get(digest) !== undefined && this.stmt.anyRecord.get(registry, repository, digest) === undefined;
+    return this.stmt.preloaded.get(digest, `${registry}/${repository}`, registry, repository, digest) !== undefined;
   }
 
   /** Records a successful upstream pull or verification. The content must already be stored. */
@@ -144,7 +153,7 @@ export class PullRecords {
 
   /** Marks stored content as preloaded (imported outside a pull). */
   markPreloaded(digest: string, source: 'preload' | 'first-enable', image?: string): void {
-    this.stmt.markPreloaded.run(digest, source, image ?? null, Date.now());
+    this.stmt.markPreloaded.run(digest, source, image ?? '', Date.now());
   }
 
   /**
@@ -158,7 +167,7 @@ export class PullRecords {
       marked = this.db
         .prepare(
           `INSERT INTO preloaded (digest, source, image, imported_at)
-           SELECT b.digest, 'first-enable', NULL, ? FROM blobs b
+           SELECT b.digest, 'first-enable', '', ? FROM blobs b
            WHERE NOT EXISTS (SELECT 1 FROM pull_records r WHERE r.digest = b.digest)
            ON CONFLICT DO NOTHING`,
         )
@@ -173,8 +182,10 @@ export class PullRecords {
     const rows = this.db
       .prepare(
         `SELECT registry, repository, digest FROM pull_records
-         UNION SELECT COALESCE(substr(p.image, 1, instr(p.image, '/') - 1), ''), COALESCE(substr(p.image, instr(p.image, '/') + 1), ''), p.digest
-           FROM preloaded p JOIN manifests m USING (digest)
+         UNION SELECT substr(p.image, 1, instr(p.image, '/') - 1), substr(p.image, instr(p.image, '/') + 1), p.digest
+           FROM preloaded p JOIN manifests m USING (digest) WHERE p.image != ''
+         UNION SELECT d.registry, d.repository, p.digest
+           FROM preloaded p JOIN manifests m USING (digest) JOIN repository_digests d USING (digest) WHERE p.image = ''
          ORDER BY 1, 2, 3`,
       )
       .all() as { registry: string; repository: string; digest: string }[];
@@ -182,7 +193,7 @@ export class PullRecords {
     for (const r of rows) {
       const rec = this.get(r.registry, r.repository, r.digest);
       if (rec) out.push(rec);
-      else if (this.stmt.preloaded.get(r.digest) !== undefined) {
+      else if (this.stmt.anyPreloaded.get(r.digest) !== undefined) {
         out.push({ ...r, nodePodsAccessible: false, credentialHashes: [], createdAt: 0, lastVerified: null, preloaded: true });
       }
     }

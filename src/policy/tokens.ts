@@ -24,13 +24,25 @@ interface IssuedToken {
  */
 export class TokenService {
   private readonly tokens = new Map<string, IssuedToken>();
-  private lastSweep = Date.now();
+  private readonly sweeper: NodeJS.Timeout;
 
-  constructor(readonly ttlMs: number) {}
+  /** `maxTokens` bounds memory: anyone may mint anonymous tokens, so the oldest go first when it is reached. */
+  constructor(
+    readonly ttlMs: number,
+    private readonly maxTokens = 100_000,
+  ) {
+    // Expired credentials must not linger in memory until the next token is issued.
+    this.sweeper = setInterval(() => this.sweep(), Math.min(ttlMs, 30_000));
+    this.sweeper.unref();
+  }
 
   /** Issues a token bound to (identity, target). */
   issue(identity: Identity, target: Target | undefined): { token: string; expiresInS: number } {
-    this.sweep();
+    while (this.tokens.size >= this.maxTokens) {
+      const oldest = this.tokens.keys().next().value;
+      if (oldest === undefined) break;
+      this.tokens.delete(oldest);
+    }
     const token = randomBytes(32).toString('base64url');
     this.tokens.set(token, { identity, target, expiresAt: Date.now() + this.ttlMs });
     return { token, expiresInS: Math.floor(this.ttlMs / 1000) };
@@ -53,10 +65,15 @@ export class TokenService {
     return this.tokens.size;
   }
 
-  private sweep(): void {
+  /** Drops every expired token (and the credential it held). */
+  sweep(): void {
     const now = Date.now();
-    if (now - this.lastSweep < 10_000) return;
-    this.lastSweep = now;
     for (const [k, v] of this.tokens) if (v.expiresAt <= now) this.tokens.delete(k);
+  }
+
+  /** Stops the sweeper and forgets every token. */
+  close(): void {
+    clearInterval(this.sweeper);
+    this.tokens.clear();
   }
 }

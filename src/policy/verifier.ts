@@ -57,12 +57,15 @@ export class CredentialVerifier {
     return this.deps.policy;
   }
 
-  /** Whether stored `digest` may be served to this client without contacting the upstream. */
-  allowedLocally(access: Access, digest: string): boolean {
+  /**
+   * Whether stored `digest` may be served to this client without contacting the upstream. `preloadedExempt` is
+   * false for a blob's own status: a blob is exempt only through a preloaded parent manifest.
+   */
+  allowedLocally(access: Access, digest: string, preloadedExempt = true): boolean {
     const { policy, records, allowlist } = this.deps;
     if (policy === 'NeverVerify') return true;
     const record = records.get(access.registry.host, access.repository, digest);
-    if (record?.preloaded) {
+    if (record?.preloaded && preloadedExempt) {
       if (policy === 'NeverVerifyPreloadedImages') return true;
       if (policy === 'NeverVerifyAllowListedImages' && allowlist.matches({ registry: access.registry.host, repository: access.repository })) return true;
     }
@@ -86,22 +89,26 @@ export class CredentialVerifier {
    */
   async authorizeBlob(access: Access, digest: string, known: boolean): Promise<boolean> {
     if (this.policy === 'NeverVerify') return true;
-    const parents = this.deps.metadata.parentsInRepository(access.registry.host, access.repository, digest);
-    for (const parent of parents) {
-      if (this.allowedLocally(access, parent)) {
-        this.count('local');
-        return true;
-      }
-    }
-    if (this.allowedLocally(access, digest)) {
+    const { metadata } = this.deps;
+    const { host } = access.registry;
+    // A parent vouches for the blob only if the blob itself came through this repository: a manifest anyone can
+    // publish may list any digest, and some registries accept manifests whose blobs they do not hold there.
+    const linked = metadata.isLinked(host, access.repository, digest);
+    const parents = metadata.parentsInRepository(host, access.repository, digest);
+    const parentAllowed = parents.find((p) => this.allowedLocally(access, p));
+    if ((parentAllowed && linked) || this.allowedLocally(access, digest, false)) {
       this.count('local');
       return true;
     }
     if (parents.length === 0 && !known) return false;
-    const parent = parents[0];
-    if (parent) await this.verifyUpstream(access, 'manifests', parent, parent, false);
-    // A blob no manifest here explains (e.g. still being fetched by someone): whether it is public is unknown.
-    else await this.verifyUpstream(access, 'blobs', digest, digest, true);
+    if (parentAllowed || parents.length === 0) {
+      // Vouched for by a parent but not yet seen here, or no manifest here explains it: ask the upstream about
+      // this blob in this repository (whether it is public is unknown, so anonymous clients are tried as such).
+      await this.verifyUpstream(access, 'blobs', digest, digest, true);
+    } else {
+      await this.verifyUpstream(access, 'manifests', parents[0] as string, parents[0] as string, false);
+      if (!linked) await this.verifyUpstream(access, 'blobs', digest, digest, true);
+    }
     return true;
   }
 
@@ -162,6 +169,7 @@ export class CredentialVerifier {
         if (res.status !== 200) throw errorForUpstreamStatus(res.status, kind === 'manifests' ? 'manifest' : 'blob', access.registry.host);
       });
       this.record(access, recordDigest, puller);
+      if (kind === 'blobs') this.deps.metadata.linkRepository(access.registry.host, access.repository, recordDigest);
       this.count('verified');
       log.info({ puller: puller.kind }, 'credentials verified upstream');
     } catch (err) {

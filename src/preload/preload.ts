@@ -236,9 +236,7 @@ function markTree(digest: string, deps: Deps, image: string | undefined): void {
 }
 
 function linkTree(digest: string, image: ImageName, deps: Deps): void {
-  walk(digest, deps, (d) => {
-    if (deps.metadata.getManifest(d)) deps.metadata.linkRepository(image.registry, image.repository, d);
-  });
+  walk(digest, deps, (d) => deps.metadata.linkRepository(image.registry, image.repository, d));
 }
 
 /** True when a media type is an index (re-exported for the CLI's summary). */

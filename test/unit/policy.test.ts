@@ -100,3 +100,23 @@ describe('credential hashes', () => {
     expect(CredentialHasher.equal(a.hash(cred), b.hash(cred))).toBe(false);
   });
 });
+
+describe('the token service', () => {
+  it('forgets expired tokens and their credentials, and bounds how many it holds', async () => {
+    const { TokenService } = await import('../../src/policy/tokens.js');
+    const tokens = new TokenService(20, 3);
+    const identity = { kind: 'credential' as const, credential: { username: 'u', password: 'p' }, hash: 'ab' };
+    const target = { registry: 'r', repository: 'a' };
+    const first = tokens.issue(identity, target).token;
+    expect(tokens.resolve(first, target)).toEqual(identity);
+    expect(tokens.resolve(first, { registry: 'r', repository: 'b' })).toBeUndefined();
+    await new Promise((r) => setTimeout(r, 60));
+    expect(tokens.size).toBe(0);
+    expect(tokens.resolve(first, target)).toBeUndefined();
+    const minted = [1, 2, 3, 4].map(() => tokens.issue({ kind: 'anonymous' }, target).token);
+    expect(tokens.size).toBe(3);
+    expect(tokens.resolve(minted[0] as string, target)).toBeUndefined();
+    expect(tokens.resolve(minted[3] as string, target)).toEqual({ kind: 'anonymous' });
+    tokens.close();
+  });
+});

@@ -143,20 +143,29 @@ async function serveBlob(
     'cache-control': 'max-age=31536000, immutable',
   };
   if (request.method === 'HEAD') {
-    const { value: head } = await deps.verifier.tryUpstream(access, (credential) => deps.blobs.head({ ...blobRequest, ...(credential ? { credential } : {}) }));
+    const { value: head } = await deps.verifier.tryUpstream(access, (credential) =>
+      deps.blobs.head({ ...blobRequest, ...(credential ? { credential } : {}) }, { upstreamOnly: !authorized }),
+    );
     const { size, source } = head;
     request.cacheStatus = source === 'store' ? 'hit' : source === 'upstream' ? 'miss' : source;
     reply.code(200).headers({ ...common, 'content-length': String(size) });
     await reply.send();
     return;
   }
-  let answer: BlobAnswer | undefined = deps.blobs.stored(digest);
-  if (!answer) {
-    const fetched = await deps.verifier.tryUpstream(access, (credential) => deps.blobs.get({ ...blobRequest, ...(credential ? { credential } : {}) }));
-    answer = fetched.value;
-    // A blob no authorized manifest covers was verified by this very fetch: record it once stored.
-    if (!authorized) answer.committed?.then(() => deps.verifier.record(access, digest, fetched.puller)).catch(() => undefined);
+  let answer: BlobAnswer | undefined;
+  if (!authorized) {
+    // Nothing was known of this blob when the client was checked: only its own upstream fetch may authorize it.
+    const own = await deps.verifier.tryUpstream(access, (credential) => deps.blobs.fetchIfUnknown({ ...blobRequest, ...(credential ? { credential } : {}) }));
+    if (own.value) {
+      answer = own.value;
+      answer.committed?.then(() => deps.verifier.record(access, digest, own.puller)).catch(() => undefined);
+    } else {
+      // Someone else stored or started it meanwhile: authorize against what is now known.
+      await deps.verifier.authorizeBlob(access, digest, true);
+    }
   }
+  answer ??= deps.blobs.stored(digest);
+  answer ??= (await deps.verifier.tryUpstream(access, (credential) => deps.blobs.get({ ...blobRequest, ...(credential ? { credential } : {}) }))).value;
   request.cacheStatus = answer.source === 'store' ? 'hit' : answer.source === 'upstream' ? 'miss' : answer.source;
   const range = answer.size === undefined ? undefined : parseRange(header(request.headers.range), answer.size);
   if (range && answer.size !== undefined) {
