@@ -10,6 +10,7 @@ import type { TokenService } from './policy/tokens.js';
 import type { CredentialVerifier } from './policy/verifier.js';
 import { registerTokenRoutes } from './server/routes/token.js';
 import type { Metrics } from './metrics.js';
+import type { UpstreamPulls } from './cache/upstream-pulls.js';
 import { sendError } from './server/error-handler.js';
 import { registerRequestLog } from './server/plugins/request-log.js';
 import { registerHealthRoutes } from './server/routes/health.js';
@@ -26,6 +27,7 @@ export interface AppDeps {
   tokens: TokenService;
   hasher: CredentialHasher;
   metrics: Metrics;
+  pulls: UpstreamPulls;
   ready: () => Promise<boolean>;
 }
 
@@ -47,7 +49,7 @@ export function buildApp(deps: AppDeps, options: { opsSeparately?: boolean } = {
   );
   registerRequestLog(app, deps.metrics);
   registerHealthRoutes(app, deps.ready);
-  if (!options.opsSeparately) registerMetricsRoute(app, deps.metrics);
+  if (!options.opsSeparately) registerOpsRoutes(app, deps);
   registerTokenRoutes(app, deps);
   registerV2Routes(app, deps);
   return app;
@@ -57,13 +59,15 @@ export function buildApp(deps: AppDeps, options: { opsSeparately?: boolean } = {
 export function buildOpsApp(deps: AppDeps): FastifyInstance {
   const app = Fastify({ loggerInstance: deps.log, logController: new LogController({ disableRequestLogging: true }) }) as unknown as FastifyInstance;
   registerHealthRoutes(app, deps.ready);
-  registerMetricsRoute(app, deps.metrics);
+  registerOpsRoutes(app, deps);
   return app;
 }
 
-function registerMetricsRoute(app: FastifyInstance, metrics: Metrics): void {
+/** /metrics, and /debug/pulls (what the parallel-pull limit is doing: image names, never content or credentials). */
+function registerOpsRoutes(app: FastifyInstance, deps: AppDeps): void {
   app.get('/metrics', async (_request, reply) => {
-    const { contentType, body } = await metrics.render();
+    const { contentType, body } = await deps.metrics.render();
     return reply.header('content-type', contentType).send(body);
   });
+  app.get('/debug/pulls', async () => deps.pulls.limiter.state());
 }

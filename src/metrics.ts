@@ -10,11 +10,12 @@ export class Metrics {
   readonly upstreamLatency: Histogram<'registry' | 'method' | 'status'>;
   readonly pullsInFlight: Gauge;
   readonly pullsQueued: Gauge;
+  readonly pullWait: Histogram;
   readonly verifications: Counter<'policy' | 'result'>;
   readonly evictions: Counter;
   readonly storeSize: Gauge;
 
-  constructor(sources: { activeFills: () => number; storeBytes: () => number }) {
+  constructor(sources: { activeFills: () => number; queuedPulls: () => number; storeBytes: () => number }) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'registry_cache_process_' });
     this.httpRequests = new Counter({ name: 'registry_cache_http_requests_total', help: 'Requests by route kind, method and status', labelNames: ['route', 'method', 'status'], registers });
@@ -31,7 +32,15 @@ export class Metrics {
     this.pullsInFlight = new Gauge({ name: 'registry_cache_pulls_in_flight', help: 'Upstream blob transfers under way', registers, collect() {
       this.set(sources.activeFills());
     } });
-    this.pullsQueued = new Gauge({ name: 'registry_cache_pulls_queued', help: 'Upstream pulls waiting for a parallel-pull slot', registers });
+    this.pullsQueued = new Gauge({ name: 'registry_cache_pulls_queued', help: 'Image pulls waiting for a parallel-pull slot', registers, collect() {
+      this.set(sources.queuedPulls());
+    } });
+    this.pullWait = new Histogram({
+      name: 'registry_cache_pull_wait_seconds',
+      help: 'Time image pulls waited for a parallel-pull slot',
+      buckets: [0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+      registers,
+    });
     this.verifications = new Counter({ name: 'registry_cache_credential_verifications_total', help: 'Credential checks by policy and result', labelNames: ['policy', 'result'], registers });
     this.evictions = new Counter({ name: 'registry_cache_evictions_total', help: 'Images evicted from the store', registers });
     this.storeSize = new Gauge({ name: 'registry_cache_store_size_bytes', help: 'Bytes of content in the store', registers, collect() {

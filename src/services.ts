@@ -17,6 +17,10 @@ import { PullRecords } from './policy/records.js';
 import { TokenService } from './policy/tokens.js';
 import { CredentialVerifier } from './policy/verifier.js';
 import { Metrics } from './metrics.js';
+import { PullLimiter } from './limiter/pull-limiter.js';
+import { PullBackoff } from './limiter/backoff.js';
+import { BandwidthLimit } from './limiter/bandwidth.js';
+import { manifestsComplete, type UpstreamPulls } from './cache/upstream-pulls.js';
 
 /** The long-lived parts of a running cache, and how to shut them down. */
 export interface Services extends AppDeps {
@@ -25,6 +29,7 @@ export interface Services extends AppDeps {
   records: PullRecords;
   metrics: Metrics;
   evictor: Evictor;
+  pulls: UpstreamPulls;
   close(): Promise<void>;
 }
 
@@ -56,8 +61,20 @@ export async function openStore(config: Config, log: Logger): Promise<OpenStore>
 export async function createServices(config: Config, log: Logger, options: { dispatcher?: Dispatcher } = {}): Promise<Services> {
   const { store, metadata, records } = await openStore(config, log);
   // Metrics read the caches lazily at scrape time; the holder is filled in once the caches exist.
-  const live: { activeFills: () => number } = { activeFills: () => 0 };
-  const metrics = new Metrics({ activeFills: () => live.activeFills(), storeBytes: () => metadata.storedBytes() });
+  const live: { activeFills: () => number; queuedPulls: () => number } = { activeFills: () => 0, queuedPulls: () => 0 };
+  const metrics = new Metrics({ activeFills: () => live.activeFills(), queuedPulls: () => live.queuedPulls(), storeBytes: () => metadata.storedBytes() });
+  const pulls: UpstreamPulls = {
+    limiter: new PullLimiter({
+      maxParallel: config.maxParallelImagePulls,
+      queueTimeoutMs: config.pullQueueTimeoutMs,
+      lingerMs: config.pullLingerMs,
+      isComplete: (manifests) => manifestsComplete(metadata, manifests),
+      onWait: (seconds) => metrics.pullWait.observe(seconds),
+    }),
+    backoff: new PullBackoff(),
+    bandwidth: config.upstreamBandwidthLimit === undefined ? undefined : new BandwidthLimit(config.upstreamBandwidthLimit),
+  };
+  live.queuedPulls = () => pulls.limiter.queued;
   const upstream = new UpstreamClient({
     observe: (registry, method, status, seconds) => metrics.upstreamLatency.labels(registry, method, String(status)).observe(seconds),
     connectTimeoutMs: config.upstreamConnectTimeoutMs,
@@ -86,6 +103,7 @@ export async function createServices(config: Config, log: Logger, options: { dis
     upstream,
     log,
     fillTimeoutMs: config.fillTimeoutMs,
+    pulls,
     onFillEnd: (registry, bytes) => {
       metrics.bytesFetched.labels(registry).inc(bytes);
       // New content may have pushed usage over the high mark: check now rather than at the next tick.
@@ -115,7 +133,7 @@ export async function createServices(config: Config, log: Logger, options: { dis
   }
   const gcTimer = setInterval(scheduleCollect, config.gcIntervalMs);
   gcTimer.unref();
-  const manifests = new ManifestCache({ store, metadata, upstream, log, tagTtlMs: config.tagTtlMs, ...(intents ? { intents } : {}) });
+  const manifests = new ManifestCache({ store, metadata, upstream, log, tagTtlMs: config.tagTtlMs, pulls, ...(intents ? { intents } : {}) });
   const verifier = new CredentialVerifier({
     policy,
     allowlist: config.preloadedImagesVerificationAllowlist,
@@ -138,6 +156,7 @@ export async function createServices(config: Config, log: Logger, options: { dis
     records,
     metrics,
     evictor,
+    pulls,
     verifier,
     tokens,
     hasher,

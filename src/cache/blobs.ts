@@ -9,6 +9,9 @@ import type { Credential } from '../upstream/credentials.js';
 import { errorForUpstreamStatus } from '../upstream/errors.js';
 import { BlobFill } from './fill.js';
 import type { PullIntents } from './manifests.js';
+import { imageKeys, type UpstreamPulls } from './upstream-pulls.js';
+import { countsForBackoff } from '../limiter/backoff.js';
+import type { PullLease } from '../limiter/pull-limiter.js';
 
 /** Where a blob answer comes from, for logs and metrics. */
 export type BlobSource = 'store' | 'inflight' | 'upstream';
@@ -53,6 +56,7 @@ export class BlobCache {
       intents?: PullIntents;
       /** Called when a fill ends, with the bytes it downloaded. */
       onFillEnd?: (registry: string, bytes: number) => void;
+      pulls?: UpstreamPulls;
     },
   ) {}
 
@@ -192,9 +196,16 @@ export class BlobCache {
     const signal = AbortSignal.any([AbortSignal.timeout(this.deps.fillTimeoutMs), this.shutdownController.signal]);
     const flog = log.child({ registry: req.registry.host, repository: req.repository, digest: req.digest });
     const intent = this.deps.intents?.begin(req.registry.host, req.repository, req.digest);
+    const pulls = this.deps.pulls;
+    const backoffKey = `${req.registry.host}/${req.repository}@${req.digest}`;
+    // The image's pull slot is held for the whole transfer, not just until the upstream answers.
+    let lease: PullLease | undefined;
     const task = fill
       .run(
         async () => {
+          const blocked = pulls?.backoff.check(backoffKey);
+          if (blocked) throw blocked;
+          lease = await pulls?.limiter.acquire(imageKeys(this.deps.metadata, req.registry.host, req.repository, req.digest));
           const res = await upstream.send({
             registry: req.registry,
             method: 'GET',
@@ -208,7 +219,8 @@ export class BlobCache {
             throw errorForUpstreamStatus(res.status, 'blob', req.registry.host, header(res.headers['retry-after']));
           }
           const length = Number(res.headers['content-length']);
-          return { body: res.body, size: Number.isSafeInteger(length) && length >= 0 ? length : undefined };
+          const body = pulls?.bandwidth ? pulls.bandwidth.throttle(res.body) : res.body;
+          return { body, size: Number.isSafeInteger(length) && length >= 0 ? length : undefined };
         },
         (size) => {
           metadata.insertBlob(req.digest, size, null);
@@ -216,6 +228,9 @@ export class BlobCache {
         },
       )
       .then(() => {
+        lease?.release();
+        if (fill.state === 'committed') pulls?.backoff.success(backoffKey);
+        else if (countsForBackoff(fill.error)) pulls?.backoff.failure(backoffKey, fill.error);
         this.deps.onFillEnd?.(req.registry.host, fill.written);
         if (fill.state === 'committed') flog.info({ size: fill.written }, 'blob stored');
         else flog.warn({ err: fill.error }, 'blob fill failed');

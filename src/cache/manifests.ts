@@ -10,6 +10,8 @@ import { credentialKey, type Credential } from '../upstream/credentials.js';
 import { errorForUpstreamStatus } from '../upstream/errors.js';
 import { header } from './blobs.js';
 import { Singleflight } from './inflight.js';
+import { imageKeys, underPullLimit, type UpstreamPulls } from './upstream-pulls.js';
+import { countsForBackoff } from '../limiter/backoff.js';
 
 /** Manifests are small documents; anything bigger is refused rather than buffered. */
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
@@ -53,7 +55,15 @@ export class ManifestCache {
   private readonly byTag = new Singleflight<ManifestAnswer>();
 
   constructor(
-    private readonly deps: { store: BlobStore; metadata: Metadata; upstream: UpstreamClient; log: Logger; tagTtlMs: number; intents?: PullIntents },
+    private readonly deps: {
+      store: BlobStore;
+      metadata: Metadata;
+      upstream: UpstreamClient;
+      log: Logger;
+      tagTtlMs: number;
+      intents?: PullIntents;
+      pulls?: UpstreamPulls;
+    },
   ) {}
 
   /** Whether a manifest is stored under this digest. */
@@ -114,10 +124,22 @@ export class ManifestCache {
     const tagRow = metadata.getTag(req.registry.host, req.repository, req.reference);
     const known = tagRow && metadata.getManifest(tagRow.digest);
     if (!known) return this.fetchTag(req);
+    const backoffKey = `${req.registry.host}/${req.repository}:${req.reference}`;
     try {
-      const res = await this.send(req, 'HEAD', req.reference, UPSTREAM_ACCEPT);
+      // While the tag backs off, the stored answer is served as usual, without asking the upstream again.
+      const blocked = this.deps.pulls?.backoff.check(backoffKey);
+      if (blocked) throw blocked;
+      const res = await this.send(req, 'HEAD', req.reference, UPSTREAM_ACCEPT).catch((err: unknown) => {
+        if (countsForBackoff(err)) this.deps.pulls?.backoff.failure(backoffKey, err);
+        throw err;
+      });
       await drain(res.body);
-      if (res.status !== 200) throw errorForUpstreamStatus(res.status, 'manifest', req.registry.host, header(res.headers['retry-after']));
+      if (res.status !== 200) {
+        const err = errorForUpstreamStatus(res.status, 'manifest', req.registry.host, header(res.headers['retry-after']));
+        if (countsForBackoff(err)) this.deps.pulls?.backoff.failure(backoffKey, err);
+        throw err;
+      }
+      this.deps.pulls?.backoff.success(backoffKey);
       const digest = header(res.headers['docker-content-digest']);
       if (digest === known.digest) {
         metadata.putTag(req.registry.host, req.repository, req.reference, digest);
@@ -151,12 +173,22 @@ export class ManifestCache {
 
   /** GETs a manifest upstream, verifies it against `expectedDigest` (or the upstream's claim), stores it. */
   private async fetch(req: ManifestRequest, reference: string, accept: string, expectedDigest: string | undefined): Promise<ManifestAnswer> {
-    const intent = this.deps.intents?.begin(req.registry.host, req.repository, reference);
-    try {
-      return await this.fetchVerified(req, reference, accept, expectedDigest);
-    } finally {
-      if (intent !== undefined) this.deps.intents?.end(intent);
-    }
+    const { host } = req.registry;
+    const byDigest = reference.includes(':');
+    const backoffKey = `${host}/${req.repository}${byDigest ? '@' : ':'}${reference}`;
+    const keys = byDigest ? imageKeys(this.deps.metadata, host, req.repository, reference) : [`${host}/${req.repository}:${reference}`];
+    return underPullLimit(this.deps.pulls, backoffKey, keys, async (lease) => {
+      const intent = this.deps.intents?.begin(host, req.repository, reference);
+      try {
+        const answer = await this.fetchVerified(req, reference, accept, expectedDigest);
+        // The tag's pull and the digest's are the same image pull; its blobs will find it by the digest.
+        lease?.alias(`${host}/${req.repository}@${answer.digest}`);
+        if (!isIndexMediaType(answer.mediaType)) lease?.noteManifest(answer.digest);
+        return answer;
+      } finally {
+        if (intent !== undefined) this.deps.intents?.end(intent);
+      }
+    });
   }
 
   private async fetchVerified(req: ManifestRequest, reference: string, accept: string, expectedDigest: string | undefined): Promise<ManifestAnswer> {

@@ -14,6 +14,8 @@ import { ConfigSchema, DEFAULT_REGISTRIES, type RawConfig } from './schema.js';
 export interface RegistryConfig {
   host: string;
   url: URL;
+  /** Endpoints tried in order before `url`. */
+  mirrors: readonly URL[];
   /** Node-wide Basic credentials for this registry, when configured. */
   username?: string;
   password?: string;
@@ -42,6 +44,11 @@ export interface Config {
   eviction: EvictionSettings;
   gcIntervalMs: number;
   shutdownTimeoutMs: number;
+  /** Images transferring at once; undefined means no limit. */
+  maxParallelImagePulls: number | undefined;
+  pullQueueTimeoutMs: number;
+  pullLingerMs: number;
+  upstreamBandwidthLimit: number | undefined;
 }
 
 /** A configuration problem, reported at startup with the key that caused it. */
@@ -104,6 +111,8 @@ export function loadConfig(options: { file?: string; env?: NodeJS.ProcessEnv; ov
     }
   }
   const merged: Record<string, unknown> = { ...fromFile, ...fromEnv, ...(options.overrides ?? {}) };
+  // `maxParallelImagePulls: null` is the kubelet's "no limit" (a nil pointer); every other null means "unset".
+  const unlimitedPulls = merged.maxParallelImagePulls === null;
   for (const [k, v] of Object.entries(merged)) if (v === null) delete merged[k];
   merged.registries ??= structuredClone(DEFAULT_REGISTRIES);
   const withDefaults = Value.Default(ConfigSchema, Value.Clone(merged));
@@ -113,7 +122,7 @@ export function loadConfig(options: { file?: string; env?: NodeJS.ProcessEnv; ov
     const hint = /unexpected property/i.test(first.message) ? 'unknown key' : first.message;
     throw new ConfigError(key, hint);
   }
-  return finalize(withDefaults as RawConfig);
+  return finalize(withDefaults as RawConfig, unlimitedPulls);
 }
 
 function pointerToKey(path: string): string {
@@ -130,7 +139,10 @@ function duration(key: string, value: string): number {
   return ms;
 }
 
-function finalize(raw: RawConfig): Config {
+/** A node cache limits upstream image pulls by default: enough to overlap transfers, few enough to protect the link. */
+export const DEFAULT_MAX_PARALLEL_IMAGE_PULLS = 5;
+
+function finalize(raw: RawConfig, unlimitedPulls = false): Config {
   const listen = parseListen('listen', raw.listen);
   const registries = new Map<string, RegistryConfig>();
   for (const [hostKey, reg] of Object.entries(raw.registries)) {
@@ -147,7 +159,17 @@ function finalize(raw: RawConfig): Config {
     if ((reg.username === undefined) !== (reg.password === undefined)) {
       throw new ConfigError(`registries.${hostKey}`, 'username and password go together');
     }
-    const entry: RegistryConfig = { host, url };
+    const mirrors = (reg.mirrors ?? []).map((m, i) => {
+      let mirror: URL;
+      try {
+        mirror = new URL(m);
+      } catch {
+        throw new ConfigError(`registries.${hostKey}.mirrors[${i}]`, `"${m}" is not a URL`);
+      }
+      if (mirror.protocol !== 'http:' && mirror.protocol !== 'https:') throw new ConfigError(`registries.${hostKey}.mirrors[${i}]`, 'must be http:// or https://');
+      return mirror;
+    });
+    const entry: RegistryConfig = { host, url, mirrors: Object.freeze(mirrors) };
     if (reg.username !== undefined) entry.username = reg.username;
     if (reg.password !== undefined) entry.password = reg.password;
     registries.set(host, Object.freeze(entry));
@@ -163,6 +185,17 @@ function finalize(raw: RawConfig): Config {
   if (raw.imageGCLowThresholdPercent >= raw.imageGCHighThresholdPercent) {
     throw new ConfigError('imageGCLowThresholdPercent', `must be lower than imageGCHighThresholdPercent (${raw.imageGCHighThresholdPercent})`);
   }
+  // The kubelet's rules: maxParallelImagePulls >= 1, and >= 2 only with serializeImagePulls false.
+  if (raw.maxParallelImagePulls !== undefined && raw.maxParallelImagePulls < 1) {
+    throw new ConfigError('maxParallelImagePulls', 'must be at least 1');
+  }
+  if (raw.serializeImagePulls && raw.maxParallelImagePulls !== undefined && raw.maxParallelImagePulls >= 2) {
+    throw new ConfigError('serializeImagePulls/maxParallelImagePulls', `maxParallelImagePulls ${raw.maxParallelImagePulls} requires serializeImagePulls: false`);
+  }
+  if (raw.serializeImagePulls && unlimitedPulls) {
+    throw new ConfigError('serializeImagePulls/maxParallelImagePulls', 'no limit (null) requires serializeImagePulls: false');
+  }
+  const maxParallelImagePulls = raw.serializeImagePulls ? 1 : unlimitedPulls ? undefined : (raw.maxParallelImagePulls ?? DEFAULT_MAX_PARALLEL_IMAGE_PULLS);
   const maxStorageBytes = raw.maxStorageBytes === undefined ? undefined : parseBytes('maxStorageBytes', raw.maxStorageBytes);
   raw.pinnedImages.forEach((ref, i) => {
     try {
@@ -199,6 +232,10 @@ function finalize(raw: RawConfig): Config {
     }),
     gcIntervalMs: duration('gcInterval', raw.gcInterval),
     shutdownTimeoutMs: duration('shutdownTimeout', raw.shutdownTimeout),
+    maxParallelImagePulls,
+    pullQueueTimeoutMs: duration('pullQueueTimeout', raw.pullQueueTimeout),
+    pullLingerMs: duration('pullLinger', raw.pullLinger),
+    upstreamBandwidthLimit: raw.upstreamBandwidthLimit === undefined ? undefined : parseBytes('upstreamBandwidthLimit', raw.upstreamBandwidthLimit),
   });
 }
 

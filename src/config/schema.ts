@@ -6,6 +6,7 @@ const Duration = Type.String({ description: 'Go-style duration: 0s, 500ms, 1m30s
 export const RegistrySchema = Type.Object(
   {
     url: Type.String({ description: 'Base URL of the registry API, http(s)://host[:port]' }),
+    mirrors: Type.Optional(Type.Array(Type.String(), { description: 'endpoints tried in order before url (e.g. a cluster cache)' })),
     username: Type.Optional(Type.String()),
     password: Type.Optional(Type.String()),
   },
@@ -53,6 +54,11 @@ export const ConfigSchema = Type.Object(
     pinnedImages: Type.Array(Type.String(), { default: [] }),
     gcInterval: Type.String({ ...Duration, default: '1m' }),
     shutdownTimeout: Type.String({ ...Duration, default: '25s' }),
+    serializeImagePulls: Type.Boolean({ default: false }),
+    maxParallelImagePulls: Type.Optional(Type.Integer({ description: 'images transferring from upstreams at once (kubelet rules)' })),
+    pullQueueTimeout: Type.String({ ...Duration, default: '1m' }),
+    pullLinger: Type.String({ ...Duration, default: '3s' }),
+    upstreamBandwidthLimit: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.String()], { description: 'bytes/s shared by all transfers: 50Mi, 100M' })),
   },
   { additionalProperties: false },
 );

@@ -73,9 +73,34 @@ export class UpstreamClient {
     this.tokens = new TokenCache(this.dispatcher, this.log);
   }
 
-  /** Sends a request, answering one auth challenge and following redirects. Throws OciError on transport failure. */
+  /**
+   * Sends a request to the registry's endpoints in order (`mirrors`, then `url`): a connection failure, a timeout or
+   * a 5xx moves on to the next at once, and so does a 404 from a mirror; each endpoint authenticates on its own.
+   */
   async send(req: UpstreamRequest): Promise<UpstreamResponse> {
-    const base = req.registry.url;
+    const endpoints = [...req.registry.mirrors, req.registry.url];
+    for (let i = 0; ; i++) {
+      const endpoint = endpoints[i] as URL;
+      const last = i === endpoints.length - 1;
+      let res: UpstreamResponse;
+      try {
+        res = await this.sendTo(endpoint, req);
+      } catch (err) {
+        if (last || req.signal?.aborted) throw err;
+        this.log.warn({ registry: req.registry.host, endpoint: endpoint.origin, err: { message: (err as Error).message } }, 'upstream endpoint failed; trying the next');
+        continue;
+      }
+      const mirror = i < req.registry.mirrors.length;
+      if (!last && (res.status >= 500 || (mirror && res.status === 404))) {
+        await drain(res.body);
+        continue;
+      }
+      return res;
+    }
+  }
+
+  /** One endpoint: answers one auth challenge and follows redirects. Throws OciError on transport failure. */
+  private async sendTo(base: URL, req: UpstreamRequest): Promise<UpstreamResponse> {
     const url = new URL(base.pathname.replace(/\/$/, '') + req.path, base);
     for (const [k, v] of Object.entries(req.query ?? {})) url.searchParams.set(k, v);
     const credential = req.credential;
@@ -89,7 +114,7 @@ export class UpstreamClient {
     };
 
     const sent = authorization();
-    let res = await this.follow(req, url, sent);
+    let res = await this.follow(req, base, url, sent);
     if (res.status !== 401) return res;
 
     const challenge = parseChallenge(res.headers['www-authenticate']);
@@ -100,11 +125,11 @@ export class UpstreamClient {
       await drain(res.body);
       this.tokens.forget(base, scope, credential);
       const token = await this.tokens.obtain(base, req.registry.host, challenge, scope, credential, req.signal);
-      res = await this.follow(req, url, `Bearer ${token}`);
+      res = await this.follow(req, base, url, `Bearer ${token}`);
     } else if (challenge.scheme === 'basic' && credential && !sent?.startsWith('Basic ')) {
       // Retrying the same Basic credentials that were just refused would only repeat the refusal.
       await drain(res.body);
-      res = await this.follow(req, url, basicAuthorization(credential));
+      res = await this.follow(req, base, url, basicAuthorization(credential));
     }
     return res;
   }
@@ -114,12 +139,12 @@ export class UpstreamClient {
     if (this.ownsDispatcher) await this.dispatcher.close();
   }
 
-  private async follow(req: UpstreamRequest, start: URL, authorization: string | undefined): Promise<UpstreamResponse> {
+  private async follow(req: UpstreamRequest, base: URL, start: URL, authorization: string | undefined): Promise<UpstreamResponse> {
     let url = start;
     for (let hop = 0; ; hop++) {
       const headers: Record<string, string> = { ...(req.headers ?? {}) };
       // Credentials belong to the registry's origin only; a CDN redirect target never sees them.
-      if (authorization && url.origin === req.registry.url.origin) headers.authorization = authorization;
+      if (authorization && url.origin === base.origin) headers.authorization = authorization;
       let res: Dispatcher.ResponseData;
       const started = performance.now();
       try {

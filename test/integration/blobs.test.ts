@@ -61,6 +61,13 @@ describe('blobs through the cache', () => {
     expect(await cache.services.store.size(layer.digest)).toBeUndefined();
     expect(await readdir(join(cache.storage, 'tmp'))).toEqual([]);
     upstream.fault = () => undefined;
+    // Backing off: the same error again, with Retry-After, and no upstream request.
+    const backingOff = await call(blobUrl);
+    expect(backingOff.status).toBe(502);
+    expect(errorCode(backingOff)).toBe('DIGEST_INVALID');
+    expect(backingOff.headers['retry-after']).toBe('10');
+    expect(upstream.count('GET', /\/blobs\//)).toBe(1);
+    cache.services.pulls.backoff.success(`${upstream.host}/team/app@${layer.digest}`);
     const retry = await call(blobUrl);
     expect(sha256(retry.body)).toBe(layer.digest);
     expect(upstream.count('GET', /\/blobs\//)).toBe(2);
@@ -138,6 +145,7 @@ describe('blobs through the cache', () => {
   });
 
   it('maps upstream failures to OCI errors', async () => {
+    const clearBackoff = (): void => cache.services.pulls.backoff.success(`${upstream.host}/team/app@${layer.digest}`);
     const missing = await call(`${cache.url}/v2/team/app/blobs/sha256:${'0'.repeat(64)}?ns=${upstream.host}`);
     expect(missing.status).toBe(404);
     expect(errorCode(missing)).toBe('BLOB_UNKNOWN');
@@ -148,12 +156,14 @@ describe('blobs through the cache', () => {
     expect(errorCode(limited)).toBe('TOOMANYREQUESTS');
     expect(limited.headers['retry-after']).toBe('17');
 
+    clearBackoff();
     upstream.fault = () => ({ kind: 'status', status: 500 });
     const broken = await call(blobUrl);
     expect(broken.status).toBe(502);
     expect(errorCode(broken)).toBe('UNAVAILABLE');
 
     // Refused anonymously: the client is asked for credentials; refused with them: DENIED.
+    clearBackoff();
     upstream.fault = () => ({ kind: 'status', status: 403 });
     const challenged = await call(blobUrl);
     expect(challenged.status).toBe(401);

@@ -8,6 +8,9 @@ export interface RecordedRequest {
   path: string;
   query: URLSearchParams;
   headers: IncomingMessage['headers'];
+  /** performance.now() when the request arrived and when its response ended (or the socket closed). */
+  startedAt: number;
+  endedAt?: number;
 }
 
 /** What to do instead of answering normally. */
@@ -130,7 +133,10 @@ export class FakeUpstream {
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', this.url);
-    const recorded: RecordedRequest = { method: req.method ?? 'GET', path: url.pathname, query: url.searchParams, headers: req.headers };
+    const recorded: RecordedRequest = { method: req.method ?? 'GET', path: url.pathname, query: url.searchParams, headers: req.headers, startedAt: performance.now() };
+    res.once('close', () => {
+      recorded.endedAt = performance.now();
+    });
     if (url.pathname === '/token') {
       this.tokenRequests.push(recorded);
       return this.serveToken(recorded, res);
@@ -209,6 +215,9 @@ export class FakeUpstream {
     if (fault?.kind === 'slow') {
       for (let i = 0; i < bytes.length; i += fault.chunkBytes) {
         if (res.destroyed) return;
+        const last = i + fault.chunkBytes >= bytes.length;
+        // The last chunk ends the response at once: a client that knows Content-Length is done when it arrives.
+        if (last) return void res.end(bytes.subarray(i));
         res.write(bytes.subarray(i, i + fault.chunkBytes));
         await sleep(fault.delayMs);
       }
