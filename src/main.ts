@@ -16,8 +16,12 @@ export interface RunningServer {
 }
 
 /** Starts the cache: store, database, HTTP listener. */
-export async function startServer(config: Config, log = createLogger(config.logLevel)): Promise<RunningServer> {
-  const services = await createServices(config, log);
+export async function startServer(
+  config: Config,
+  log = createLogger(config.logLevel),
+  options: Parameters<typeof createServices>[2] = {},
+): Promise<RunningServer> {
+  const services = await createServices(config, log, options);
   const app = buildApp(services, { opsSeparately: config.metricsListen !== undefined });
   const ops = config.metricsListen ? buildOpsApp(services) : undefined;
   let url: string;

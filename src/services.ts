@@ -11,6 +11,7 @@ import { BlobStore } from './store/blob-store.js';
 import { UpstreamClient } from './upstream/client.js';
 import type { AppDeps } from './app.js';
 import type { Dispatcher } from 'undici';
+import { environmentProxy, redactedProxy, type DispatcherOptions } from './upstream/dispatchers.js';
 import { CredentialHasher } from './policy/credential-hash.js';
 import { NodeCredentials } from './policy/node-credentials.js';
 import { PullRecords } from './policy/records.js';
@@ -58,7 +59,7 @@ export async function openStore(config: Config, log: Logger): Promise<OpenStore>
 }
 
 /** Opens the store and wires the caches, the credential policy and the upstream client. */
-export async function createServices(config: Config, log: Logger, options: { dispatcher?: Dispatcher } = {}): Promise<Services> {
+export async function createServices(config: Config, log: Logger, options: { dispatcher?: Dispatcher; dispatcherOptions?: DispatcherOptions } = {}): Promise<Services> {
   const { store, metadata, records } = await openStore(config, log);
   // Metrics read the caches lazily at scrape time; the holder is filled in once the caches exist.
   const live: { activeFills: () => number; queuedPulls: () => number } = { activeFills: () => 0, queuedPulls: () => 0 };
@@ -75,13 +76,18 @@ export async function createServices(config: Config, log: Logger, options: { dis
     bandwidth: config.upstreamBandwidthLimit === undefined ? undefined : new BandwidthLimit(config.upstreamBandwidthLimit),
   };
   live.queuedPulls = () => pulls.limiter.queued;
+  for (const reg of config.registries.values()) {
+    if (reg.transport.insecureSkipVerify) {
+      log.warn({ registry: reg.host }, 'TLS VERIFICATION IS OFF for this registry (insecureSkipVerify): anyone on the path can serve it content');
+    }
+    if (reg.transport.proxy) log.info({ registry: reg.host, proxy: redactedProxy(reg.transport.proxy) }, 'registry reached through a proxy');
+  }
+  if (environmentProxy()) log.info('egress proxy from HTTPS_PROXY/HTTP_PROXY (NO_PROXY honoured) for registries without their own proxy');
   const upstream = new UpstreamClient({
     observe: (registry, method, status, seconds) => metrics.upstreamLatency.labels(registry, method, String(status)).observe(seconds),
-    connectTimeoutMs: config.upstreamConnectTimeoutMs,
-    headersTimeoutMs: config.upstreamHeadersTimeoutMs,
-    bodyTimeoutMs: config.upstreamBodyTimeoutMs,
     log,
     ...(options.dispatcher ? { dispatcher: options.dispatcher } : {}),
+    ...(options.dispatcherOptions ? { dispatcherOptions: options.dispatcherOptions } : {}),
   });
   const policy = config.imagePullCredentialsVerificationPolicy;
   if (policy !== 'NeverVerify') {

@@ -12,6 +12,7 @@ import type { PullIntents } from './manifests.js';
 import { imageKeys, type UpstreamPulls } from './upstream-pulls.js';
 import { countsForBackoff } from '../limiter/backoff.js';
 import type { PullLease } from '../limiter/pull-limiter.js';
+import { withIdleTimeout } from '../upstream/idle-timeout.js';
 
 /** Where a blob answer comes from, for logs and metrics. */
 export type BlobSource = 'store' | 'inflight' | 'upstream';
@@ -219,7 +220,8 @@ export class BlobCache {
             throw errorForUpstreamStatus(res.status, 'blob', req.registry.host, header(res.headers['retry-after']));
           }
           const length = Number(res.headers['content-length']);
-          const body = pulls?.bandwidth ? pulls.bandwidth.throttle(res.body) : res.body;
+          const watched = withIdleTimeout(res.body, req.registry.transport.idleTimeoutMs, req.registry.host);
+          const body = pulls?.bandwidth ? pulls.bandwidth.throttle(watched) : watched;
           return { body, size: Number.isSafeInteger(length) && length >= 0 ? length : undefined };
         },
         (size) => {

@@ -1,3 +1,4 @@
+import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Value } from '@sinclair/typebox/value';
@@ -16,10 +17,31 @@ export interface RegistryConfig {
   url: URL;
   /** Endpoints tried in order before `url`. */
   mirrors: readonly URL[];
+  /** How to reach this registry's endpoints: TLS, proxy, timeouts, pool size, static headers. */
+  transport: RegistryTransport;
   /** Node-wide Basic credentials for this registry, when configured. */
   username?: string;
   password?: string;
 }
+
+/** Per-registry connection settings, resolved (PEM files read and parsed). */
+export interface RegistryTransport {
+  /** Extra trusted CAs (PEM), added to the system roots. */
+  ca: string | undefined;
+  clientCert: string | undefined;
+  clientKey: string | undefined;
+  insecureSkipVerify: boolean;
+  headers: Readonly<Record<string, string>>;
+  connectTimeoutMs: number;
+  requestTimeoutMs: number;
+  idleTimeoutMs: number;
+  /** Explicit egress proxy; credentials stay in the URL object and are never logged. */
+  proxy: URL | undefined;
+  maxSockets: number;
+}
+
+/** Default connections per upstream origin: enough for parallel layers, bounded so one registry cannot take them all. */
+export const DEFAULT_MAX_SOCKETS = 32;
 
 /** The validated, frozen configuration the process runs on. */
 export interface Config {
@@ -169,7 +191,8 @@ function finalize(raw: RawConfig, unlimitedPulls = false): Config {
       if (mirror.protocol !== 'http:' && mirror.protocol !== 'https:') throw new ConfigError(`registries.${hostKey}.mirrors[${i}]`, 'must be http:// or https://');
       return mirror;
     });
-    const entry: RegistryConfig = { host, url, mirrors: Object.freeze(mirrors) };
+    const transport = resolveTransport(`registries.${hostKey}`, reg, raw);
+    const entry: RegistryConfig = { host, url, mirrors: Object.freeze(mirrors), transport };
     if (reg.username !== undefined) entry.username = reg.username;
     if (reg.password !== undefined) entry.password = reg.password;
     registries.set(host, Object.freeze(entry));
@@ -255,4 +278,68 @@ function parseBytes(key: string, value: number | string): number {
   const bytes = m ? Math.floor(Number(m[1]) * (UNITS[m[2] as string] as number)) : NaN;
   if (!Number.isFinite(bytes) || bytes <= 0) throw new ConfigError(key, `"${value}" is not a size (examples: 1073741824, 500Mi, 20Gi)`);
   return bytes;
+}
+
+/** A PEM value given inline or as a file path; the key names what is wrong when it is neither. */
+function readPem(key: string, value: string): string {
+  if (value.includes('-----BEGIN ')) return value;
+  try {
+    return readFileSync(value, 'utf8');
+  } catch (err) {
+    throw new ConfigError(key, `cannot read ${value}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}
+
+function certificates(key: string, pem: string): string {
+  const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) throw new ConfigError(key, 'holds no PEM certificate');
+  for (const block of blocks) {
+    try {
+      new X509Certificate(block);
+    } catch {
+      throw new ConfigError(key, 'holds a malformed PEM certificate');
+    }
+  }
+  return blocks.join('\n');
+}
+
+function resolveTransport(prefix: string, reg: RawConfig['registries'][string], raw: RawConfig): RegistryTransport {
+  const ca = reg.ca === undefined ? undefined : certificates(`${prefix}.ca`, readPem(`${prefix}.ca`, reg.ca));
+  if ((reg.clientCert === undefined) !== (reg.clientKey === undefined)) throw new ConfigError(`${prefix}.clientCert`, 'clientCert and clientKey go together');
+  const clientCert = reg.clientCert === undefined ? undefined : certificates(`${prefix}.clientCert`, readPem(`${prefix}.clientCert`, reg.clientCert));
+  let clientKey: string | undefined;
+  if (reg.clientKey !== undefined) {
+    clientKey = readPem(`${prefix}.clientKey`, reg.clientKey);
+    try {
+      createPrivateKey(clientKey);
+    } catch {
+      throw new ConfigError(`${prefix}.clientKey`, 'is not a PEM private key');
+    }
+  }
+  let proxy: URL | undefined;
+  if (reg.proxy !== undefined) {
+    try {
+      proxy = new URL(reg.proxy);
+    } catch {
+      throw new ConfigError(`${prefix}.proxy`, 'is not a URL');
+    }
+    if (proxy.protocol !== 'http:' && proxy.protocol !== 'https:') throw new ConfigError(`${prefix}.proxy`, 'must be http:// or https://');
+  }
+  for (const name of Object.keys(reg.headers ?? {})) {
+    if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name) || /^(authorization|host|content-length|connection)$/i.test(name)) {
+      throw new ConfigError(`${prefix}.headers.${name}`, 'not a header the cache may set statically');
+    }
+  }
+  return Object.freeze({
+    ca,
+    clientCert,
+    clientKey,
+    insecureSkipVerify: reg.insecureSkipVerify ?? false,
+    headers: Object.freeze({ ...(reg.headers ?? {}) }),
+    connectTimeoutMs: duration(`${prefix}.connectTimeout`, reg.connectTimeout ?? raw.upstreamConnectTimeout),
+    requestTimeoutMs: duration(`${prefix}.requestTimeout`, reg.requestTimeout ?? raw.upstreamHeadersTimeout),
+    idleTimeoutMs: duration(`${prefix}.idleTimeout`, reg.idleTimeout ?? raw.upstreamBodyTimeout),
+    proxy,
+    maxSockets: reg.maxSockets ?? DEFAULT_MAX_SOCKETS,
+  });
 }

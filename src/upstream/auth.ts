@@ -31,10 +31,7 @@ export class TokenCache {
   private readonly tokens = new Map<string, CachedToken>();
   private readonly pending = new Map<string, Promise<string>>();
 
-  constructor(
-    private readonly dispatcher: Dispatcher,
-    private readonly log: Logger,
-  ) {}
+  constructor(private readonly log: Logger) {}
 
   /** A cached, unexpired token, if any. */
   cached(upstream: URL, scope: string, credential: Credential | undefined): string | undefined {
@@ -49,11 +46,19 @@ export class TokenCache {
   }
 
   /** Obtains a token answering `challenge`, sharing concurrent fetches. */
-  async obtain(upstream: URL, registry: string, challenge: Challenge, scope: string, credential: Credential | undefined, signal?: AbortSignal): Promise<string> {
+  async obtain(
+    dispatcher: Dispatcher,
+    upstream: URL,
+    registry: string,
+    challenge: Challenge,
+    scope: string,
+    credential: Credential | undefined,
+    signal?: AbortSignal,
+  ): Promise<string> {
     const key = this.key(upstream, scope, credential);
     const inflight = this.pending.get(key);
     if (inflight) return inflight;
-    const p = this.fetchToken(upstream, registry, challenge, scope, credential, signal).then((t) => {
+    const p = this.fetchToken(dispatcher, upstream, registry, challenge, scope, credential, signal).then((t) => {
       this.tokens.set(key, { token: t.token, expiresAt: Date.now() + t.ttlMs - EXPIRY_MARGIN_MS });
       return t.token;
     });
@@ -70,6 +75,7 @@ export class TokenCache {
   }
 
   private async fetchToken(
+    dispatcher: Dispatcher,
     upstream: URL,
     registry: string,
     challenge: Challenge,
@@ -97,7 +103,7 @@ export class TokenCache {
     }
     let res: Dispatcher.ResponseData;
     try {
-      res = await request(realm, { dispatcher: this.dispatcher, method: 'GET', headers, signal });
+      res = await request(realm, { dispatcher, method: 'GET', headers, signal });
     } catch (err) {
       throw errorForTransportFailure(err, registry);
     }

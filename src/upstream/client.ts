@@ -1,6 +1,7 @@
 import { Readable } from 'node:stream';
 import type { IncomingHttpHeaders } from 'node:http';
-import { Agent, request, type Dispatcher } from 'undici';
+import { request, type Dispatcher } from 'undici';
+import { buildDispatcher, type DispatcherOptions } from './dispatchers.js';
 import type { Logger } from 'pino';
 import type { RegistryConfig } from '../config/load.js';
 import { parseChallenge } from './challenge.js';
@@ -32,14 +33,13 @@ export interface UpstreamResponse {
   url: URL;
 }
 
-/** Timeouts of the shared connection pool. */
+/** How the client reaches upstreams. */
 export interface UpstreamClientOptions {
-  connectTimeoutMs: number;
-  headersTimeoutMs: number;
-  bodyTimeoutMs: number;
   log: Logger;
-  /** Tests pass their own dispatcher. */
+  /** Tests pass their own dispatcher (used for every registry). */
   dispatcher?: Dispatcher;
+  /** Passed to every registry's pool (tests map names to loopback). */
+  dispatcherOptions?: DispatcherOptions;
   /** Called with every upstream exchange's time to headers. */
   observe?: (registry: string, method: string, status: number | 'error', seconds: number) => void;
 }
@@ -49,8 +49,10 @@ const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
 
 /** Talks to upstream registries: auth challenges, token reuse, redirects without leaking credentials. */
 export class UpstreamClient {
-  private readonly dispatcher: Dispatcher;
-  private readonly ownsDispatcher: boolean;
+  private readonly shared: Dispatcher | undefined;
+  /** One pool per registry: its TLS, proxy, timeouts and socket cap. */
+  private readonly pools = new Map<string, Dispatcher>();
+  private readonly dispatcherOptions: DispatcherOptions;
   private readonly tokens: TokenCache;
   /** Upstreams that answered a Basic challenge: later requests send Basic up front. */
   private readonly basicOrigins = new Set<string>();
@@ -60,17 +62,20 @@ export class UpstreamClient {
   constructor(options: UpstreamClientOptions) {
     this.log = options.log;
     this.observe = options.observe;
-    this.ownsDispatcher = options.dispatcher === undefined;
-    this.dispatcher =
-      options.dispatcher ??
-      new Agent({
-        connect: { timeout: options.connectTimeoutMs },
-        headersTimeout: options.headersTimeoutMs,
-        bodyTimeout: options.bodyTimeoutMs,
-        keepAliveTimeout: 30_000,
-        connections: 64,
-      });
-    this.tokens = new TokenCache(this.dispatcher, this.log);
+    this.shared = options.dispatcher;
+    this.dispatcherOptions = options.dispatcherOptions ?? {};
+    this.tokens = new TokenCache(this.log);
+  }
+
+  /** The registry's connection pool, built on first use. */
+  private dispatcherFor(registry: RegistryConfig): Dispatcher {
+    if (this.shared) return this.shared;
+    let pool = this.pools.get(registry.host);
+    if (!pool) {
+      pool = buildDispatcher(registry.transport, this.dispatcherOptions);
+      this.pools.set(registry.host, pool);
+    }
+    return pool;
   }
 
   /**
@@ -124,7 +129,7 @@ export class UpstreamClient {
     if (challenge.scheme === 'bearer') {
       await drain(res.body);
       this.tokens.forget(base, scope, credential);
-      const token = await this.tokens.obtain(base, req.registry.host, challenge, scope, credential, req.signal);
+      const token = await this.tokens.obtain(this.dispatcherFor(req.registry), base, req.registry.host, challenge, scope, credential, req.signal);
       res = await this.follow(req, base, url, `Bearer ${token}`);
     } else if (challenge.scheme === 'basic' && credential && !sent?.startsWith('Basic ')) {
       // Retrying the same Basic credentials that were just refused would only repeat the refusal.
@@ -136,19 +141,21 @@ export class UpstreamClient {
 
   /** Closes pooled connections. */
   async close(): Promise<void> {
-    if (this.ownsDispatcher) await this.dispatcher.close();
+    await Promise.all([...this.pools.values()].map((p) => p.close()));
+    this.pools.clear();
   }
 
   private async follow(req: UpstreamRequest, base: URL, start: URL, authorization: string | undefined): Promise<UpstreamResponse> {
     let url = start;
     for (let hop = 0; ; hop++) {
-      const headers: Record<string, string> = { ...(req.headers ?? {}) };
-      // Credentials belong to the registry's origin only; a CDN redirect target never sees them.
-      if (authorization && url.origin === base.origin) headers.authorization = authorization;
+      const sameOrigin = url.origin === base.origin;
+      // Static headers and credentials belong to the registry's endpoint only; a CDN redirect target sees neither.
+      const headers: Record<string, string> = { ...(sameOrigin ? req.registry.transport.headers : {}), ...(req.headers ?? {}) };
+      if (authorization && sameOrigin) headers.authorization = authorization;
       let res: Dispatcher.ResponseData;
       const started = performance.now();
       try {
-        res = await request(url, { dispatcher: this.dispatcher, method: req.method, headers, signal: req.signal });
+        res = await request(url, { dispatcher: this.dispatcherFor(req.registry), method: req.method, headers, signal: req.signal });
       } catch (err) {
         this.observe?.(req.registry.host, req.method, 'error', (performance.now() - started) / 1000);
         throw errorForTransportFailure(err, req.registry.host);

@@ -19,6 +19,7 @@ export async function startCache(
   registries: Record<string, string>,
   overrides: Record<string, unknown> = {},
   storage?: string,
+  services: Parameters<typeof startServer>[2] = {},
 ): Promise<TestCache> {
   const dir = storage ?? (await mkdtemp(join(tmpdir(), 'rc-store-')));
   const hosts = Object.keys(registries);
@@ -43,7 +44,7 @@ export async function startCache(
       cb();
     },
   });
-  const server = await startServer(config, createLogger(config.logLevel, sink));
+  const server = await startServer(config, createLogger(config.logLevel, sink), services);
   return {
     ...server,
     storage: dir,

@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer, type ServerOptions as HttpsOptions } from 'node:https';
 import type { AddressInfo } from 'node:net';
 
 /** A request the fake upstream received. */
@@ -10,6 +11,8 @@ export interface RecordedRequest {
   headers: IncomingMessage['headers'];
   /** performance.now() when the request arrived and when its response ended (or the socket closed). */
   startedAt: number;
+  /** The client's source port: distinct ports mean distinct connections. */
+  remotePort: number | undefined;
   endedAt?: number;
 }
 
@@ -89,17 +92,18 @@ export class FakeUpstream {
   url = '';
   host = '';
 
-  /** Starts listening on 127.0.0.1, an ephemeral port. */
-  async start(): Promise<this> {
-    this.server = createServer((req, res) => {
+  /** Starts listening on 127.0.0.1, an ephemeral port; with `tls`, over HTTPS (e.g. requiring client certificates). */
+  async start(options: { tls?: HttpsOptions } = {}): Promise<this> {
+    const handler = (req: IncomingMessage, res: ServerResponse): void => {
       this.handle(req, res).catch((err: unknown) => {
         res.destroy(err as Error);
       });
-    });
+    };
+    this.server = options.tls ? createHttpsServer(options.tls, handler) : createServer(handler);
     await new Promise<void>((resolve) => this.server?.listen(0, '127.0.0.1', resolve));
     const { port } = this.server.address() as AddressInfo;
     this.host = `127.0.0.1:${port}`;
-    this.url = `http://${this.host}`;
+    this.url = `${options.tls ? 'https' : 'http'}://${this.host}`;
     return this;
   }
 
@@ -133,7 +137,14 @@ export class FakeUpstream {
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', this.url);
-    const recorded: RecordedRequest = { method: req.method ?? 'GET', path: url.pathname, query: url.searchParams, headers: req.headers, startedAt: performance.now() };
+    const recorded: RecordedRequest = {
+      method: req.method ?? 'GET',
+      path: url.pathname,
+      query: url.searchParams,
+      headers: req.headers,
+      startedAt: performance.now(),
+      remotePort: req.socket.remotePort,
+    };
     res.once('close', () => {
       recorded.endedAt = performance.now();
     });

@@ -1,0 +1,30 @@
+import { Readable } from 'node:stream';
+import { errorForTransportFailure } from './errors.js';
+
+/**
+ * `body`, failing with a 504 when no bytes arrive for `ms`: undici's own bodyTimeout runs on a coarse timer wheel
+ * (about a second), too loose for an idle limit an operator sets in milliseconds. Destroying the result destroys `body`.
+ */
+export function withIdleTimeout(body: Readable, ms: number, registry: string): Readable {
+  const chunks = (body as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+  async function* watched(): AsyncGenerator<Buffer> {
+    try {
+      for (;;) {
+        let timer: NodeJS.Timeout | undefined;
+        const idle = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(errorForTransportFailure(Object.assign(new Error('upstream body idle'), { code: 'UND_ERR_BODY_TIMEOUT' }), registry)), ms);
+        });
+        try {
+          const next = await Promise.race([chunks.next(), idle]);
+          if (next.done) return;
+          yield next.value;
+        } finally {
+          clearTimeout(timer);
+        }
+      }
+    } finally {
+      body.destroy();
+    }
+  }
+  return Readable.from(watched(), { objectMode: false });
+}
