@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { readFile, readdir, writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -9,20 +8,11 @@ import { imageByTag, makeOciLayout, type OciLayoutDescription } from '../support
 import { skopeoCopyToRegistry } from '../support/skopeo.js';
 import { makeTempDir, removeTempDir } from '../support/temp-dir.js';
 import { e2eGate } from '../support/tools.js';
+import { runCli } from '../support/cli.js';
 
 const gate = e2eGate(['docker-registry', 'skopeo', 'containerd', 'ctr']);
 if (!gate.run) console.warn(`skipping e2e hosts tests: ${gate.reason}`);
 
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['dist/cli.js', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 describe.runIf(gate.run)('registry-cache hosts with a real containerd 1.6', () => {
   let work: string;
@@ -55,21 +45,21 @@ describe.runIf(gate.run)('registry-cache hosts with a real containerd 1.6', () =
     await mkdir(join(certs, registry.host), { recursive: true });
     await writeFile(join(certs, registry.host, 'hosts.toml'), original);
 
-    const written = await cli(['hosts', '--certs-dir', certs, '--mirror', cache.url, '--config', config]);
+    const written = await runCli(['hosts', '--certs-dir', certs, '--mirror', cache.url, '--config', config]);
     expect(written.code).toBe(0);
     expect(written.stdout).toContain('written (original backed up)');
     const toml = await readFile(join(certs, registry.host, 'hosts.toml'), 'utf8');
     expect(toml).toContain(`server = "${registry.url}"`);
     expect(toml).toContain(`[host."${cache.url}"]\n  capabilities = ["pull", "resolve"]`);
     // Running it twice keeps the first backup (the admin's file), not our own output.
-    expect((await cli(['hosts', '--certs-dir', certs, '--mirror', cache.url, '--config', config])).code).toBe(0);
+    expect((await runCli(['hosts', '--certs-dir', certs, '--mirror', cache.url, '--config', config])).code).toBe(0);
 
     const ref = `${registry.host}/hosts/app:v1`;
     await containerd.pull(ref, { hostsDir: certs });
     expect(await containerd.check(ref)).toMatchObject({ digest: imageByTag(layout, 'v1').digest, complete: true });
     expect(cache.logs.filter((l) => l.includes('"path":"/v2/hosts/app/') && l.includes(`"ns":"${registry.host}"`)).length).toBeGreaterThanOrEqual(3);
 
-    const restored = await cli(['hosts', '--certs-dir', certs, '--restore', '--config', config]);
+    const restored = await runCli(['hosts', '--certs-dir', certs, '--restore', '--config', config]);
     expect(restored.code).toBe(0);
     expect((await readFile(join(certs, registry.host, 'hosts.toml'))).equals(original)).toBe(true);
     expect(await readdir(join(certs, registry.host))).toEqual(['hosts.toml']);

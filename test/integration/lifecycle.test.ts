@@ -10,6 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { FakeUpstream, makeImage, makeImageFrom, sha256, sleep, type FakeImage } from '../support/fake-upstream.js';
 import { call } from '../support/http-client.js';
 import { cacheToken } from '../support/registry-auth.js';
+import { runCli } from '../support/cli.js';
 
 const KB = 1000;
 
@@ -158,13 +159,13 @@ describe('cache lifecycle', () => {
     corrupted[1000] = (corrupted[1000] ?? 0) ^ 1;
     await writeFile(file, corrupted);
 
-    const check = await cli(['verify', '--config', config]);
+    const check = await runCli(['verify', '--config', config]);
     expect(check.code).toBe(1);
     expect(check.stdout).toContain(`digest  ${layer.digest}`);
-    const repair = await cli(['verify', '--repair', '--config', config]);
+    const repair = await runCli(['verify', '--repair', '--config', config]);
     expect(repair.code).toBe(0);
     expect(repair.stdout).toContain('1 problems, 1 repaired');
-    const again = await cli(['verify', '--config', config]);
+    const again = await runCli(['verify', '--config', config]);
     expect(again.code).toBe(0);
 
     const restarted = await startCache({ [upstream.host]: upstream.url }, {}, join(storage, 'store'));
@@ -261,13 +262,3 @@ async function spawnServer(dir: string, upstream: FakeUpstream, policy: string):
   return { child, url };
 }
 
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['dist/cli.js', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}

@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -13,6 +12,7 @@ import { FakeUpstream, makeImage, sha256, type FakeImage } from '../support/fake
 import { call } from '../support/http-client.js';
 import { writeOciLayout } from '../support/oci-layout.js';
 import { pullLikeContainerd } from '../support/registry-auth.js';
+import { runCli } from '../support/cli.js';
 
 async function writeTar(file: string, entries: { name: string; data: Buffer }[]): Promise<void> {
   const p = pack();
@@ -118,29 +118,19 @@ describe('registry-cache preload', () => {
     const storage = join(work, 'store');
     const configFile = join(work, 'config.yaml');
     await writeFile(configFile, `storage: ${storage}\nregistries:\n  "${upstream.host}": { url: "${upstream.url}" }\ndefaultRegistry: "${upstream.host}"\n`);
-    const preload = await run(['preload', join(work, 'layout'), '--name', `${upstream.host}/cli/app:3`, '--config', configFile]);
+    const preload = await runCli(['preload', join(work, 'layout'), '--name', `${upstream.host}/cli/app:3`, '--config', configFile]);
     expect(preload.code).toBe(0);
     expect(preload.stdout).toContain(`preloaded ${upstream.host}/cli/app:3 ${image.manifestDigest}`);
-    const json = await run(['records', '--json', '--config', configFile]);
+    const json = await runCli(['records', '--json', '--config', configFile]);
     expect(json.code).toBe(0);
     const rows = JSON.parse(json.stdout) as { image: string; digest: string; preloaded: boolean }[];
     expect(rows).toContainEqual(expect.objectContaining({ image: `${upstream.host}/cli/app`, digest: image.manifestDigest, preloaded: true }));
-    const table = await run(['records', '--image', `${upstream.host}/cli/app`, '--config', configFile]);
+    const table = await runCli(['records', '--image', `${upstream.host}/cli/app`, '--config', configFile]);
     expect(table.stdout.split('\n')[0]).toMatch(/^IMAGE\s+DIGEST\s+PULLED BY\s+PRELOADED\s+LAST VERIFIED/);
     expect(table.stdout).toContain('yes');
-    const bad = await run(['preload', join(work, 'nope'), '--config', configFile]);
+    const bad = await runCli(['preload', join(work, 'nope'), '--config', configFile]);
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toContain('nope');
   });
 });
 
-function run(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['dist/cli.js', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}

@@ -6,6 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { startCache } from '../support/cache-server.js';
 import { FakeUpstream, makeImage, sha256 } from '../support/fake-upstream.js';
 import { call } from '../support/http-client.js';
+import { runCli } from '../support/cli.js';
 
 describe('store recovery and the CLI', () => {
   const cleanup: (() => Promise<void>)[] = [];
@@ -78,11 +79,3 @@ describe('store recovery and the CLI', () => {
   });
 });
 
-function runCli(args: string[]): Promise<{ code: number | null; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['dist/cli.js', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.on('exit', (code) => resolve({ code, stderr }));
-  });
-}

@@ -144,7 +144,7 @@ describe('upstream connectivity', () => {
         ? { kind: 'redirect', to: `http://production.cloudflare.docker-cdn.test:${cdn.host.split(':')[1]}/v2/cdn/blobs/${layer.digest}` }
         : undefined;
     // Names resolve to loopback without DNS; the cache sees real host names.
-    const lookup = ((hostname: string, options: { all?: boolean }, cb: (...args: unknown[]) => void) => {
+    const lookup = ((_hostname: string, options: { all?: boolean }, cb: (...args: unknown[]) => void) => {
       if (options?.all) cb(null, [{ address: '127.0.0.1', family: 4 }]);
       else cb(null, '127.0.0.1', 4);
     }) as unknown as LookupFunction;
