@@ -31,6 +31,11 @@ program
     const server = await startServer(config);
     const shutdown = (signal: string): void => {
       server.services.log.info({ signal }, 'shutting down');
+      // A ref'd timer keeps the process alive until close finishes (its own timers are unref'd), and bounds it.
+      setTimeout(() => {
+        server.services.log.error('shutdown did not finish in time; exiting');
+        process.exit(1);
+      }, config.shutdownTimeoutMs + 10_000);
       server.close().then(
         () => process.exit(0),
         () => process.exit(1),

@@ -28,7 +28,7 @@ export async function runPreload(config: Config, source: string, name: string | 
     process.stdout.write(`${result.blobs} blobs, ${result.bytes} bytes read\n`);
   } finally {
     bar?.stop();
-    opened.metadata.close();
+    await opened.close();
   }
 }
 
@@ -51,7 +51,7 @@ export async function runRecords(config: Config, image: string | undefined, json
     const widths = header.map((_, i) => Math.max(...table.map((row) => (row[i] ?? '').length)));
     for (const row of table) process.stdout.write(`${row.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()}\n`);
   } finally {
-    opened.metadata.close();
+    await opened.close();
   }
 }
 
@@ -78,7 +78,8 @@ function summarize(r: PullRecord): { image: string; digest: string; pulledBy: st
 /** `registry-cache gc [--dry-run]`: one eviction pass by hand; prints what it freed (or would free). */
 export async function runGc(config: Config, dryRun: boolean): Promise<void> {
   const log = createLogger('warn');
-  const opened = await openStore(config, log);
+  // Eviction next to a live server could remove what it is serving: the server evicts on its own.
+  const opened = await openStore(config, log, { exclusive: true });
   try {
     const evictor = new Evictor({ store: opened.store, metadata: opened.metadata, settings: config.eviction, log, isBusy: () => false });
     const result = await evictor.collect({ dryRun });
@@ -88,19 +89,19 @@ export async function runGc(config: Config, dryRun: boolean): Promise<void> {
       `usage ${result.usedPercentBefore.toFixed(1)}%, ${result.bytesToFree} bytes to free; ${verb} ${result.evicted.length} images, ${result.freedBytes} bytes; ${result.skippedPinned} pinned kept\n`,
     );
   } finally {
-    opened.metadata.close();
+    await opened.close();
   }
 }
 
 /** `registry-cache verify [--repair]`: re-hashes the store; exit code 1 when problems remain. */
 export async function runVerify(config: Config, repair: boolean): Promise<boolean> {
-  const opened = await openStore(config, createLogger('warn'));
+  const opened = await openStore(config, createLogger('warn'), { exclusive: repair });
   try {
     const report = await verifyStore(opened, repair);
     for (const p of report.problems) process.stdout.write(`${p.problem.padEnd(7)} ${p.digest} ${p.detail}${repair ? ' (removed)' : ''}\n`);
     process.stdout.write(`checked ${report.checked} files, ${report.bytes} bytes; ${report.problems.length} problems, ${report.repaired} repaired\n`);
     return report.problems.length === report.repaired;
   } finally {
-    opened.metadata.close();
+    await opened.close();
   }
 }

@@ -1,6 +1,7 @@
 import { access, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Evictor } from './lifecycle/eviction.js';
+import { lockStore, type StoreLock } from './store/lock.js';
 import type { Logger } from 'pino';
 import { BlobCache } from './cache/blobs.js';
 import { ManifestCache } from './cache/manifests.js';
@@ -39,15 +40,35 @@ export interface OpenStore {
   store: BlobStore;
   metadata: Metadata;
   records: PullRecords;
+  /** Held when this process may recover and evict (nobody else serves the store). */
+  lock: StoreLock | undefined;
+  /** Closes the database and releases the lock. */
+  close(): Promise<void>;
 }
 
-/** Opens the store and database, cleaning up after a crash (temp files, rows without files, leftover intents). */
-export async function openStore(config: Config, log: Logger): Promise<OpenStore> {
+/**
+ * Opens the store and database. Crash recovery (temp files, rows without files, files without rows, leftover intents)
+ * runs only under the store's lock: next to a live server the same steps would destroy its downloads in flight.
+ * `exclusive` demands the lock (the server, `gc`, `verify --repair`); otherwise a held lock means "open as is".
+ */
+export async function openStore(config: Config, log: Logger, options: { exclusive?: boolean } = {}): Promise<OpenStore> {
   const store = new BlobStore(config.storage);
-  const { removedTempFiles } = await store.init();
+  await store.ensureDirectories();
+  let lock: StoreLock | undefined;
+  try {
+    lock = await lockStore(config.storage);
+  } catch (err) {
+    if (options.exclusive) throw err;
+  }
   const metadata = new Metadata(openDatabase(store.layout.databaseFile));
-  const { droppedRows, strayFiles } = await reconcile(store, metadata);
   const records = new PullRecords(metadata.db);
+  const close = async (): Promise<void> => {
+    metadata.close();
+    await lock?.release();
+  };
+  if (!lock) return { store, metadata, records, lock, close };
+  const { removedTempFiles } = await store.clearTemp();
+  const { droppedRows, strayFiles } = await reconcile(store, metadata);
   const recoveredIntents = records.recoverIntents();
   if (removedTempFiles + droppedRows + strayFiles + recoveredIntents > 0) {
     log.warn(
@@ -55,12 +76,13 @@ export async function openStore(config: Config, log: Logger): Promise<OpenStore>
       'store reconciled after an unclean stop (pull intents left by a crash became records without credentials)',
     );
   }
-  return { store, metadata, records };
+  return { store, metadata, records, lock, close };
 }
 
 /** Opens the store and wires the caches, the credential policy and the upstream client. */
 export async function createServices(config: Config, log: Logger, options: { dispatcher?: Dispatcher; dispatcherOptions?: DispatcherOptions } = {}): Promise<Services> {
-  const { store, metadata, records } = await openStore(config, log);
+  const opened = await openStore(config, log, { exclusive: true });
+  const { store, metadata, records } = opened;
   // Metrics read the caches lazily at scrape time; the holder is filled in once the caches exist.
   const live: { activeFills: () => number; queuedPulls: () => number } = { activeFills: () => 0, queuedPulls: () => 0 };
   const metrics = new Metrics({ activeFills: () => live.activeFills(), queuedPulls: () => live.queuedPulls(), storeBytes: () => metadata.storedBytes() });
@@ -140,7 +162,9 @@ export async function createServices(config: Config, log: Logger, options: { dis
   const gcTimer = setInterval(scheduleCollect, config.gcIntervalMs);
   gcTimer.unref();
   const manifests = new ManifestCache({ store, metadata, upstream, log, tagTtlMs: config.tagTtlMs, pulls, ...(intents ? { intents } : {}) });
+  const shutdown = new AbortController();
   const verifier = new CredentialVerifier({
+    signal: shutdown.signal,
     policy,
     allowlist: config.preloadedImagesVerificationAllowlist,
     records,
@@ -174,12 +198,13 @@ export async function createServices(config: Config, log: Logger, options: { dis
     close: async () => {
       closed = true;
       clearInterval(gcTimer);
-      // Fills write rows and end intents, eviction deletes rows: both must finish before the database closes.
-      await blobs.shutdown();
+      shutdown.abort(new Error('registry-cache is shutting down'));
+      // Fills and manifest fetches write files and rows, eviction deletes rows: all must end before the database closes.
+      await Promise.all([blobs.shutdown(), manifests.shutdown()]);
       await evictor.idle();
       await upstream.close();
       tokens.close();
-      metadata.close();
+      await opened.close();
     },
   };
 }

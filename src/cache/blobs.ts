@@ -206,7 +206,7 @@ export class BlobCache {
         async () => {
           const blocked = pulls?.backoff.check(backoffKey);
           if (blocked) throw blocked;
-          lease = await pulls?.limiter.acquire(imageKeys(this.deps.metadata, req.registry.host, req.repository, req.digest));
+          lease = await pulls?.limiter.acquire(imageKeys(this.deps.metadata, req.registry.host, req.repository, req.digest), signal);
           const res = await upstream.send({
             registry: req.registry,
             method: 'GET',

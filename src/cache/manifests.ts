@@ -53,6 +53,9 @@ const UPSTREAM_ACCEPT = MANIFEST_MEDIA_TYPES.join(', ');
 export class ManifestCache {
   private readonly byDigest = new Singleflight<ManifestAnswer>();
   private readonly byTag = new Singleflight<ManifestAnswer>();
+  /** Upstream work in flight (it writes files and rows), so shutdown can abort and wait for it. */
+  private readonly tasks = new Set<Promise<unknown>>();
+  private readonly shutdownController = new AbortController();
 
   constructor(
     private readonly deps: {
@@ -84,8 +87,20 @@ export class ManifestCache {
 
   /** Resolves a manifest request to stored bytes, fetching or revalidating upstream as needed. */
   async get(req: ManifestRequest): Promise<ManifestAnswer> {
-    const answer = req.isDigest ? await this.getByDigest(req) : await this.getByTag(req);
-    return this.withBytes(answer, req.method);
+    this.shutdownController.signal.throwIfAborted();
+    const work = (req.isDigest ? this.getByDigest(req) : this.getByTag(req)).then((answer) => this.withBytes(answer, req.method));
+    this.tasks.add(work);
+    try {
+      return await work;
+    } finally {
+      this.tasks.delete(work);
+    }
+  }
+
+  /** Aborts upstream requests in flight and waits until nothing more will be written. */
+  async shutdown(): Promise<void> {
+    this.shutdownController.abort(new Error('registry-cache is shutting down'));
+    while (this.tasks.size > 0) await Promise.allSettled([...this.tasks]);
   }
 
   private async getByDigest(req: ManifestRequest): Promise<ManifestAnswer> {
@@ -127,8 +142,7 @@ export class ManifestCache {
     const backoffKey = `${req.registry.host}/${req.repository}:${req.reference}`;
     try {
       // While the tag backs off, the stored answer is served as usual, without asking the upstream again.
-      const blocked = this.deps.pulls?.backoff.check(backoffKey);
-      if (blocked) throw blocked;
+      if (this.deps.pulls?.backoff.check(backoffKey)) return { ...known, source: 'stale' };
       const res = await this.send(req, 'HEAD', req.reference, UPSTREAM_ACCEPT).catch((err: unknown) => {
         if (countsForBackoff(err)) this.deps.pulls?.backoff.failure(backoffKey, err);
         throw err;
@@ -175,15 +189,18 @@ export class ManifestCache {
   private async fetch(req: ManifestRequest, reference: string, accept: string, expectedDigest: string | undefined): Promise<ManifestAnswer> {
     const { host } = req.registry;
     const byDigest = reference.includes(':');
-    const backoffKey = `${host}/${req.repository}${byDigest ? '@' : ':'}${reference}`;
+    // A fetch with a client's own Accept is a different question from the tag's: it backs off on its own.
+    const variant = accept === UPSTREAM_ACCEPT ? '' : `#${accept}`;
+    const backoffKey = `${host}/${req.repository}${byDigest ? '@' : ':'}${reference}${variant}`;
     const keys = byDigest ? imageKeys(this.deps.metadata, host, req.repository, reference) : [`${host}/${req.repository}:${reference}`];
-    return underPullLimit(this.deps.pulls, backoffKey, keys, async (lease) => {
+    return underPullLimit(this.deps.pulls, backoffKey, keys, this.shutdownController.signal, async (lease) => {
       const intent = this.deps.intents?.begin(host, req.repository, reference);
       try {
         const answer = await this.fetchVerified(req, reference, accept, expectedDigest);
-        // The tag's pull and the digest's are the same image pull; its blobs will find it by the digest.
+        // The tag's pull and the digest's are the same image pull; its child manifests and blobs find it by the digest,
+        // and it keeps its slot until what it names is stored.
         lease?.alias(`${host}/${req.repository}@${answer.digest}`);
-        if (!isIndexMediaType(answer.mediaType)) lease?.noteManifest(answer.digest);
+        lease?.noteManifest(answer.digest);
         return answer;
       } finally {
         if (intent !== undefined) this.deps.intents?.end(intent);
@@ -229,6 +246,7 @@ export class ManifestCache {
       path: `/v2/${req.repository}/manifests/${reference}`,
       headers: { accept },
       repository: req.repository,
+      signal: this.shutdownController.signal,
       ...(req.credential ? { credential: req.credential } : {}),
     });
   }

@@ -30,10 +30,20 @@ export function imageKeys(metadata: Metadata, registry: string, repository: stri
   return keys.length > 0 ? keys : [`${registry}/${repository}@${digest}`];
 }
 
-/** Whether every blob of these image manifests is stored (the pull is then complete). */
+/**
+ * Whether a pull's manifests are complete: an image manifest when all its blobs are stored; an index when one of its
+ * child manifests is stored and complete (a client pulls one platform, or several).
+ */
 export function manifestsComplete(metadata: Metadata, manifests: ReadonlySet<string>): boolean {
+  const imageComplete = (m: string): boolean => metadata.manifestRefs(m).every((ref) => ref.kind !== 'blob' || metadata.getBlob(ref.child) !== undefined);
   for (const m of manifests) {
-    for (const ref of metadata.manifestRefs(m)) if (ref.kind === 'blob' && !metadata.getBlob(ref.child)) return false;
+    const refs = metadata.manifestRefs(m);
+    const children = refs.filter((r) => r.kind === 'manifest');
+    if (children.length > 0 || refs.length === 0) {
+      if (!children.some((c) => metadata.getManifest(c.child) !== undefined && imageComplete(c.child))) return false;
+    } else if (!imageComplete(m)) {
+      return false;
+    }
   }
   return true;
 }
@@ -46,12 +56,13 @@ export async function underPullLimit<T>(
   pulls: UpstreamPulls | undefined,
   backoffKey: string,
   keys: string[],
+  signal: AbortSignal,
   work: (lease: PullLease | undefined) => Promise<T>,
 ): Promise<T> {
   if (!pulls) return work(undefined);
   const blocked = pulls.backoff.check(backoffKey);
   if (blocked) throw blocked;
-  const lease = await pulls.limiter.acquire(keys);
+  const lease = await pulls.limiter.acquire(keys, signal);
   try {
     const value = await work(lease);
     pulls.backoff.success(backoffKey);

@@ -120,7 +120,8 @@ export function loadConfig(options: { file?: string; env?: NodeJS.ProcessEnv; ov
   const fromEnv: Record<string, unknown> = {};
   for (const key of knownKeys) {
     const value = env[envNameFor(key)];
-    if (value === undefined) continue;
+    // An empty variable is unset (YAML would read it as null, which some keys give a meaning).
+    if (value === undefined || value.trim() === '') continue;
     try {
       fromEnv[key] = parseYaml(value);
     } catch {
@@ -134,7 +135,9 @@ export function loadConfig(options: { file?: string; env?: NodeJS.ProcessEnv; ov
   }
   const merged: Record<string, unknown> = { ...fromFile, ...fromEnv, ...(options.overrides ?? {}) };
   // `maxParallelImagePulls: null` is the kubelet's "no limit" (a nil pointer); every other null means "unset".
-  const unlimitedPulls = merged.maxParallelImagePulls === null;
+  // The kubelet's rule: serializeImagePulls false without a limit means no limit. Only with neither key set does the
+  // node cache's own default limit apply.
+  const unlimitedPulls = merged.maxParallelImagePulls === null || (merged.serializeImagePulls === false && merged.maxParallelImagePulls === undefined);
   for (const [k, v] of Object.entries(merged)) if (v === null) delete merged[k];
   merged.registries ??= structuredClone(DEFAULT_REGISTRIES);
   const withDefaults = Value.Default(ConfigSchema, Value.Clone(merged));

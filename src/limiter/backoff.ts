@@ -3,6 +3,10 @@ import { OciError, isOciError } from '../oci/errors.js';
 /** The kubelet's image pull back-off: 10 s, doubling, capped at its compiled-in 300 s. */
 export const INITIAL_BACKOFF_MS = 10_000;
 export const MAX_BACKOFF_MS = 300_000;
+/** An entry quiet for this long is forgotten (the kubelet's back-off GC): the next failure starts again at 10 s. */
+const FORGET_AFTER_MS = 2 * MAX_BACKOFF_MS;
+/** How many entries may pile up before quiet ones are swept. */
+const SWEEP_ABOVE = 1_000;
 
 interface Entry {
   delayMs: number;
@@ -30,7 +34,7 @@ export class PullBackoff {
 
   /** The error to answer with while `key` is backing off, with Retry-After; undefined when not. */
   check(key: string): OciError | undefined {
-    const entry = this.entries.get(key);
+    const entry = this.live(key);
     if (!entry) return undefined;
     const remaining = entry.until - this.now();
     if (remaining <= 0) return undefined;
@@ -43,7 +47,8 @@ export class PullBackoff {
 
   /** Records a failure: first 10 s, then double the previous delay, up to 300 s; an upstream Retry-After is a floor. */
   failure(key: string, error: OciError): void {
-    const previous = this.entries.get(key);
+    const previous = this.live(key);
+    if (this.entries.size > SWEEP_ABOVE) this.sweep();
     let delayMs = previous ? Math.min(previous.delayMs * 2, MAX_BACKOFF_MS) : INITIAL_BACKOFF_MS;
     const retryAfter = Number(error.headers['retry-after']);
     if (Number.isFinite(retryAfter) && retryAfter > 0) delayMs = Math.max(delayMs, retryAfter * 1000);
@@ -57,6 +62,25 @@ export class PullBackoff {
 
   /** The current delay for a key (tests and debug). */
   delayFor(key: string): number | undefined {
-    return this.entries.get(key)?.delayMs;
+    return this.live(key)?.delayMs;
+  }
+
+  /** Number of remembered entries. */
+  get size(): number {
+    return this.entries.size;
+  }
+
+  private live(key: string): Entry | undefined {
+    const entry = this.entries.get(key);
+    if (entry && this.now() - entry.until > FORGET_AFTER_MS) {
+      this.entries.delete(key);
+      return undefined;
+    }
+    return entry;
+  }
+
+  private sweep(): void {
+    const now = this.now();
+    for (const [k, e] of this.entries) if (now - e.until > FORGET_AFTER_MS) this.entries.delete(k);
   }
 }

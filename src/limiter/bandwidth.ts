@@ -33,6 +33,8 @@ export class BandwidthLimit {
         yield chunk;
       }
     }
-    return Readable.from(paced(), { objectMode: false });
+    const out = Readable.from(paced(), { objectMode: false });
+    out.once('close', () => body.destroy());
+    return out;
   }
 }

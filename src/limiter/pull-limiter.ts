@@ -58,8 +58,9 @@ export class PullLimiter {
     this.limit = pLimit(options.maxParallel ?? Number.POSITIVE_INFINITY);
   }
 
-  /** Joins the pull any of `keys` names, or queues a new one; resolves once it holds a slot. */
-  async acquire(keys: readonly string[]): Promise<PullLease> {
+  /** Joins the pull any of `keys` names, or queues a new one; resolves once it holds a slot (or rejects on `signal`). */
+  async acquire(keys: readonly string[], signal?: AbortSignal): Promise<PullLease> {
+    signal?.throwIfAborted();
     let pull: ImagePull | undefined;
     for (const k of keys) {
       const found = this.byKey.get(k);
@@ -77,9 +78,24 @@ export class PullLimiter {
       current.linger = undefined;
     }
     try {
-      await current.admitted;
+      if (signal) {
+        let onAbort: (() => void) | undefined;
+        const aborted = new Promise<never>((_, reject) => {
+          onAbort = () => reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+          signal.addEventListener('abort', onAbort, { once: true });
+        });
+        try {
+          await Promise.race([current.admitted, aborted]);
+        } finally {
+          if (onAbort) signal.removeEventListener('abort', onAbort);
+        }
+      } else {
+        await current.admitted;
+      }
     } catch (err) {
       current.transfers--;
+      // The last waiter of a still-queued pull gave up: drop it so its slot goes to the next in line.
+      if (current.transfers === 0 && current.state === 'queued') this.finish(current);
       throw err;
     }
     let released = false;

@@ -49,6 +49,8 @@ export class CredentialVerifier {
       nodeCredentials: NodeCredentials;
       log: Logger;
       onOutcome?: (policy: VerificationPolicy, outcome: VerificationOutcome) => void;
+      /** Aborted at shutdown: verification requests must not outlive the process's deadline. */
+      signal?: AbortSignal;
     },
   ) {}
 
@@ -164,6 +166,7 @@ export class CredentialVerifier {
           headers: kind === 'manifests' ? { accept: MANIFEST_MEDIA_TYPES.join(', ') } : {},
           repository: access.repository,
           ...(credential ? { credential } : {}),
+          ...(this.deps.signal ? { signal: this.deps.signal } : {}),
         });
         await drain(res.body);
         if (res.status !== 200) throw errorForUpstreamStatus(res.status, kind === 'manifests' ? 'manifest' : 'blob', access.registry.host);

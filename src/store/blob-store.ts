@@ -21,10 +21,14 @@ export class BlobStore {
     this.layout = storeLayout(root);
   }
 
-  /** Creates the directories and removes downloads left over from a previous run. */
-  async init(): Promise<{ removedTempFiles: number }> {
+  /** Creates the directories. */
+  async ensureDirectories(): Promise<void> {
     await mkdir(this.layout.blobsDir, { recursive: true });
     await mkdir(this.layout.tmpDir, { recursive: true });
+  }
+
+  /** Removes downloads left over from a previous run; only the store's lock holder may (they may be someone's). */
+  async clearTemp(): Promise<{ removedTempFiles: number }> {
     const leftovers = await readdir(this.layout.tmpDir);
     await Promise.all(leftovers.map((name) => rm(join(this.layout.tmpDir, name), { force: true, recursive: true })));
     return { removedTempFiles: leftovers.length };

@@ -35,9 +35,17 @@ export class TokenCache {
 
   /** A cached, unexpired token, if any. */
   cached(upstream: URL, scope: string, credential: Credential | undefined): string | undefined {
-    const hit = this.tokens.get(this.key(upstream, scope, credential));
+    const key = this.key(upstream, scope, credential);
+    const hit = this.tokens.get(key);
     if (hit && hit.expiresAt > Date.now()) return hit.token;
+    if (hit) this.tokens.delete(key);
     return undefined;
+  }
+
+  /** Drops expired tokens: scopes are chosen by clients (any repository name), so the map must not only grow. */
+  private sweep(): void {
+    const now = Date.now();
+    for (const [k, t] of this.tokens) if (t.expiresAt <= now) this.tokens.delete(k);
   }
 
   /** Drops a token the upstream rejected. */
@@ -59,6 +67,7 @@ export class TokenCache {
     const inflight = this.pending.get(key);
     if (inflight) return inflight;
     const p = this.fetchToken(dispatcher, upstream, registry, challenge, scope, credential, signal).then((t) => {
+      this.sweep();
       this.tokens.set(key, { token: t.token, expiresAt: Date.now() + t.ttlMs - EXPIRY_MARGIN_MS });
       return t.token;
     });

@@ -6,6 +6,8 @@ import { errorForTransportFailure } from './errors.js';
  * (about a second), too loose for an idle limit an operator sets in milliseconds. Destroying the result destroys `body`.
  */
 export function withIdleTimeout(body: Readable, ms: number, registry: string): Readable {
+  // 0 means no idle limit, as for undici.
+  if (ms <= 0) return body;
   const chunks = (body as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
   async function* watched(): AsyncGenerator<Buffer> {
     try {
@@ -26,5 +28,8 @@ export function withIdleTimeout(body: Readable, ms: number, registry: string): R
       body.destroy();
     }
   }
-  return Readable.from(watched(), { objectMode: false });
+  const out = Readable.from(watched(), { objectMode: false });
+  // Destroying a Readable.from whose generator never started skips the generator's finally: pass it on by hand.
+  out.once('close', () => body.destroy());
+  return out;
 }

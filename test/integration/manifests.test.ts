@@ -97,9 +97,17 @@ describe('manifests through the cache', () => {
     expect(res.status).toBe(200);
     expect(res.body.equals(image.manifest)).toBe(true);
     await upstream.stop();
+    // The failure started the tag's back-off: the stored answer is served without asking the upstream again.
+    const requestsBefore = upstream.requests.length;
     const down = await call(`${base}/1.0?ns=${upstream.host}`);
     expect(down.status).toBe(200);
     expect(down.headers['docker-content-digest']).toBe(image.manifestDigest);
+    expect(upstream.requests.length).toBe(requestsBefore);
+    expect(cache.logs.filter((l) => l.includes('serving last known digest'))).toHaveLength(1);
+    // Once the back-off is over, an unreachable upstream also gets the last known digest, with a warning.
+    cache.services.pulls.backoff.success(`${upstream.host}/team/app:1.0`);
+    const unreachable = await call(`${base}/1.0?ns=${upstream.host}`);
+    expect(unreachable.status).toBe(200);
     expect(cache.logs.filter((l) => l.includes('serving last known digest'))).toHaveLength(2);
     const unknown = await call(`${base}/2.0?ns=${upstream.host}`);
     expect(unknown.status).toBe(503);
