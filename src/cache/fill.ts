@@ -6,8 +6,8 @@ import { createDigester, parseDigest } from '../oci/digest.js';
 import { OciError } from '../oci/errors.js';
 import type { BlobStore, TempFile } from '../store/blob-store.js';
 
-/** Bytes read per positional read when serving from a growing file. */
-const READ_CHUNK = 1024 * 1024;
+/** Bytes read per positional read when serving from a growing file (see READ_HIGH_WATER_MARK in blob-store.ts). */
+const READ_CHUNK = 256 * 1024;
 
 type FillState = 'filling' | 'committed' | 'failed';
 
