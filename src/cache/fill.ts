@@ -14,13 +14,17 @@ type FillState = 'filling' | 'committed' | 'failed';
 /**
  * One upstream download of one digest into a temp file, readable by any number of clients while it grows.
  *
- * Readers never get the last byte before the digest is verified and the file committed, so a body that fails
- * verification is never delivered complete. Clients come and go; the fill runs to completion on its own signal.
+ * Readers never get the last byte before the digest is verified, so a body that fails verification is never
+ * delivered complete. They need not wait for the commit (fsync, rename): verified bytes are correct bytes, and
+ * fsyncs on every layer's critical path would slow every cold pull. Clients come and go; the fill runs to completion
+ * on its own signal.
  */
 export class BlobFill extends EventEmitter {
-  /** Bytes durably written to the temp file so far. */
+  /** Bytes written to the temp file so far. */
   written = 0;
   state: FillState = 'filling';
+  /** Size and digest checked: every byte may be delivered, even before the commit. */
+  verified = false;
   error: unknown;
   /** Size announced by the upstream (Content-Length), when it sent one. */
   expectedSize: number | undefined;
@@ -81,6 +85,8 @@ export class BlobFill extends EventEmitter {
       if (actual !== this.digest) {
         throw new OciError('DIGEST_INVALID', 'upstream content does not match its digest', { status: 502, detail: { digest: this.digest } });
       }
+      this.verified = true;
+      this.emit('change');
       await this.store.commit(this.temp, this.digest);
       onCommit(this.written);
       this.state = 'committed';
@@ -138,14 +144,16 @@ export class BlobFill extends EventEmitter {
       reading = true;
       try {
         for (;;) {
-          if (fill.state === 'failed') {
+          // A commit that fails after verification does not spoil what readers get: the open file still holds it.
+          if (fill.state === 'failed' && !fill.verified) {
             stream.destroy(fill.error instanceof Error ? fill.error : new Error('fill failed'));
             return;
           }
           const last = end ?? Number.POSITIVE_INFINITY;
           // Hold back the final byte until verified: an unverified body is never delivered complete.
-          const available = fill.state === 'committed' ? fill.written : fill.written - 1;
-          if (position > last || (fill.state === 'committed' && position >= fill.written)) {
+          const complete = fill.verified || fill.state === 'committed';
+          const available = complete ? fill.written : fill.written - 1;
+          if (position > last || (complete && position >= fill.written)) {
             stream.push(null);
             release();
             return;
@@ -192,6 +200,7 @@ export class BlobFill extends EventEmitter {
 
   private async maybeClose(): Promise<void> {
     if (this.closed || this.state === 'filling' || this.readers > 0 || !this.temp) return;
+    // The state is final and nobody reads: the handle can go (a failed fill's file is already unlinked).
     this.closed = true;
     await this.temp.handle.close().catch(() => undefined);
   }

@@ -34,6 +34,8 @@ describe('cache lifecycle', () => {
       expect(sha256(res.body)).toBe(b.digest);
     }
     await cache.services.blobs.settle();
+    // Eviction is scheduled for the tick after a download ends.
+    await new Promise((r) => setImmediate(r));
     await cache.services.evictor.idle();
   }
 
