@@ -1,0 +1,280 @@
+import type { Row, ScenarioResult, SystemName } from './results.js';
+import { summarize, type Summary } from './stats.js';
+
+/** Where and how a run happened, for the report's header. */
+export interface RunInfo {
+  command: string;
+  startedAt: Date;
+  seconds: number;
+  machine: string[];
+  software: string[];
+  noise: string[];
+  settingsNote: string;
+}
+
+/** One target from the issue, judged from the measured medians. */
+export interface TargetOutcome {
+  target: string;
+  measured: string;
+  ratio: string;
+  /** undefined when the scenario did not run or produced no figure. */
+  met: boolean | undefined;
+  scenario: string;
+}
+
+function findRow(results: ScenarioResult[], id: string): Row | undefined {
+  for (const r of results) {
+    const row = r.rows.find((x) => x.id === id);
+    if (row) return row;
+  }
+  return undefined;
+}
+
+function median(row: Row | undefined, system: SystemName): number {
+  return summarize(row?.samples[system] ?? []).median;
+}
+
+function fmt(value: number, digits?: number): string {
+  if (!Number.isFinite(value)) return '–';
+  const d = digits ?? (Math.abs(value) >= 100 ? 0 : Math.abs(value) >= 10 ? 1 : 2);
+  return value.toLocaleString('en-US', { minimumFractionDigits: d, maximumFractionDigits: d });
+}
+
+function ratioTarget(
+  results: ScenarioResult[],
+  target: string,
+  scenario: string,
+  rowId: string,
+  num: SystemName,
+  den: SystemName,
+  ok: (ratio: number) => boolean,
+): TargetOutcome {
+  const row = findRow(results, rowId);
+  const a = median(row, num);
+  const b = median(row, den);
+  const ratio = a / b;
+  const unit = row?.unit ?? '';
+  return {
+    target,
+    scenario,
+    measured: `${num} ${fmt(a, row?.digits)} ${unit} vs ${den} ${fmt(b, row?.digits)} ${unit}`,
+    ratio: Number.isFinite(ratio) ? `${fmt(ratio, 2)}×` : '–',
+    met: Number.isFinite(ratio) ? ok(ratio) : undefined,
+  };
+}
+
+/** Judges every target of the issue (and the two zero-error conditions) from the results. */
+export function evaluateTargets(results: ScenarioResult[]): TargetOutcome[] {
+  const out: TargetOutcome[] = [
+    ratioTarget(results, 'Warm blob throughput ≥ 1.5× the peer', '1', 'warm-blob-mbps', 'registry-cache', 'peer', (r) => r >= 1.5),
+    ratioTarget(results, 'Warm blob throughput ≥ 0.7× nginx', '1', 'warm-blob-mbps', 'registry-cache', 'nginx', (r) => r >= 0.7),
+    ratioTarget(results, 'Warm manifests by digest ≥ 10× the peer’s requests/s', '2', 'manifest-digest-rps', 'registry-cache', 'peer', (r) => r >= 10),
+    ratioTarget(results, 'Cold pull ≤ 1.10× pulling directly from the upstream', '3', 'cold-pull-seconds', 'registry-cache', 'direct', (r) => r <= 1.1),
+  ];
+  const gets = findRow(results, 'herd-upstream-gets')?.samples['registry-cache'] ?? [];
+  out.push({
+    target: 'Herd: exactly 1 upstream GET',
+    scenario: '4',
+    measured: gets.length > 0 ? `registry-cache: ${gets.join(', ')} per repetition; peer: ${(findRow(results, 'herd-upstream-gets')?.samples.peer ?? []).join(', ')}` : '–',
+    ratio: '–',
+    met: gets.length > 0 ? gets.every((g) => g === 1) : undefined,
+  });
+  const herdRatio = findRow(results, 'herd-ratio');
+  const hr = median(herdRatio, 'registry-cache');
+  out.push({
+    target: 'Herd: wall ≤ 1.5× a single client',
+    scenario: '4',
+    measured: `herd ${fmt(median(findRow(results, 'herd-wall'), 'registry-cache'), 0)} ms vs one client ${fmt(median(findRow(results, 'herd-single'), 'registry-cache'), 0)} ms`,
+    ratio: Number.isFinite(hr) ? `${fmt(hr, 2)}×` : '–',
+    met: Number.isFinite(hr) ? hr <= 1.5 : undefined,
+  });
+  const rss = findRow(results, 'rss-herd-sampled')?.samples['registry-cache'] ?? [];
+  const hwm = findRow(results, 'rss-herd-hwm')?.samples['registry-cache'] ?? [];
+  const peak = rss.length > 0 ? Math.max(...rss) : Number.NaN;
+  out.push({
+    target: 'Peak RSS ≤ 200 MB in the herd',
+    scenario: '5',
+    measured: rss.length > 0 ? `highest sampled VmRSS ${fmt(peak, 1)} MB (VmHWM ${fmt(Math.max(...hwm), 1)} MB)` : '–',
+    ratio: Number.isFinite(peak) ? `${fmt(peak / 200, 2)}× the limit` : '–',
+    met: Number.isFinite(peak) ? peak <= 200 && Math.max(...hwm) <= 200 : undefined,
+  });
+  for (const [rowId, label, scenario] of [
+    ['herd-bad-bodies', 'Herd: every body’s sha256 matches (0 bad)', '4'],
+    ['load-errors', 'Load test: 0 errors', '7'],
+  ] as const) {
+    const row = findRow(results, rowId);
+    const rc = row?.samples['registry-cache'] ?? [];
+    const peer = row?.samples.peer ?? [];
+    const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
+    out.push({
+      target: label,
+      scenario,
+      measured: row ? `registry-cache ${sum(rc)}, peer ${sum(peer)} (all repetitions)` : '–',
+      ratio: '–',
+      met: row ? sum(rc) === 0 : undefined,
+    });
+  }
+  return out;
+}
+
+function cell(s: Summary, digits: number | undefined): string {
+  if (s.n === 0) return '–';
+  if (s.n === 1 || s.min === s.max) return fmt(s.median, digits);
+  return `${fmt(s.median, digits)} (${fmt(s.min, digits)}–${fmt(s.max, digits)})`;
+}
+
+function escapeCell(text: string): string {
+  return text.replaceAll('|', '\\|');
+}
+
+/** The markdown table of one scenario: figure, one column per system, then the ratios of medians. */
+export function scenarioTable(result: ScenarioResult): string {
+  const head = ['figure', ...result.columns, ...result.ratios.map((r) => r.label)];
+  const lines = [`| ${head.join(' | ')} |`, `|${head.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`];
+  for (const row of result.rows) {
+    const cells = [`${escapeCell(row.label)} (${row.unit})`];
+    for (const col of result.columns) cells.push(cell(summarize(row.samples[col] ?? []), row.digits));
+    for (const r of result.ratios) {
+      const ratio = summarize(row.samples[r.numerator] ?? []).median / summarize(row.samples[r.denominator] ?? []).median;
+      cells.push(Number.isFinite(ratio) && row.unit !== 'count' ? `${fmt(ratio, 2)}×` : '–');
+    }
+    lines.push(`| ${cells.join(' | ')} |`);
+  }
+  return lines.join('\n');
+}
+
+/** Renders RESULTS.md. */
+export function renderResults(info: RunInfo, results: ScenarioResult[], extraSections: string[], svgName: string): string {
+  const targets = evaluateTargets(results);
+  const parts: string[] = [];
+  parts.push('# registry-cache benchmark results');
+  parts.push(
+    `Generated by \`${info.command}\` on ${info.startedAt.toISOString().replace('T', ' ').replace(/\.\d+Z$/, ' UTC')}; the run took ${Math.floor(info.seconds / 60)} min ${Math.round(info.seconds % 60)} s. ` +
+      'Nothing here is asserted anywhere: these are measurements, regenerated by every run (see [README.md](README.md) for how to run and read them).',
+  );
+  parts.push(['**Machine**', ...info.machine.map((m) => `- ${m}`)].join('\n'));
+  parts.push(['**Software**', ...info.software.map((m) => `- ${m}`)].join('\n'));
+  parts.push(['**Noise**', ...info.noise.map((m) => `- ${m}`)].join('\n'));
+  parts.push(`**Settings**: ${info.settingsNote}`);
+  parts.push(`Each cell is the median of the repetitions with (min–max); ratios are ratios of medians. Chart: [${svgName}](${svgName})\n\n![throughput and latency per system](${svgName})`);
+  parts.push('## Targets');
+  parts.push(
+    [
+      '| target | scenario | measured (registry-cache medians) | ratio | met |',
+      '|---|---|---|---|---|',
+      ...targets.map((t) => `| ${escapeCell(t.target)} | ${t.scenario} | ${escapeCell(t.measured)} | ${t.ratio} | ${t.met === undefined ? 'not measured' : t.met ? '**met**' : '**not met**'} |`),
+    ].join('\n'),
+  );
+  for (const r of results) {
+    parts.push(`## ${r.number}. ${r.title}`);
+    if (r.status === 'skipped') {
+      parts.push(`Skipped: ${r.message ?? ''}`);
+      continue;
+    }
+    if (r.status === 'failed') parts.push(`**Failed** after ${r.seconds.toFixed(0)} s: ${r.message ?? ''}`);
+    if (r.method) parts.push(r.method);
+    if (r.rows.length > 0) parts.push(scenarioTable(r));
+    if (r.notes.length > 0) parts.push(['Notes:', ...r.notes.map((n) => `- ${n}`)].join('\n'));
+    parts.push(`_Scenario time: ${r.seconds.toFixed(0)} s._`);
+  }
+  parts.push(...extraSections);
+  return `${parts.join('\n\n')}\n`;
+}
+
+const COLORS: Partial<Record<SystemName, string>> = {
+  peer: '#8c8c8c',
+  'registry-cache': '#1f77b4',
+  nginx: '#2ca02c',
+  direct: '#ff7f0e',
+};
+
+interface Panel {
+  title: string;
+  unit: string;
+  bars: Array<{ system: SystemName; label: string; summary: Summary }>;
+}
+
+function panelFor(results: ScenarioResult[], title: string, rowId: string, systems: Array<SystemName | [SystemName, string]>): Panel | undefined {
+  const row = findRow(results, rowId);
+  if (!row) return undefined;
+  const bars = systems
+    .map((s) => (Array.isArray(s) ? { system: s[0], label: s[1] } : { system: s, label: s }))
+    .map((s) => ({ ...s, summary: summarize(row.samples[s.system] ?? []) }))
+    .filter((b) => b.summary.n > 0);
+  return bars.length > 0 ? { title, unit: row.unit, bars } : undefined;
+}
+
+function escapeXml(text: string): string {
+  return text.replaceAll('&', '&amp;').replaceAll('<', '&lt;').replaceAll('>', '&gt;').replaceAll('"', '&quot;');
+}
+
+function renderPanel(panel: Panel, x: number, y: number, width: number): { svg: string; height: number } {
+  const labelWidth = 110;
+  const valueWidth = 90;
+  const barArea = width - labelWidth - valueWidth;
+  const rowHeight = 22;
+  const max = Math.max(...panel.bars.map((b) => b.summary.max), 1e-9);
+  const out: string[] = [`<text x="${x}" y="${y + 14}" class="title">${escapeXml(`${panel.title} (${panel.unit})`)}</text>`];
+  panel.bars.forEach((b, i) => {
+    const top = y + 22 + i * rowHeight;
+    const w = (b.summary.median / max) * barArea;
+    const color = COLORS[b.system] ?? '#9467bd';
+    out.push(`<text x="${x + labelWidth - 6}" y="${top + 14}" class="label" text-anchor="end">${escapeXml(b.label)}</text>`);
+    out.push(`<rect x="${x + labelWidth}" y="${top + 3}" width="${Math.max(w, 1).toFixed(1)}" height="${rowHeight - 8}" fill="${color}"/>`);
+    if (b.summary.n > 1) {
+      const x1 = x + labelWidth + (b.summary.min / max) * barArea;
+      const x2 = x + labelWidth + (b.summary.max / max) * barArea;
+      const cy = top + rowHeight / 2 - 1;
+      out.push(`<line x1="${x1.toFixed(1)}" y1="${cy}" x2="${x2.toFixed(1)}" y2="${cy}" class="whisker"/>`);
+      out.push(`<line x1="${x1.toFixed(1)}" y1="${cy - 4}" x2="${x1.toFixed(1)}" y2="${cy + 4}" class="whisker"/>`);
+      out.push(`<line x1="${x2.toFixed(1)}" y1="${cy - 4}" x2="${x2.toFixed(1)}" y2="${cy + 4}" class="whisker"/>`);
+    }
+    out.push(`<text x="${x + labelWidth + barArea + 6}" y="${top + 14}" class="value">${escapeXml(fmt(b.summary.median))}</text>`);
+  });
+  return { svg: out.join('\n'), height: 30 + panel.bars.length * rowHeight };
+}
+
+/** A hand-written SVG: throughput panels on the left, latency panels on the right; bars are medians, whiskers min–max. */
+export function renderSvg(results: ScenarioResult[], subtitle: string): string {
+  const left = [
+    panelFor(results, 'Warm 1 GiB blob, one client', 'warm-blob-mbps', ['peer', 'registry-cache', 'nginx']),
+    panelFor(results, 'Manifest by digest, 64 conns', 'manifest-digest-rps', ['peer', 'registry-cache']),
+    panelFor(results, 'Manifest by tag, 64 conns', 'manifest-tag-rps', ['peer', ['registry-cache', 'rc (tagTtl 1m)']]),
+    panelFor(results, 'Mixed load test', 'load-rps', ['peer', 'registry-cache']),
+  ].filter((p): p is Panel => p !== undefined);
+  const right = [
+    panelFor(results, 'Manifest by digest p99', 'manifest-digest-p99', ['peer', 'registry-cache']),
+    panelFor(results, 'Manifest by tag p99', 'manifest-tag-p99', ['peer', ['registry-cache', 'rc (tagTtl 1m)']]),
+    panelFor(results, 'Mixed load test p99', 'load-p99', ['peer', 'registry-cache']),
+    panelFor(results, 'Cold pull, 40 layers', 'cold-pull-seconds', ['direct', 'peer', 'registry-cache']),
+    panelFor(results, 'Herd: 64 clients, cold blob', 'herd-wall', ['peer', 'registry-cache']),
+  ].filter((p): p is Panel => p !== undefined);
+  const width = 940;
+  const colWidth = 440;
+  const parts: string[] = [];
+  let yl = 70;
+  let yr = 70;
+  for (const p of left) {
+    const r = renderPanel(p, 20, yl, colWidth);
+    parts.push(r.svg);
+    yl += r.height + 14;
+  }
+  for (const p of right) {
+    const r = renderPanel(p, 480, yr, colWidth);
+    parts.push(r.svg);
+    yr += r.height + 14;
+  }
+  const height = Math.max(yl, yr) + 10;
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif">`,
+    '<style>.title{font-size:13px;font-weight:bold}.label{font-size:12px}.value{font-size:12px}.head{font-size:16px;font-weight:bold}.sub{font-size:11px;fill:#555}.col{font-size:13px;fill:#333}.whisker{stroke:#000;stroke-width:1}</style>',
+    `<rect width="${width}" height="${height}" fill="#fff"/>`,
+    `<text x="20" y="24" class="head">registry-cache vs distribution proxy (peer): medians, whiskers min–max</text>`,
+    `<text x="20" y="42" class="sub">${escapeXml(subtitle)}</text>`,
+    '<text x="20" y="62" class="col">Throughput (higher is better)</text>',
+    '<text x="480" y="62" class="col">Latency / time (lower is better)</text>',
+    ...parts,
+    '</svg>',
+    '',
+  ].join('\n');
+}

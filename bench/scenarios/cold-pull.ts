@@ -1,0 +1,45 @@
+import { pullImage } from '../clients.js';
+import { RowSet, type SystemName } from '../results.js';
+import { emptyAndWarmProcess, type Scenario } from '../scenario.js';
+import { formatBytes } from '../settings.js';
+
+/** 3: a cold pull of the 40-layer image through each system (emptied before every run) vs straight from the upstream. */
+export const coldPull: Scenario = {
+  id: 'cold-pull',
+  number: '3',
+  aliases: ['cold'],
+  title: 'Cold pull of a multi-layer image',
+  inDefaultRun: true,
+  async run(ctx) {
+    const img = ctx.images.manyLayers;
+    const s = ctx.settings.coldPull;
+    const rows = new RowSet();
+    const layers = img.image.manifests[0]?.layers.length ?? 0;
+    const total = img.image.blobs.reduce((sum, b) => sum + b.size, 0);
+    const targets: Array<{ system: SystemName; url: () => string; empty?: () => Promise<void> }> = [
+      { system: 'direct', url: () => ctx.upstream.url },
+      { system: 'peer', url: () => ctx.peer.url, empty: () => emptyAndWarmProcess(ctx, ctx.peer) },
+      { system: 'registry-cache', url: () => ctx.cache.url, empty: () => emptyAndWarmProcess(ctx, ctx.cache) },
+    ];
+    // One untimed direct pull, so every run finds the upstream's files in the page cache alike.
+    await pullImage(ctx.upstream.url, img.repo, img.tag, { concurrency: s.concurrency });
+    for (let rep = 0; rep < s.reps; rep++) {
+      for (const t of targets) {
+        await t.empty?.();
+        const r = await pullImage(t.url(), img.repo, img.tag, { concurrency: s.concurrency });
+        rows.add('cold-pull-seconds', { label: `cold pull, ${layers} layers (${(total / 2 ** 20).toFixed(1)} MiB)`, unit: 'ms', better: 'lower', digits: 0 }, t.system, r.seconds * 1000);
+        ctx.log(`  rep ${rep + 1} ${t.system}: ${(r.seconds * 1000).toFixed(0)} ms (${r.requests} requests)`);
+      }
+    }
+    return {
+      method: `A Node client (undici) GETs the manifest by tag, then the config and all ${layers} layers (${formatBytes(ctx.settings.sizes.manyLayer)} each) with at most ${s.concurrency} at once, verifying every digest and size. Before each run through the peer or registry-cache that system is stopped, its storage deleted and restarted, and the small image pulled through it once (cold content, warm process); "direct" pulls the same image from the upstream docker-registry itself. ${s.reps} repetitions, systems interleaved.`,
+      columns: ['direct', 'peer', 'registry-cache'],
+      ratios: [
+        { label: 'rc / direct', numerator: 'registry-cache', denominator: 'direct' },
+        { label: 'rc / peer', numerator: 'registry-cache', denominator: 'peer' },
+      ],
+      rows: rows.rows,
+      notes: [],
+    };
+  },
+};
