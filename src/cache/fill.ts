@@ -135,7 +135,9 @@ export class BlobFill extends EventEmitter {
       },
     });
     const wake = (): void => {
-      if (!reading) void pump();
+      // Only a reader whose consumer wants more reads on: a 'change' (one per upstream chunk) must not push past
+      // backpressure, or a slow client ends up with the whole fill buffered in memory.
+      if (!reading && stream.readableLength < stream.readableHighWaterMark) void pump();
     };
     this.on('change', wake);
 
@@ -180,6 +182,24 @@ export class BlobFill extends EventEmitter {
     const fill = this;
     return new Writable({
       highWaterMark: READ_CHUNK,
+      // Chunks that queue up while a write is in flight go to disk in one call.
+      writev(chunks, callback) {
+        const buffers = chunks.map((c) => c.chunk as Buffer);
+        const total = buffers.reduce((n, b) => n + b.length, 0);
+        if (fill.expectedSize !== undefined && fill.written + total > fill.expectedSize) {
+          callback(new OciError('SIZE_INVALID', 'upstream body is longer than its Content-Length', { status: 502 }));
+          return;
+        }
+        for (const b of buffers) hash.update(b);
+        handle.writev(buffers, fill.written).then(
+          ({ bytesWritten }) => {
+            fill.written += bytesWritten;
+            fill.emit('change');
+            callback();
+          },
+          (err: Error) => callback(err),
+        );
+      },
       write(chunk: Buffer, _encoding, callback) {
         if (fill.expectedSize !== undefined && fill.written + chunk.length > fill.expectedSize) {
           callback(new OciError('SIZE_INVALID', 'upstream body is longer than its Content-Length', { status: 502 }));
