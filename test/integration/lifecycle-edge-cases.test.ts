@@ -6,37 +6,14 @@ import { PullBackoff } from '../../src/limiter/backoff.js';
 import { OciError } from '../../src/oci/errors.js';
 import { openStore } from '../../src/services.js';
 import { startCache, type TestCache } from '../support/cache-server.js';
-import { FakeUpstream, makeImage, sha256, sleep, type FakeImage, type RecordedRequest } from '../support/fake-upstream.js';
+import { FakeUpstream, makeImage, sha256, sleep, type FakeImage } from '../support/fake-upstream.js';
 import { call } from '../support/http-client.js';
+import { imageWindows, peakOverlap } from '../support/transfer-windows.js';
 
 const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 
-/** Per repository: when its first upstream GET started and its last one ended. */
-function imageWindows(requests: RecordedRequest[]): Map<string, { start: number; end: number }> {
-  const windows = new Map<string, { start: number; end: number }>();
-  for (const r of requests) {
-    const repo = /^\/v2\/(.+)\/(manifests|blobs)\//.exec(r.path)?.[1];
-    if (!repo || r.method !== 'GET') continue;
-    const w = windows.get(repo) ?? { start: Number.POSITIVE_INFINITY, end: 0 };
-    w.start = Math.min(w.start, r.startedAt);
-    w.end = Math.max(w.end, r.endedAt ?? Number.POSITIVE_INFINITY);
-    windows.set(repo, w);
-  }
-  return windows;
-}
 
-function peakOverlap(windows: Iterable<{ start: number; end: number }>): number {
-  const events = [...windows].flatMap((w) => [
-    { t: w.start, d: 1 },
-    { t: w.end, d: -1 },
-  ]);
-  events.sort((a, b) => a.t - b.t || a.d - b.d);
-  let now = 0;
-  let peak = 0;
-  for (const e of events) peak = Math.max(peak, (now += e.d));
-  return peak;
-}
 
 describe('limiter, shutdown, one-shot commands and memory edge cases', () => {
   const cleanup: (() => Promise<void>)[] = [];

@@ -3,35 +3,11 @@ import { ConfigError, loadConfig } from '../../src/config/load.js';
 import { INITIAL_BACKOFF_MS, MAX_BACKOFF_MS, PullBackoff } from '../../src/limiter/backoff.js';
 import { OciError } from '../../src/oci/errors.js';
 import { startCache, type TestCache } from '../support/cache-server.js';
-import { FakeUpstream, makeImage, sha256, sleep, type FakeImage, type RecordedRequest } from '../support/fake-upstream.js';
+import { FakeUpstream, makeImage, sha256, sleep, type FakeImage } from '../support/fake-upstream.js';
 import { call, errorCode } from '../support/http-client.js';
+import { imageWindows, peakOverlap } from '../support/transfer-windows.js';
 
-/** Per repository (one image each): when its first upstream transfer started and its last one ended. */
-function imageWindows(requests: RecordedRequest[]): Map<string, { start: number; end: number }> {
-  const windows = new Map<string, { start: number; end: number }>();
-  for (const r of requests) {
-    const repo = /^\/v2\/(.+)\/(manifests|blobs)\//.exec(r.path)?.[1];
-    if (!repo || r.method !== 'GET') continue;
-    const w = windows.get(repo) ?? { start: Number.POSITIVE_INFINITY, end: 0 };
-    w.start = Math.min(w.start, r.startedAt);
-    w.end = Math.max(w.end, r.endedAt ?? Number.POSITIVE_INFINITY);
-    windows.set(repo, w);
-  }
-  return windows;
-}
 
-/** The most images whose transfer windows overlap at one instant. */
-function peakOverlap(windows: Iterable<{ start: number; end: number }>): number {
-  const events = [...windows].flatMap((w) => [
-    { t: w.start, d: 1 },
-    { t: w.end, d: -1 },
-  ]);
-  events.sort((a, b) => a.t - b.t || a.d - b.d);
-  let now = 0;
-  let peak = 0;
-  for (const e of events) peak = Math.max(peak, (now += e.d));
-  return peak;
-}
 
 describe('parallel-pull limit', () => {
   const cleanup: (() => Promise<void>)[] = [];
