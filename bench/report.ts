@@ -175,7 +175,7 @@ export function renderResults(info: RunInfo, results: ScenarioResult[], extraSec
     if (r.method) parts.push(r.method);
     if (r.rows.length > 0) parts.push(scenarioTable(r));
     if (r.notes.length > 0) parts.push(['Notes:', ...r.notes.map((n) => `- ${n}`)].join('\n'));
-    parts.push(`_Scenario time: ${r.seconds.toFixed(0)} s._`);
+    parts.push(r.seconds > 0 ? `_Scenario time: ${r.seconds.toFixed(0)} s._` : '_Measured during the scenario above._');
   }
   parts.push(...extraSections);
   return `${parts.join('\n\n')}\n`;
@@ -248,6 +248,7 @@ export function renderSvg(results: ScenarioResult[], subtitle: string): string {
     panelFor(results, 'Mixed load test p99', 'load-p99', ['peer', 'registry-cache']),
     panelFor(results, 'Cold pull, 40 layers', 'cold-pull-seconds', ['direct', 'peer', 'registry-cache']),
     panelFor(results, 'Herd: 64 clients, cold blob', 'herd-wall', ['peer', 'registry-cache']),
+    panelFor(results, 'Peak RSS during the herd', 'rss-herd-sampled', ['peer', 'registry-cache']),
   ].filter((p): p is Panel => p !== undefined);
   const width = 940;
   const colWidth = 440;

@@ -251,7 +251,10 @@ async function main(): Promise<number> {
     const svgName = 'results.svg';
     await writeFile(join(outDir, 'RESULTS.md'), renderResults(info, results, extraSections, svgName));
     await writeFile(join(outDir, svgName), renderSvg(results, `${settings.mode} run, ${started.toISOString().slice(0, 10)}, ${cpus().length} cores, Node ${process.version}`));
-    log(`wrote ${relative(REPO_ROOT, join(outDir, 'RESULTS.md'))} and ${relative(REPO_ROOT, join(outDir, svgName))}`);
+    // Every sample, for anyone who wants other statistics than the report's; bench/out/ is not committed.
+    await mkdir(join(BENCH_DIR, 'out'), { recursive: true });
+    await writeFile(join(BENCH_DIR, 'out', 'last-run.json'), JSON.stringify({ info, settings, results }, null, 2));
+    log(`wrote ${relative(REPO_ROOT, join(outDir, 'RESULTS.md'))} and ${relative(REPO_ROOT, join(outDir, svgName))} (samples: bench/out/last-run.json)`);
     for (const t of evaluateTargets(results)) log(`  ${t.met === undefined ? 'n/a    ' : t.met ? 'met    ' : 'NOT MET'} ${t.target}: ${t.ratio} (${t.measured})`);
   }
   return failed ? 1 : 0;

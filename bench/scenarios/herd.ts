@@ -101,12 +101,14 @@ export const herd: Scenario = {
         if (warm) {
           rows.add('herd-warm-wall', { label: `${clients} clients, same blob warm (first repetition only): wall time`, unit: 'ms', better: 'lower', digits: 0 }, system, warm.seconds * 1000);
           rows.add('herd-cold-vs-warm', { label: 'herd wall / warm fan-out wall (first repetition)', unit: '×', better: 'lower', digits: 2 }, system, cold.seconds / warm.seconds);
-          memory.add('rss-warm-sampled', { label: 'peak VmRSS during the warm fan-out (first repetition; includes what the herd left allocated)', unit: 'MB', better: 'lower', digits: 1 }, system, warm.rss.sampledPeakBytes / MB);
         }
         rows.add('herd-upstream-gets', { label: 'upstream GETs of the blob during the herd', unit: 'count', better: 'lower', digits: 0 }, system, gets);
         rows.add('herd-bad-bodies', { label: 'bodies failing status/size/sha256 (herd + warm + single)', unit: 'count', better: 'lower', digits: 0 }, system, coldBad.bad + warmBad.bad + singleBad.bad);
         memory.add('rss-herd-sampled', { label: 'peak VmRSS during the herd (sampled every 50 ms)', unit: 'MB', better: 'lower', digits: 1 }, system, coldRss.sampledPeakBytes / MB);
         memory.add('rss-herd-hwm', { label: 'VmHWM after the herd (kernel high-water mark since start)', unit: 'MB', better: 'lower', digits: 1 }, system, coldRss.highWaterMarkBytes / MB);
+        if (warm) {
+          memory.add('rss-warm-sampled', { label: 'peak VmRSS during the warm fan-out (first repetition; includes what the herd left allocated)', unit: 'MB', better: 'lower', digits: 1 }, system, warm.rss.sampledPeakBytes / MB);
+        }
         ctx.log(
           `  rep ${rep + 1} ${system}: herd ${(cold.seconds * 1000).toFixed(0)} ms, ${gets} upstream GETs, single ${(single.seconds * 1000).toFixed(0)} ms, warm ${warm ? (warm.seconds * 1000).toFixed(0) : '-'} ms, bad ${coldBad.bad + warmBad.bad + singleBad.bad}, peak RSS ${(coldRss.sampledPeakBytes / MB).toFixed(0)} MB`,
         );
