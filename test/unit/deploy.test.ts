@@ -35,10 +35,10 @@ describe('Dockerfile', () => {
   const dockerfile = read('Dockerfile');
   const lines = dockerfile.split('\n');
 
-  it('copies only files that exist, in a multi-stage build on Node 20', () => {
+  it('copies only files that exist, in a multi-stage build on Node 24', () => {
     const froms = lines.filter((l) => l.startsWith('FROM '));
     expect(froms).toHaveLength(2);
-    for (const f of froms) expect(f).toMatch(/^FROM node:20[-.]/);
+    for (const f of froms) expect(f).toMatch(/^FROM node:24[-.]/);
     const copies = lines.filter((l) => l.startsWith('COPY ') && !l.includes('--from='));
     expect(copies.length).toBeGreaterThan(0);
     for (const copy of copies) {
