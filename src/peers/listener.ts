@@ -19,7 +19,8 @@ export interface SharedBlob {
 
 /**
  * What the peer listener may serve. The cache implements it and alone decides which blobs are shareable (by
- * default only content that needs no tenant credential): the listener knows nothing of policy or records.
+ * default only content that needs no tenant credential): the listener knows nothing of policy or records. A fill
+ * must be findable from before it asks the cluster for a lease, so a node pointed at it never gets a 404.
  */
 export interface SharedBlobs {
   find(digest: string): SharedBlob | undefined;
