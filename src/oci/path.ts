@@ -1,6 +1,6 @@
 import { parseDigest } from './digest.js';
 import { OciError } from './errors.js';
-import { assertRepositoryName, assertTag, canonicalRegistry, canonicalRepository } from './reference.js';
+import { assertRepositoryName, canonicalRegistry, canonicalRepository, isTag } from './reference.js';
 
 /** What a `/v2/...` path asks for, before the upstream is chosen. */
 export type OciRoute =
@@ -31,7 +31,9 @@ export function parseV2Path(rest: string): OciRoute {
     if (reference.includes(':')) {
       return { kind: 'manifest', name, reference: parseDigest(reference).value, isDigest: true };
     }
-    assertTag(reference);
+    // No manifest can have such a tag: the spec's answer is 404 (the conformance suite asks for `.INVALID_MANIFEST_NAME`),
+    // and no upstream is asked.
+    if (!isTag(reference)) throw new OciError('MANIFEST_UNKNOWN', 'manifest unknown: not a valid tag or digest', { detail: { tag: reference.slice(0, 300) } });
     return { kind: 'manifest', name, reference, isDigest: false };
   }
   m = BLOB_RE.exec(rest);

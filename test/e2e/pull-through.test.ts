@@ -8,6 +8,7 @@ import { skopeoCopyDirToRegistry, skopeoCopyFromRegistry, skopeoCopyToRegistry, 
 import { makeTempDir, removeTempDir } from '../support/temp-dir.js';
 import { e2eGate } from '../support/tools.js';
 import { sha256 } from '../support/fake-upstream.js';
+import { call } from '../support/http-client.js';
 
 const gate = e2eGate(['docker-registry', 'skopeo', 'containerd', 'ctr']);
 if (!gate.run) console.warn(`skipping e2e pull-through tests: ${gate.reason}`);
@@ -144,5 +145,17 @@ describe.runIf(gate.run)('real clients pulling through registry-cache from a rea
     const out = join(work, 'skopeo-mirror');
     await skopeoCopyFromRegistry('upstream.test/apps/docker:dsingle', out, 'dsingle', { registriesConf: conf });
     expect(cache.logs.some((l) => l.includes('"path":"/v2/upstream.test/apps/docker/manifests/dsingle"'))).toBe(true);
+  });
+  it('pages a tag list with n and last although docker-registry ignores them', async () => {
+    const ns = encodeURIComponent(registry.host);
+    const whole = await call(`${registry.url}/v2/apps/oci/tags/list?n=1`);
+    // The premise: this docker-registry answers every tag despite n=1.
+    expect((JSON.parse(whole.body.toString()) as { tags: string[] }).tags).toEqual(['multi', 'single']);
+    const first = await call(`${cache.url}/v2/apps/oci/tags/list?ns=${ns}&n=1`);
+    expect(JSON.parse(first.body.toString())).toEqual({ name: 'apps/oci', tags: ['multi'] });
+    expect(first.headers.link).toBe(`</v2/apps/oci/tags/list?n=1&last=multi&ns=${ns}>; rel="next"`);
+    const second = await call(`${cache.url}/v2/apps/oci/tags/list?ns=${ns}&n=1&last=multi`);
+    expect(JSON.parse(second.body.toString())).toEqual({ name: 'apps/oci', tags: ['single'] });
+    expect(second.headers.link).toBeUndefined();
   });
 });

@@ -70,8 +70,8 @@ describe('request validation and upstream selection', () => {
   it.each([
     ['/v2/UPPER/manifests/1.0', 400, 'NAME_INVALID'],
     ['/v2/a..b/manifests/1.0', 400, 'NAME_INVALID'],
-    ['/v2/foo/manifests/-bad', 400, 'TAG_INVALID'],
-    [`/v2/foo/manifests/${'x'.repeat(129)}`, 400, 'TAG_INVALID'],
+    ['/v2/foo/manifests/-bad', 404, 'MANIFEST_UNKNOWN'],
+    [`/v2/foo/manifests/${'x'.repeat(129)}`, 404, 'MANIFEST_UNKNOWN'],
     ['/v2/foo/blobs/sha256:1234', 400, 'DIGEST_INVALID'],
     [`/v2/foo/blobs/md5:${'a'.repeat(32)}`, 400, 'DIGEST_INVALID'],
     [`/v2/foo/manifests/sha256:${'A'.repeat(64)}`, 400, 'DIGEST_INVALID'],

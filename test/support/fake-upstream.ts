@@ -87,6 +87,8 @@ export class FakeUpstream {
   auth: FakeAuth = { kind: 'none' };
   /** Return a fault for a request, or undefined to answer normally. */
   fault: (req: RecordedRequest) => Fault | undefined = () => undefined;
+  /** false: answer tags/list whole, ignoring `n` and `last` (as distribution 2.8 does). */
+  paginateTags = true;
   /** Delay before answering manifest and blob requests, to widen race windows. */
   delayMs = 0;
   url = '';
@@ -195,9 +197,9 @@ export class FakeUpstream {
     if (m) {
       const prefix = `${m[1]}:`;
       let tags = [...this.manifests.keys()].filter((k) => k.startsWith(prefix)).map((k) => k.slice(prefix.length)).sort();
-      const last = url.searchParams.get('last');
+      const last = this.paginateTags ? url.searchParams.get('last') : null;
       if (last) tags = tags.filter((t) => t > last);
-      const n = url.searchParams.get('n');
+      const n = this.paginateTags ? url.searchParams.get('n') : null;
       const headers: Record<string, string> = { 'content-type': 'application/json' };
       if (n && tags.length > Number(n)) {
         tags = tags.slice(0, Number(n));

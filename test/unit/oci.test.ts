@@ -77,7 +77,7 @@ describe('/v2/ paths', () => {
   it('refuses pushes and unknown paths', () => {
     expect(codeOf(() => parseV2Path('a/blobs/uploads/'))).toBe('UNSUPPORTED');
     expect(codeOf(() => parseV2Path('a/what'))).toBe('NAME_INVALID');
-    expect(codeOf(() => parseV2Path('a/manifests/b@c'))).toBe('TAG_INVALID');
+    expect(codeOf(() => parseV2Path('a/manifests/b@c'))).toBe('MANIFEST_UNKNOWN');
   });
 
   it('resolves the upstream from ns, a host prefix, or the default', () => {

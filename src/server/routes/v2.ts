@@ -69,12 +69,15 @@ export function registerV2Routes(app: FastifyInstance, deps: V2Deps): void {
 
   app.route({ method: ['HEAD', 'GET'], url: '/v2', handler });
   app.route({ method: ['HEAD', 'GET'], url: '/v2/*', handler });
+  const refuseWrite = async (): Promise<never> => {
+    throw new OciError('UNSUPPORTED', 'registry-cache is a pull-only mirror');
+  };
   app.route({
     method: ['POST', 'PUT', 'PATCH', 'DELETE'],
     url: '/v2/*',
-    handler: async () => {
-      throw new OciError('UNSUPPORTED', 'registry-cache is a pull-only mirror');
-    },
+    // Refused in onRequest, before the body is parsed: a manifest content type would otherwise get the parser's 415.
+    onRequest: refuseWrite,
+    handler: refuseWrite,
   });
 }
 
@@ -211,9 +214,34 @@ async function serveTags(
   request.cacheStatus = 'passthrough';
   const body = await readCapped(res.body);
   reply.code(200).headers({ ...API_VERSION, 'content-type': 'application/json' });
-  const link = rewriteLink(header(res.headers.link), request, query.ns);
+  const page = paginateTags(body, upstreamQuery.n === undefined ? undefined : Number(upstreamQuery.n), upstreamQuery.last);
+  const link = page?.next === undefined ? rewriteLink(header(res.headers.link), request, query.ns) : nextLink(request, { n: upstreamQuery.n ?? '', last: page.next }, query.ns);
   if (link) reply.header('link', link);
-  await reply.send(body);
+  await reply.send(page?.body ?? body);
+}
+
+/**
+ * Applies `n` and `last` to a tag list whose upstream ignored them (distribution 2.8 does); a list the upstream
+ * already paged passes unchanged. `next` is the last tag of a page this cache cut short. Undefined: send as is.
+ */
+function paginateTags(body: Buffer, n: number | undefined, last: string | undefined): { body: Buffer; next?: string } | undefined {
+  if (n === undefined && last === undefined) return undefined;
+  let list: { name?: unknown; tags?: unknown };
+  try {
+    list = JSON.parse(body.toString('utf8')) as { name?: unknown; tags?: unknown };
+  } catch {
+    return undefined;
+  }
+  if (!Array.isArray(list.tags) || !list.tags.every((t): t is string => typeof t === 'string')) return undefined;
+  // The spec's order for paging is lexical; `last` means "after this tag" in that order.
+  let tags = [...list.tags].sort();
+  if (last !== undefined) tags = tags.filter((t) => t > last);
+  let next: string | undefined;
+  if (n !== undefined && tags.length > n) {
+    tags = tags.slice(0, n);
+    next = tags.at(-1);
+  }
+  return { body: Buffer.from(JSON.stringify({ ...list, tags })), ...(next !== undefined ? { next } : {}) };
 }
 
 async function serveReferrers(
@@ -280,11 +308,18 @@ function rewriteLink(link: string | undefined, request: FastifyRequest, ns: stri
   const m = /<([^>]+)>/.exec(link);
   if (!m) return undefined;
   const next = new URL(m[1] as string, 'http://upstream.invalid');
-  const params = new URLSearchParams();
+  const params: Record<string, string> = {};
   for (const key of ['n', 'last']) {
     const v = next.searchParams.get(key);
-    if (v !== null) params.set(key, v);
+    if (v !== null) params[key] = v;
   }
+  return nextLink(request, params, ns);
+}
+
+/** A `rel="next"` Link to this cache's own path with these paging parameters (and the same ns). */
+function nextLink(request: FastifyRequest, paging: Record<string, string>, ns: string | undefined): string {
+  const params = new URLSearchParams();
+  for (const [key, v] of Object.entries(paging)) if (v !== '') params.set(key, v);
   if (ns) params.set('ns', ns);
   return `<${request.url.split('?')[0]}?${params.toString()}>; rel="next"`;
 }
