@@ -161,7 +161,16 @@ export async function createServices(config: Config, log: Logger, options: { dis
   }
   const gcTimer = setInterval(scheduleCollect, config.gcIntervalMs);
   gcTimer.unref();
-  const manifests = new ManifestCache({ store, metadata, upstream, log, tagTtlMs: config.tagTtlMs, pulls, ...(intents ? { intents } : {}) });
+  const manifests = new ManifestCache({
+    store,
+    metadata,
+    upstream,
+    log,
+    tagTtlMs: config.tagTtlMs,
+    pulls,
+    preloadedAs: records.importedAs.bind(records),
+    ...(intents ? { intents } : {}),
+  });
   const shutdown = new AbortController();
   const verifier = new CredentialVerifier({
     signal: shutdown.signal,

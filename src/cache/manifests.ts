@@ -66,6 +66,8 @@ export class ManifestCache {
       tagTtlMs: number;
       intents?: PullIntents;
       pulls?: UpstreamPulls;
+      /** Whether `preload --name` gave this repository's tag this digest: such a tag outlives an upstream 404. */
+      preloadedAs?: (registry: string, repository: string, digest: string) => boolean;
     },
   ) {}
 
@@ -151,6 +153,8 @@ export class ManifestCache {
       if (res.status !== 200) {
         const err = errorForUpstreamStatus(res.status, 'manifest', req.registry.host, header(res.headers['retry-after']));
         if (countsForBackoff(err)) this.deps.pulls?.backoff.failure(backoffKey, err);
+        // An air-gapped preload names a tag the upstream never had: the upstream's 404 does not undo the import.
+        if (res.status === 404 && this.deps.preloadedAs?.(req.registry.host, req.repository, known.digest)) return { ...known, source: 'store' };
         throw err;
       }
       this.deps.pulls?.backoff.success(backoffKey);

@@ -55,6 +55,7 @@ export class PullRecords {
          LIMIT 1`,
       ),
       anyPreloaded: db.prepare<[string], number>('SELECT 1 FROM preloaded WHERE digest = ? LIMIT 1'),
+      importedAs: db.prepare<[string, string], number>("SELECT 1 FROM preloaded WHERE digest = ? AND image = ? AND source = 'preload'"),
       markPreloaded: db.prepare<[string, string, string, number]>(
         'INSERT INTO preloaded (digest, source, image, imported_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING',
       ),
@@ -68,6 +69,7 @@ export class PullRecords {
     this.stmt.hashes.pluck();
     this.stmt.preloaded.pluck();
     this.stmt.anyPreloaded.pluck();
+    this.stmt.importedAs.pluck();
     this.stmt.blobExists.pluck();
     this.stmt.tagDigest.pluck();
     this.stmt.getMeta.pluck();
@@ -107,6 +109,11 @@ export class PullRecords {
    */
   isPreloaded(registry: string, repository: string, digest: string): boolean {
     return this.stmt.preloaded.get(digest, `${registry}/${repository}`, registry, repository, digest) !== undefined;
+  }
+
+  /** Whether `preload` imported this digest under this image name (whatever pulls happened since). */
+  importedAs(registry: string, repository: string, digest: string): boolean {
+    return this.stmt.importedAs.get(digest, `${registry}/${repository}`) !== undefined;
   }
 
   /** Records a successful upstream pull or verification. The content must already be stored. */

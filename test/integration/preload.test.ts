@@ -132,5 +132,24 @@ describe('registry-cache preload', () => {
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toContain('nope');
   });
+  it('serves a tag given by preload --name while the upstream is up and does not know that tag (air-gapped preload)', async () => {
+    const { upstream, cache, work } = await setup('NeverVerifyPreloadedImages');
+    const image = makeImage([1500]);
+    await writeOciLayout(join(work, 'layout'), image);
+    await preloadImage(join(work, 'layout'), `${upstream.host}/airgap/app:1.0`, cache.services);
+    for (let i = 0; i < 2; i++) {
+      const res = await call(`${cache.url}/v2/airgap/app/manifests/1.0?ns=${upstream.host}`);
+      expect(res.status).toBe(200);
+      expect(res.headers['docker-content-digest']).toBe(image.manifestDigest);
+    }
+    // The upstream was asked (tagTtl 0s) and answered 404: it stays the judge of tags it knows, not of this one.
+    expect(upstream.count('HEAD', /\/v2\/airgap\/app\/manifests\/1\.0$/)).toBeGreaterThanOrEqual(1);
+    // A pulled (not preloaded) tag the upstream no longer knows is still gone.
+    const pulled = makeImage([700]);
+    upstream.push('airgap/other', '2.0', pulled);
+    expect((await call(`${cache.url}/v2/airgap/other/manifests/2.0?ns=${upstream.host}`)).status).toBe(200);
+    upstream.fault = (req) => (req.path === '/v2/airgap/other/manifests/2.0' ? { kind: 'status', status: 404 } : undefined);
+    expect((await call(`${cache.url}/v2/airgap/other/manifests/2.0?ns=${upstream.host}`)).status).toBe(404);
+  });
 });
 
