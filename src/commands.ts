@@ -1,7 +1,7 @@
 import { SingleBar } from 'cli-progress';
 import type { Config } from './config/load.js';
 import { createLogger } from './log.js';
-import { preloadImage } from './preload/preload.js';
+import { preloadImage, resolvePreloadName } from './preload/preload.js';
 import type { PullRecord } from './policy/records.js';
 import { parseImageReference } from './oci/reference.js';
 import { openStore } from './services.js';
@@ -10,12 +10,15 @@ import { verifyStore } from './lifecycle/integrity.js';
 
 /** `registry-cache preload SOURCE [--name REF]`: imports an image as pre-pulled; prints what it imported. */
 export async function runPreload(config: Config, source: string, name: string | undefined): Promise<void> {
+  // Checked before the store is opened: a name the server cannot serve imports nothing.
+  const resolved = name === undefined ? undefined : resolvePreloadName(name, new Set(config.registries.keys()), config.defaultRegistry);
+  if (resolved?.note) process.stderr.write(`registry-cache: ${resolved.note}\n`);
   const log = createLogger('warn');
   const opened = await openStore(config, log);
   const bar = process.stderr.isTTY ? new SingleBar({ format: 'preload [{bar}] {percentage}% | {value}/{total} bytes', hideCursor: true, stream: process.stderr }) : undefined;
   let started = false;
   try {
-    const result = await preloadImage(source, name, opened, (done, total) => {
+    const result = await preloadImage(source, resolved?.image, opened, (done, total) => {
       if (!bar) return;
       if (!started) {
         bar.start(total, 0);

@@ -7,7 +7,7 @@ import { extract } from 'tar-stream';
 import type { Metadata } from '../db/queries.js';
 import { digestOf, parseDigest } from '../oci/digest.js';
 import { MEDIA_TYPES, isIndexMediaType, manifestMediaType, type ParsedManifestJson } from '../oci/media-types.js';
-import { parseImageReference, type ImageName } from '../oci/reference.js';
+import { assertRepositoryName, assertTag, canonicalRegistry, canonicalRepository, looksLikeRegistryHost, parseImageReference, type ImageName } from '../oci/reference.js';
 import { manifestRefs, MAX_MANIFEST_BYTES } from '../cache/manifests.js';
 import type { PullRecords } from '../policy/records.js';
 import type { BlobStore } from '../store/blob-store.js';
@@ -38,9 +38,9 @@ const DOCKER_CONFIG = 'application/vnd.docker.container.image.v1+json';
  * Imports an image as pre-pulled: an OCI layout directory, an OCI archive (tar of a layout) or a `docker save`
  * tar. Every blob is verified by digest; manifests and blobs are marked preloaded (no pull record).
  */
-export async function preloadImage(source: string, name: string | undefined, deps: Deps, progress?: Progress): Promise<PreloadResult> {
+export async function preloadImage(source: string, name: string | PreloadName | undefined, deps: Deps, progress?: Progress): Promise<PreloadResult> {
   const info = await stat(source);
-  const tagged = name === undefined ? undefined : parseName(name);
+  const tagged = name === undefined ? undefined : typeof name === 'string' ? parseName(name) : name;
   const state: ImportState = { blobs: new Map(), jsonFiles: new Map(), bytes: 0 };
   if (info.isDirectory()) await importLayoutDirectory(source, deps, state, progress);
   else await importTar(source, info.size, deps, state, progress);
@@ -60,7 +60,7 @@ export async function preloadImage(source: string, name: string | undefined, dep
   for (const top of tops) {
     const mediaType = await registerManifestTree(top.digest, deps);
     let image: (ImageName & { tag?: string }) | undefined;
-    if (tagged && (tops.length === 1 || top.refName === tagged.tag || top.refName === name)) image = tagged;
+    if (tagged && (tops.length === 1 || top.refName === tagged.tag || top.refName === name || top.refName === nameOf(tagged))) image = tagged;
     else if (!tagged && top.refName && /[/:]/.test(top.refName) && top.refName.includes('/')) image = safeParse(top.refName);
     if (tagged && tops.length > 1 && !image) continue;
     const imageName = image ? `${image.registry}/${image.repository}` : undefined;
@@ -81,6 +81,48 @@ interface ImportState {
   /** Small JSON documents (index.json, manifest.json, legacy configs) by path. */
   jsonFiles: Map<string, string>;
   bytes: number;
+}
+
+/** An image name for `preload --name`, resolved as the server routes it. */
+export type PreloadName = ImageName & { tag?: string };
+
+/**
+ * Resolves `preload --name` the way the server routes a request: a first component naming a configured registry is
+ * that registry; one that looks like a host (`.`, `:`, `localhost`) and is not configured is refused, since no request
+ * could ever reach it; anything else is a repository of `defaultRegistry` (not always docker.io). `note` says so.
+ */
+export function resolvePreloadName(name: string, registries: ReadonlySet<string>, defaultRegistry: string): { image: PreloadName; note?: string } {
+  if (name.includes('@')) throw new Error(`--name ${name}: give a tag, not a digest`);
+  const slash = name.indexOf('/');
+  const first = slash > 0 ? name.slice(0, slash) : '';
+  let registry = defaultRegistry;
+  let rest = name;
+  if (first && registries.has(canonicalRegistry(first))) {
+    registry = canonicalRegistry(first);
+    rest = name.slice(slash + 1);
+  } else if (first && looksLikeRegistryHost(first)) {
+    throw new Error(
+      `--name ${name}: registry ${canonicalRegistry(first)} is not configured, so the server would refuse every request for this image; ` +
+        `configured registries: ${[...registries].join(', ')} (add it under registries, or name the image under one of them)`,
+    );
+  }
+  const colon = rest.lastIndexOf(':');
+  const tag = colon > rest.lastIndexOf('/') ? rest.slice(colon + 1) : undefined;
+  const repository = canonicalRepository(registry, tag === undefined ? rest : rest.slice(0, colon));
+  assertRepositoryName(repository);
+  if (tag !== undefined) assertTag(tag);
+  const image: PreloadName = { registry, repository, ...(tag !== undefined ? { tag } : {}) };
+  if (registry !== defaultRegistry || rest !== name) return { image };
+  return {
+    image,
+    note:
+      `--name ${name} has no registry; imported as ${nameOf(image)} (defaultRegistry), where requests without ns= or a registry ` +
+      `prefix go. containerd names the registry (ns=): for an image it pulls from another registry, give that full name.`,
+  };
+}
+
+function nameOf(image: PreloadName): string {
+  return `${image.registry}/${image.repository}${image.tag ? `:${image.tag}` : ''}`;
 }
 
 function parseName(name: string): ImageName & { tag?: string } {

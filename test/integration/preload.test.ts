@@ -151,5 +151,23 @@ describe('registry-cache preload', () => {
     upstream.fault = (req) => (req.path === '/v2/airgap/other/manifests/2.0' ? { kind: 'status', status: 404 } : undefined);
     expect((await call(`${cache.url}/v2/airgap/other/manifests/2.0?ns=${upstream.host}`)).status).toBe(404);
   });
+  it('preload --name refuses a registry the server does not serve and puts a short name under defaultRegistry, saying so', async () => {
+    const { upstream, work } = await setup();
+    const image = makeImage([800]);
+    await writeOciLayout(join(work, 'layout'), image);
+    const configFile = join(work, 'config.yaml');
+    // defaultRegistry is not docker.io here: a short name must land where the server routes it.
+    await writeFile(configFile, `storage: ${join(work, 'store')}\nregistries:\n  "${upstream.host}": { url: "${upstream.url}" }\ndefaultRegistry: "${upstream.host}"\n`);
+    const refused = await runCli(['preload', join(work, 'layout'), '--name', 'example.com/x:1', '--config', configFile]);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain('example.com is not configured');
+    expect(refused.stderr).toContain(upstream.host);
+    const short = await runCli(['preload', join(work, 'layout'), '--name', 'tools/short:1', '--config', configFile]);
+    expect(short.code).toBe(0);
+    expect(short.stdout).toContain(`preloaded ${upstream.host}/tools/short:1 ${image.manifestDigest}`);
+    expect(short.stderr).toContain(`tools/short:1 has no registry; imported as ${upstream.host}/tools/short:1 (defaultRegistry)`);
+    const records = JSON.parse((await runCli(['records', '--json', '--config', configFile])).stdout) as { image: string }[];
+    expect(records.map((r) => r.image)).toEqual([`${upstream.host}/tools/short`]);
+  });
 });
 
