@@ -46,7 +46,8 @@ export class Metadata {
     parents: Statement<[string, string, string], string>;
     isLinked: Statement<[string, string, string], number>;
   };
-  private pendingTouches = new Set<string>();
+  /** Digest → time of its latest access; the flush writes these times, not its own. */
+  private pendingTouches = new Map<string, number>();
   private touchTimer: NodeJS.Timeout | undefined;
 
   constructor(readonly db: Db) {
@@ -66,7 +67,7 @@ export class Metadata {
          ON CONFLICT (registry, repository, tag) DO UPDATE SET digest = excluded.digest, fetched_at = excluded.fetched_at`,
       ),
       link: db.prepare('INSERT INTO repository_digests (registry, repository, digest) VALUES (?, ?, ?) ON CONFLICT DO NOTHING'),
-      touch: db.prepare('UPDATE blobs SET last_access = ? WHERE digest = ?'),
+      touch: db.prepare('UPDATE blobs SET last_access = MAX(last_access, ?) WHERE digest = ?'),
       refs: db.prepare('SELECT child, kind FROM manifest_refs WHERE manifest = ?'),
       parents: db
         .prepare<[string, string, string], string>(
@@ -132,7 +133,8 @@ export class Metadata {
 
   /** Notes an access; written in batches so cache hits never wait on a write. */
   touch(digest: string): void {
-    this.pendingTouches.add(digest);
+    // Stamped now: stamping at the flush would make an old access look newer than content stored since (LRU).
+    this.pendingTouches.set(digest, Date.now());
     if (!this.touchTimer) {
       this.touchTimer = setTimeout(() => this.flushTouches(), TOUCH_FLUSH_MS);
       this.touchTimer.unref();
@@ -144,11 +146,10 @@ export class Metadata {
     if (this.touchTimer) clearTimeout(this.touchTimer);
     this.touchTimer = undefined;
     if (this.pendingTouches.size === 0) return;
-    const digests = [...this.pendingTouches];
+    const touches = [...this.pendingTouches];
     this.pendingTouches.clear();
-    const now = Date.now();
     this.db.transaction(() => {
-      for (const d of digests) this.stmt.touch.run(now, d);
+      for (const [d, at] of touches) this.stmt.touch.run(at, d);
     })();
   }
 
