@@ -1,7 +1,8 @@
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { Value } from '@sinclair/typebox/value';
+import type { TSchema } from '@sinclair/typebox';
+import { Value, ValueErrorType, type ValueError } from '@sinclair/typebox/value';
 import { parse as parseYaml } from 'yaml';
 import { canonicalRegistry } from '../oci/reference.js';
 import { Allowlist } from '../policy/allowlist.js';
@@ -73,14 +74,54 @@ export interface Config {
   upstreamBandwidthLimit: number | undefined;
 }
 
-/** A configuration problem, reported at startup with the key that caused it. */
+/** One invalid key and what is wrong with it. */
+export interface ConfigProblem {
+  key: string;
+  message: string;
+}
+
+/** Configuration problems, reported at startup all at once, each with the key that caused it. */
 export class ConfigError extends Error {
-  constructor(
-    readonly key: string,
-    message: string,
-  ) {
-    super(`invalid configuration: ${key}: ${message}`);
+  /** Every problem found; `key` is the first one's. */
+  readonly problems: readonly ConfigProblem[];
+  readonly key: string;
+
+  constructor(key: string, message: string);
+  constructor(problems: readonly ConfigProblem[]);
+  constructor(keyOrProblems: string | readonly ConfigProblem[], message?: string) {
+    const problems = typeof keyOrProblems === 'string' ? [{ key: keyOrProblems, message: message ?? '' }] : keyOrProblems;
+    super(
+      problems.length === 1
+        ? `invalid configuration: ${problems[0]?.key}: ${problems[0]?.message}`
+        : `invalid configuration (${problems.length} problems):\n${problems.map((p) => `  ${p.key}: ${p.message}`).join('\n')}`,
+    );
     this.name = 'ConfigError';
+    this.problems = problems;
+    this.key = problems[0]?.key ?? '(root)';
+  }
+}
+
+/** Collects ConfigErrors so that every problem is reported at once. */
+class Problems {
+  readonly list: ConfigProblem[] = [];
+
+  add(key: string, message: string): void {
+    this.list.push({ key, message });
+  }
+
+  /** The value of `fn`, or `fallback` with its problems noted. */
+  check<T>(fn: () => T, fallback: T): T {
+    try {
+      return fn();
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      this.list.push(...err.problems);
+      return fallback;
+    }
+  }
+
+  throwIfAny(): void {
+    if (this.list.length > 0) throw new ConfigError(this.list);
   }
 }
 
@@ -116,6 +157,7 @@ export function loadConfig(options: { file?: string; env?: NodeJS.ProcessEnv; ov
       fromFile = parsed as Record<string, unknown>;
     }
   }
+  const problems = new Problems();
   const knownKeys = Object.keys(ConfigSchema.properties);
   const fromEnv: Record<string, unknown> = {};
   for (const key of knownKeys) {
@@ -125,14 +167,15 @@ export function loadConfig(options: { file?: string; env?: NodeJS.ProcessEnv; ov
     try {
       fromEnv[key] = parseYaml(value);
     } catch {
-      throw new ConfigError(key, `${envNameFor(key)} is not valid YAML`);
+      problems.add(key, `${envNameFor(key)} is not valid YAML`);
     }
   }
   for (const name of Object.keys(env)) {
     if (name.startsWith(ENV_PREFIX) && !knownKeys.some((k) => envNameFor(k) === name)) {
-      throw new ConfigError(name, 'unknown environment variable');
+      problems.add(name, 'unknown environment variable');
     }
   }
+  const unknownOrBadEnv = problems.list.length;
   const merged: Record<string, unknown> = { ...fromFile, ...fromEnv, ...(options.overrides ?? {}) };
   // `maxParallelImagePulls: null` is the kubelet's "no limit" (a nil pointer); every other null means "unset".
   // The kubelet's rule: serializeImagePulls false without a limit means no limit. Only with neither key set does the
@@ -141,13 +184,35 @@ export function loadConfig(options: { file?: string; env?: NodeJS.ProcessEnv; ov
   for (const [k, v] of Object.entries(merged)) if (v === null) delete merged[k];
   merged.registries ??= structuredClone(DEFAULT_REGISTRIES);
   const withDefaults = Value.Default(ConfigSchema, Value.Clone(merged));
-  const first = Value.Errors(ConfigSchema, withDefaults).First();
-  if (first) {
-    const key = pointerToKey(first.path) || '(root)';
-    const hint = /unexpected property/i.test(first.message) ? 'unknown key' : first.message;
-    throw new ConfigError(key, hint);
+  const seen = new Set<string>();
+  for (const error of Value.Errors(ConfigSchema, withDefaults)) {
+    const key = pointerToKey(error.path) || '(root)';
+    // One problem per key: a union reports its own failure and each member's.
+    if (seen.has(key)) continue;
+    seen.add(key);
+    problems.add(key, describeSchemaError(error));
   }
-  return finalize(withDefaults as RawConfig, unlimitedPulls);
+  // Schema problems first (finalize needs the types right); unknown variables are reported with finalize's problems.
+  if (problems.list.length > unknownOrBadEnv) problems.throwIfAny();
+  return finalize(withDefaults as RawConfig, unlimitedPulls, problems);
+}
+
+/** What a schema violation means for the person editing the file: the values or the form the key wants. */
+function describeSchemaError(error: ValueError): string {
+  if (error.type === ValueErrorType.ObjectAdditionalProperties) return 'unknown key';
+  const schema = error.schema as TSchema & { anyOf?: { const?: unknown }[]; description?: string; type?: unknown };
+  const literals = schema.anyOf?.map((member) => member.const);
+  if (literals && literals.length > 0 && literals.every((l) => typeof l === 'string')) {
+    return `${JSON.stringify(error.value)} is not one of: ${literals.join(', ')}`;
+  }
+  const form = schema.description ?? (schema.anyOf ? schema.anyOf.map((m) => (m as { description?: string }).description).find(Boolean) : undefined);
+  if (schema.type === 'string' && typeof error.value !== 'string') {
+    const got = typeof error.value === 'number' || typeof error.value === 'boolean' ? `the ${typeof error.value} ${String(error.value)}` : JSON.stringify(error.value) ?? 'nothing';
+    // A bare number for a duration is most likely seconds: show how to write that.
+    const example = typeof error.value === 'number' && form?.includes('duration') ? ` (e.g. "${error.value}s")` : '';
+    return `expected a string, got ${got}${form ? `: ${form}` : ''}${example}`;
+  }
+  return form ? `${error.message} (${form})` : error.message;
 }
 
 function pointerToKey(path: string): string {
@@ -158,7 +223,7 @@ function pointerToKey(path: string): string {
     .join('.');
 }
 
-function duration(key: string, value: string): number {
+function parseDurationKey(key: string, value: string): number {
   const ms = parseDuration(value);
   if (ms === undefined) throw new ConfigError(key, `"${value}" is not a duration (examples: 0s, 500ms, 1m30s)`);
   return ms;
@@ -167,74 +232,80 @@ function duration(key: string, value: string): number {
 /** A node cache limits upstream image pulls by default: enough to overlap transfers, few enough to protect the link. */
 export const DEFAULT_MAX_PARALLEL_IMAGE_PULLS = 5;
 
-function finalize(raw: RawConfig, unlimitedPulls = false): Config {
-  const listen = parseListen('listen', raw.listen);
+/** Resolves the validated file into the running config; every semantic problem is collected, then thrown at once. */
+function finalize(raw: RawConfig, unlimitedPulls: boolean, problems: Problems): Config {
+  const duration = (key: string, value: string): number => problems.check(() => parseDurationKey(key, value), Number.NaN);
+  const listen = problems.check(() => parseListen('listen', raw.listen), { host: '', port: 0 });
   const registries = new Map<string, RegistryConfig>();
   for (const [hostKey, reg] of Object.entries(raw.registries)) {
-    const host = canonicalRegistry(hostKey);
-    if (!/^[a-z0-9.-]+(?::[0-9]{1,5})?$/.test(host)) throw new ConfigError(`registries.${hostKey}`, 'not a registry host[:port]');
-    let url: URL;
-    try {
-      url = new URL(reg.url);
-    } catch {
-      throw new ConfigError(`registries.${hostKey}.url`, `"${reg.url}" is not a URL`);
-    }
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(`registries.${hostKey}.url`, 'must be http:// or https://');
-    if (url.username || url.password) throw new ConfigError(`registries.${hostKey}.url`, 'put credentials in username/password, not the URL');
-    if ((reg.username === undefined) !== (reg.password === undefined)) {
-      throw new ConfigError(`registries.${hostKey}`, 'username and password go together');
-    }
-    const mirrors = (reg.mirrors ?? []).map((m, i) => {
-      let mirror: URL;
+    // Each registry reports its first problem; the others are still checked.
+    problems.check(() => {
+      const host = canonicalRegistry(hostKey);
+      if (!/^[a-z0-9.-]+(?::[0-9]{1,5})?$/.test(host)) throw new ConfigError(`registries.${hostKey}`, 'not a registry host[:port]');
+      let url: URL;
       try {
-        mirror = new URL(m);
+        url = new URL(reg.url);
       } catch {
-        throw new ConfigError(`registries.${hostKey}.mirrors[${i}]`, `"${m}" is not a URL`);
+        throw new ConfigError(`registries.${hostKey}.url`, `"${reg.url}" is not a URL`);
       }
-      if (mirror.protocol !== 'http:' && mirror.protocol !== 'https:') throw new ConfigError(`registries.${hostKey}.mirrors[${i}]`, 'must be http:// or https://');
-      return mirror;
-    });
-    const transport = resolveTransport(`registries.${hostKey}`, reg, raw);
-    const entry: RegistryConfig = { host, url, mirrors: Object.freeze(mirrors), transport };
-    if (reg.username !== undefined) entry.username = reg.username;
-    if (reg.password !== undefined) entry.password = reg.password;
-    registries.set(host, Object.freeze(entry));
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(`registries.${hostKey}.url`, 'must be http:// or https://');
+      if (url.username || url.password) throw new ConfigError(`registries.${hostKey}.url`, 'put credentials in username/password, not the URL');
+      if ((reg.username === undefined) !== (reg.password === undefined)) {
+        throw new ConfigError(`registries.${hostKey}`, 'username and password go together');
+      }
+      const mirrors = (reg.mirrors ?? []).map((m, i) => {
+        let mirror: URL;
+        try {
+          mirror = new URL(m);
+        } catch {
+          throw new ConfigError(`registries.${hostKey}.mirrors[${i}]`, `"${m}" is not a URL`);
+        }
+        if (mirror.protocol !== 'http:' && mirror.protocol !== 'https:') throw new ConfigError(`registries.${hostKey}.mirrors[${i}]`, 'must be http:// or https://');
+        return mirror;
+      });
+      const transport = resolveTransport(`registries.${hostKey}`, reg, raw);
+      const entry: RegistryConfig = { host, url, mirrors: Object.freeze(mirrors), transport };
+      if (reg.username !== undefined) entry.username = reg.username;
+      if (reg.password !== undefined) entry.password = reg.password;
+      registries.set(host, Object.freeze(entry));
+    }, undefined);
   }
-  let allowlist: Allowlist;
+  let allowlist = Allowlist.parse([]);
   try {
     allowlist = Allowlist.parse(raw.preloadedImagesVerificationAllowlist);
   } catch (err) {
-    throw new ConfigError('preloadedImagesVerificationAllowlist', (err as Error).message);
+    problems.add('preloadedImagesVerificationAllowlist', (err as Error).message);
   }
   const tokenTtlMs = duration('tokenTtl', raw.tokenTtl);
-  if (tokenTtlMs < 10_000 || tokenTtlMs > 3_600_000) throw new ConfigError('tokenTtl', 'must be between 10s and 1h (tokens hold credentials in memory)');
+  if (tokenTtlMs < 10_000 || tokenTtlMs > 3_600_000) problems.add('tokenTtl', 'must be between 10s and 1h (tokens hold credentials in memory)');
   if (raw.imageGCLowThresholdPercent >= raw.imageGCHighThresholdPercent) {
-    throw new ConfigError('imageGCLowThresholdPercent', `must be lower than imageGCHighThresholdPercent (${raw.imageGCHighThresholdPercent})`);
+    problems.add('imageGCLowThresholdPercent', `must be lower than imageGCHighThresholdPercent (${raw.imageGCHighThresholdPercent})`);
   }
   // The kubelet's rules: maxParallelImagePulls >= 1, and >= 2 only with serializeImagePulls false.
   if (raw.maxParallelImagePulls !== undefined && raw.maxParallelImagePulls < 1) {
-    throw new ConfigError('maxParallelImagePulls', 'must be at least 1');
+    problems.add('maxParallelImagePulls', 'must be at least 1');
   }
   if (raw.serializeImagePulls && raw.maxParallelImagePulls !== undefined && raw.maxParallelImagePulls >= 2) {
-    throw new ConfigError('serializeImagePulls/maxParallelImagePulls', `maxParallelImagePulls ${raw.maxParallelImagePulls} requires serializeImagePulls: false`);
+    problems.add('serializeImagePulls/maxParallelImagePulls', `maxParallelImagePulls ${raw.maxParallelImagePulls} requires serializeImagePulls: false`);
   }
   if (raw.serializeImagePulls && unlimitedPulls) {
-    throw new ConfigError('serializeImagePulls/maxParallelImagePulls', 'no limit (null) requires serializeImagePulls: false');
+    problems.add('serializeImagePulls/maxParallelImagePulls', 'no limit (null) requires serializeImagePulls: false');
   }
   const maxParallelImagePulls = raw.serializeImagePulls ? 1 : unlimitedPulls ? undefined : (raw.maxParallelImagePulls ?? DEFAULT_MAX_PARALLEL_IMAGE_PULLS);
-  const maxStorageBytes = raw.maxStorageBytes === undefined ? undefined : parseBytes('maxStorageBytes', raw.maxStorageBytes);
+  const maxStorageBytes = raw.maxStorageBytes === undefined ? undefined : problems.check(() => parseBytes('maxStorageBytes', raw.maxStorageBytes as number | string), undefined);
   raw.pinnedImages.forEach((ref, i) => {
     try {
       parseImageReference(ref);
     } catch {
-      throw new ConfigError(`pinnedImages[${i}]`, `"${ref}" is not an image reference`);
+      problems.add(`pinnedImages[${i}]`, `"${ref}" is not an image reference`);
     }
   });
   const defaultRegistry = canonicalRegistry(raw.defaultRegistry);
-  if (!registries.has(defaultRegistry)) throw new ConfigError('defaultRegistry', `"${raw.defaultRegistry}" is not one of registries`);
-  return Object.freeze({
+  // A registry whose own entry is invalid was reported already.
+  if (!Object.keys(raw.registries).some((k) => canonicalRegistry(k) === defaultRegistry)) problems.add('defaultRegistry', `"${raw.defaultRegistry}" is not one of registries`);
+  const config: Config = Object.freeze({
     listen,
-    metricsListen: raw.metricsListen === undefined ? undefined : parseListen('metricsListen', raw.metricsListen),
+    metricsListen: raw.metricsListen === undefined ? undefined : problems.check(() => parseListen('metricsListen', raw.metricsListen as string), undefined),
     storage: resolve(raw.storage),
     defaultRegistry,
     registries,
@@ -261,8 +332,11 @@ function finalize(raw: RawConfig, unlimitedPulls = false): Config {
     maxParallelImagePulls,
     pullQueueTimeoutMs: duration('pullQueueTimeout', raw.pullQueueTimeout),
     pullLingerMs: duration('pullLinger', raw.pullLinger),
-    upstreamBandwidthLimit: raw.upstreamBandwidthLimit === undefined ? undefined : parseBytes('upstreamBandwidthLimit', raw.upstreamBandwidthLimit),
+    upstreamBandwidthLimit:
+      raw.upstreamBandwidthLimit === undefined ? undefined : problems.check(() => parseBytes('upstreamBandwidthLimit', raw.upstreamBandwidthLimit as number | string), undefined),
   });
+  problems.throwIfAny();
+  return config;
 }
 
 function parseListen(key: string, value: string): { host: string; port: number } {
@@ -339,9 +413,9 @@ function resolveTransport(prefix: string, reg: RawConfig['registries'][string], 
     clientKey,
     insecureSkipVerify: reg.insecureSkipVerify ?? false,
     headers: Object.freeze({ ...(reg.headers ?? {}) }),
-    connectTimeoutMs: duration(`${prefix}.connectTimeout`, reg.connectTimeout ?? raw.upstreamConnectTimeout),
-    requestTimeoutMs: duration(`${prefix}.requestTimeout`, reg.requestTimeout ?? raw.upstreamHeadersTimeout),
-    idleTimeoutMs: duration(`${prefix}.idleTimeout`, reg.idleTimeout ?? raw.upstreamBodyTimeout),
+    connectTimeoutMs: parseDurationKey(`${prefix}.connectTimeout`, reg.connectTimeout ?? raw.upstreamConnectTimeout),
+    requestTimeoutMs: parseDurationKey(`${prefix}.requestTimeout`, reg.requestTimeout ?? raw.upstreamHeadersTimeout),
+    idleTimeoutMs: parseDurationKey(`${prefix}.idleTimeout`, reg.idleTimeout ?? raw.upstreamBodyTimeout),
     proxy,
     maxSockets: reg.maxSockets ?? DEFAULT_MAX_SOCKETS,
   });

@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox';
 
-const Duration = Type.String({ description: 'Go-style duration: 0s, 500ms, 1m30s, 2h' });
+const Duration = Type.String({ description: 'a Go-style duration: 0s, 500ms, 1m30s, 2h' });
 
 /** One upstream registry the cache may contact. */
 export const RegistrySchema = Type.Object(
@@ -34,10 +34,10 @@ export const DEFAULT_REGISTRIES: Readonly<Record<string, { url: string }>> = Obj
 /** The whole configuration file; every key is optional and has a frozen default. */
 export const ConfigSchema = Type.Object(
   {
-    listen: Type.String({ default: '127.0.0.1:5000' }),
+    listen: Type.String({ default: '127.0.0.1:5000', description: 'host:port, e.g. 127.0.0.1:5000' }),
     metricsListen: Type.Optional(Type.String({ description: 'host:port for /metrics, /healthz and /readyz on their own listener' })),
-    storage: Type.String({ default: './storage' }),
-    defaultRegistry: Type.String({ default: 'docker.io' }),
+    storage: Type.String({ default: './storage', description: 'a directory path' }),
+    defaultRegistry: Type.String({ default: 'docker.io', description: 'a registry host named under registries, e.g. docker.io' }),
     // Its default is DEFAULT_REGISTRIES, applied by load.ts: TypeBox would merge a record default into given keys.
     registries: Type.Record(Type.String(), RegistrySchema),
     tagTtl: Type.String({ ...Duration, default: '0s' }),
