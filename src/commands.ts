@@ -5,6 +5,7 @@ import { preloadImage, resolvePreloadName } from './preload/preload.js';
 import type { PullRecord } from './policy/records.js';
 import { parseImageReference } from './oci/reference.js';
 import { openStore } from './services.js';
+import { storeHolder } from './store/lock.js';
 import { Evictor } from './lifecycle/eviction.js';
 import { verifyStore } from './lifecycle/integrity.js';
 
@@ -81,13 +82,23 @@ function summarize(r: PullRecord): { image: string; digest: string; pulledBy: st
 /** `registry-cache gc [--dry-run]`: one eviction pass by hand; prints what it freed (or would free). */
 export async function runGc(config: Config, dryRun: boolean): Promise<void> {
   const log = createLogger('warn');
-  // Eviction next to a live server could remove what it is serving: the server evicts on its own.
-  const opened = await openStore(config, log, { exclusive: true });
+  // Eviction next to a live server could remove what it is serving: the server evicts on its own. A dry run only reads.
+  await refuseNextToServer(
+    config,
+    !dryRun,
+    'the running server evicts on its own (above imageGCHighThresholdPercent, checked every gcInterval and after each download); run `gc --dry-run` to see what it would evict, or stop the server to evict by hand',
+  );
+  const opened = await openStore(config, log, { exclusive: !dryRun });
   try {
     const evictor = new Evictor({ store: opened.store, metadata: opened.metadata, settings: config.eviction, log, isBusy: () => false });
+    // Named before the pass: eviction removes the tags and links that name an image.
+    const names = new Map(evictor.units().map((u) => [u.root, opened.metadata.imageNames(u.root)]));
     const result = await evictor.collect({ dryRun });
     const verb = dryRun ? 'would evict' : 'evicted';
-    for (const e of result.evicted) process.stdout.write(`${verb} ${e.root} ${e.bytes} bytes (last used ${new Date(e.lastAccess).toISOString()})\n`);
+    for (const e of result.evicted) {
+      const name = names.get(e.root)?.join(', ') || 'unnamed';
+      process.stdout.write(`${verb} ${name} (${e.root}) ${e.bytes} bytes (last used ${new Date(e.lastAccess).toISOString()})\n`);
+    }
     process.stdout.write(
       `usage ${result.usedPercentBefore.toFixed(1)}%, ${result.bytesToFree} bytes to free; ${verb} ${result.evicted.length} images, ${result.freedBytes} bytes; ${result.skippedPinned} pinned kept\n`,
     );
@@ -96,8 +107,16 @@ export async function runGc(config: Config, dryRun: boolean): Promise<void> {
   }
 }
 
+/** Throws, saying what to do instead, when `exclusive` and a live server holds the store. */
+async function refuseNextToServer(config: Config, exclusive: boolean, instead: string): Promise<void> {
+  if (!exclusive) return;
+  const pid = await storeHolder(config.storage);
+  if (pid !== undefined) throw new Error(`the store ${config.storage} is in use by registry-cache (pid ${pid}): ${instead}`);
+}
+
 /** `registry-cache verify [--repair]`: re-hashes the store; exit code 1 when problems remain. */
 export async function runVerify(config: Config, repair: boolean): Promise<boolean> {
+  await refuseNextToServer(config, repair, 'run `verify` without --repair next to it to see the problems, or stop the server to repair');
   const opened = await openStore(config, createLogger('warn'), { exclusive: repair });
   try {
     const report = await verifyStore(opened, repair);

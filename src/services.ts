@@ -114,7 +114,8 @@ export async function createServices(config: Config, log: Logger, options: { dis
   const policy = config.imagePullCredentialsVerificationPolicy;
   if (policy !== 'NeverVerify') {
     const marked = records.initializeVerification();
-    if (marked !== undefined) log.info({ preloaded: marked }, 'credential verification enabled for the first time; stored content counts as preloaded');
+    // A fresh store has nothing to count: saying "0 preloaded" would only alarm.
+    if (marked !== undefined && marked > 0) log.info({ preloaded: marked }, 'credential verification enabled for the first time; stored content counts as preloaded');
   }
   const hasher = await CredentialHasher.load(config.storage);
   const nodeCredentials = await NodeCredentials.load({

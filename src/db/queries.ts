@@ -163,6 +163,13 @@ export class Metadata {
     return this.stmt.parents.all(child, registry, repository) as unknown as string[];
   }
 
+  /** What a stored manifest is known by: `registry/repository:tag` for each tag on it, else each repository it came through. */
+  imageNames(digest: string): string[] {
+    const tagged = this.db.prepare("SELECT registry || '/' || repository || ':' || tag FROM tags WHERE digest = ? ORDER BY 1").pluck().all(digest) as string[];
+    if (tagged.length > 0) return tagged;
+    return this.db.prepare("SELECT registry || '/' || repository FROM repository_digests WHERE digest = ? ORDER BY 1").pluck().all(digest) as string[];
+  }
+
   /** Total bytes of stored content. */
   storedBytes(): number {
     return (this.db.prepare('SELECT COALESCE(SUM(size), 0) FROM blobs').pluck().get() as number) ?? 0;

@@ -1,5 +1,5 @@
 import { createReadStream } from 'node:fs';
-import { readFile, readdir, stat } from 'node:fs/promises';
+import { open, readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -43,7 +43,10 @@ export async function preloadImage(source: string, name: string | PreloadName | 
   const tagged = name === undefined ? undefined : typeof name === 'string' ? parseName(name) : name;
   const state: ImportState = { blobs: new Map(), jsonFiles: new Map(), bytes: 0 };
   if (info.isDirectory()) await importLayoutDirectory(source, deps, state, progress);
-  else await importTar(source, info.size, deps, state, progress);
+  else {
+    await assertTarArchive(source);
+    await importTar(source, info.size, deps, state, progress);
+  }
 
   let tops: { digest: string; refName?: string }[];
   if (state.jsonFiles.has('index.json')) {
@@ -52,7 +55,7 @@ export async function preloadImage(source: string, name: string | PreloadName | 
   } else if (state.jsonFiles.has('manifest.json')) {
     tops = await synthesizeDockerSaveManifests(state, deps);
   } else {
-    throw new Error(`${source}: neither an OCI layout (index.json) nor a docker save archive (manifest.json)`);
+    throw new Error(`${source}: neither an OCI layout (index.json) nor a docker save archive (manifest.json); ${EXPECTED}`);
   }
   if (tops.length === 0) throw new Error(`${source}: holds no image`);
 
@@ -73,6 +76,22 @@ export async function preloadImage(source: string, name: string | PreloadName | 
   }
   if (tagged && images.length === 0) throw new Error(`${source}: no image in it is tagged ${tagged.tag ?? ''}; index.json lists ${tops.length}`);
   return { images, blobs: state.blobs.size, bytes: state.bytes };
+}
+
+const EXPECTED = 'expected an OCI layout directory, an OCI archive (.tar) or a docker save .tar';
+
+/** Refuses what is not a tar before parsing it, saying what preload reads (the tar parser's own errors say neither). */
+async function assertTarArchive(source: string): Promise<void> {
+  const handle = await open(source, 'r');
+  const head = Buffer.alloc(512);
+  try {
+    await handle.read(head, 0, 512, 0);
+  } finally {
+    await handle.close();
+  }
+  if (head[0] === 0x1f && head[1] === 0x8b) throw new Error(`${source} is gzip-compressed: preload reads an uncompressed tar (gunzip it first)`);
+  // POSIX (ustar), GNU and pax tars, which is what docker save, skopeo and buildkit write, carry this magic.
+  if (head.toString('latin1', 257, 262) !== 'ustar') throw new Error(`${source} is not an image archive: ${EXPECTED}`);
 }
 
 interface ImportState {
