@@ -1,3 +1,4 @@
+import { isAbsolute, join, relative } from 'node:path';
 import type { Row, ScenarioResult, SystemName } from './results.js';
 import { summarize, type Summary } from './stats.js';
 
@@ -10,6 +11,29 @@ export interface RunInfo {
   software: string[];
   noise: string[];
   settingsNote: string;
+}
+
+/** How noisy the figures are; RESULTS.md says so in its header (the ±15 % comes from bench/README.md). */
+export const NOISE_NOTE =
+  'Servers, clients (curl, wrk, the Node clients of this harness) and anything else on the machine share 2 cores; figures move ±15 % between runs (see bench/README.md), so read ratios near a target as "about".';
+
+/**
+ * The command that produced a report, as someone with a checkout would type it: paths inside the repository relative
+ * to it, an output directory outside it as `DIR` (a report names no path of the machine that wrote it).
+ */
+export function commandLine(argv: readonly string[], options: { repoRoot: string; viaNpm: boolean; script?: string }): string {
+  const inRepo = (path: string): string => {
+    const rel = relative(options.repoRoot, path);
+    return rel === '' ? '.' : rel.startsWith('..') || isAbsolute(rel) ? 'DIR' : rel;
+  };
+  const args = argv.map((a) => {
+    if (isAbsolute(a)) return inRepo(a);
+    const eq = /^(--[^=]+=)(\/.*)$/.exec(a);
+    return eq ? `${eq[1]}${inRepo(eq[2] as string)}` : a;
+  });
+  const tail = args.length > 0 ? ` ${args.join(' ')}` : '';
+  if (options.viaNpm) return `npm run bench${args.length > 0 ? ` --${tail}` : ''}`;
+  return `node ${relative(options.repoRoot, options.script ?? join(options.repoRoot, 'bench/out/bench/run.js'))}${tail}`;
 }
 
 /** One target from the issue, judged from the measured medians. */

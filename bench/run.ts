@@ -7,7 +7,7 @@ import { CommandError, runCommand } from '../test/support/command.js';
 import { missingTools } from '../test/support/tools.js';
 import { setUp, type BenchContext } from './context.js';
 import { profileMissedTargets } from './profiling.js';
-import { evaluateTargets, renderResults, renderSvg, type RunInfo } from './report.js';
+import { NOISE_NOTE, commandLine, evaluateTargets, renderResults, renderSvg, type RunInfo } from './report.js';
 import type { ScenarioResult } from './results.js';
 import type { Scenario } from './scenario.js';
 import { coldPull } from './scenarios/cold-pull.js';
@@ -100,11 +100,6 @@ async function machineInfo(): Promise<{ machine: string[]; software: string[] }>
       `curl: ${await toolVersion('curl', ['--version'], /curl \S+/)}`,
     ],
   };
-}
-
-function commandLine(argv: string[]): string {
-  if (process.env.npm_lifecycle_event === 'bench') return `npm run bench${argv.length > 0 ? ` -- ${argv.join(' ')}` : ''}`;
-  return `node ${relative(REPO_ROOT, process.argv[1] ?? 'bench/out/bench/run.js')}${argv.length > 0 ? ` ${argv.join(' ')}` : ''}`;
 }
 
 async function main(): Promise<number> {
@@ -236,14 +231,14 @@ async function main(): Promise<number> {
     const { machine, software } = await machineInfo();
     const seconds = Number(process.hrtime.bigint() - startedHr) / 1e9;
     const info: RunInfo = {
-      command: commandLine(argv),
+      command: commandLine(argv, { repoRoot: REPO_ROOT, viaNpm: process.env.npm_lifecycle_event === 'bench', ...(process.argv[1] ? { script: process.argv[1] } : {}) }),
       startedAt: started,
       seconds,
       machine,
       software,
       noise: [
         `1-minute load average at the start of each scenario: ${loads.join(', ')}.`,
-        'Servers, clients (curl, wrk, the Node clients of this harness) and anything else on the machine share 2 cores; figures move ±15 % between runs (see /work/shared/reference/real-clients.md), so read ratios near a target as "about".',
+        NOISE_NOTE,
       ],
       settingsNote: `${settings.mode} — images ${formatBytes(settings.sizes.small)}, ${formatBytes(settings.sizes.medium)}, ${formatBytes(settings.sizes.herd)}, ${formatBytes(settings.sizes.warm)} single-layer, ${settings.sizes.manyLayers} × ${formatBytes(settings.sizes.manyLayer)} layers, a 2-platform index; repetitions: warm blob ${settings.warmBlob.reps}, manifests ${settings.manifests.reps} × ${settings.manifests.durationSeconds} s, cold pull ${settings.coldPull.reps}, herd ${settings.herd.reps}, credentials ${settings.credentials.reps}, load ${settings.load.reps} × ${settings.load.requests} requests.`,
     };
