@@ -7,7 +7,7 @@ import { MANIFEST_MEDIA_TYPES, accepts, isIndexMediaType, manifestMediaType, typ
 import type { BlobStore } from '../store/blob-store.js';
 import { drain, type UpstreamClient, type UpstreamResponse } from '../upstream/client.js';
 import { credentialKey, type Credential } from '../upstream/credentials.js';
-import { errorForUpstreamStatus } from '../upstream/errors.js';
+import { errorForBodyFailure, errorForUpstreamStatus } from '../upstream/errors.js';
 import { header } from './blobs.js';
 import { Singleflight } from './inflight.js';
 import { imageKeys, underPullLimit, type UpstreamPulls } from './upstream-pulls.js';
@@ -218,7 +218,9 @@ export class ManifestCache {
       await drain(res.body);
       throw errorForUpstreamStatus(res.status, 'manifest', req.registry.host, header(res.headers['retry-after']));
     }
-    const bytes = await readManifestBody(res);
+    const bytes = await readManifestBody(res).catch((err: unknown) => {
+      throw errorForBodyFailure(err, req.registry.host);
+    });
     const algorithm = expectedDigest ? parseDigest(expectedDigest).algorithm : 'sha256';
     const digest = digestOf(bytes, algorithm);
     const claimed = header(res.headers['docker-content-digest']);

@@ -1,4 +1,4 @@
-import { OciError, type OciErrorCode } from '../oci/errors.js';
+import { OciError, isOciError, type OciErrorCode } from '../oci/errors.js';
 
 /** What an upstream request was for; picks the *_UNKNOWN code of a 404. */
 export type UpstreamSubject = 'manifest' | 'blob' | 'tags' | 'referrers' | 'base';
@@ -55,4 +55,16 @@ export function errorForTransportFailure(err: unknown, registry: string): OciErr
     return new OciError('UNAVAILABLE', `upstream ${registry} is unreachable`, { status: 503, detail, cause: err });
   }
   return new OciError('UNAVAILABLE', `upstream ${registry} request failed`, { status: 502, detail, cause: err });
+}
+
+/**
+ * Maps a failure while reading an upstream body, so it answers and counts for back-off like any upstream failure: a
+ * stall is a timeout (504); a reset, close or Content-Length mismatch is a broken answer from a reachable upstream
+ * (502). An OciError (ours: size, digest, idle limit) passes through.
+ */
+export function errorForBodyFailure(err: unknown, registry: string): OciError {
+  if (isOciError(err)) return err;
+  const mapped = errorForTransportFailure(err, registry);
+  if (mapped.status === 504) return mapped;
+  return new OciError('UNAVAILABLE', `upstream ${registry} broke off its answer`, { status: 502, detail: mapped.detail, cause: err });
 }

@@ -1,23 +1,34 @@
 import { Readable } from 'node:stream';
-import { errorForTransportFailure } from './errors.js';
+import { errorForBodyFailure, errorForTransportFailure } from './errors.js';
 
 /**
  * `body`, failing with a 504 when no bytes arrive for `ms`: undici's own bodyTimeout runs on a coarse timer wheel
- * (about a second), too loose for an idle limit an operator sets in milliseconds. Destroying the result destroys `body`.
+ * (about a second), too loose for an idle limit an operator sets in milliseconds. Its transport failures become
+ * OciErrors, so a fill that fails mid-body answers and backs off like one refused before the headers.
+ * Destroying the result destroys `body`.
  */
 export function withIdleTimeout(body: Readable, ms: number, registry: string): Readable {
-  // 0 means no idle limit, as for undici.
-  if (ms <= 0) return body;
   const chunks = (body as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+  const nextChunk = (): Promise<IteratorResult<Buffer>> =>
+    chunks.next().catch((err: unknown) => {
+      throw errorForBodyFailure(err, registry);
+    });
   async function* watched(): AsyncGenerator<Buffer> {
     try {
       for (;;) {
+        // 0 means no idle limit, as for undici.
+        if (ms <= 0) {
+          const next = await nextChunk();
+          if (next.done) return;
+          yield next.value;
+          continue;
+        }
         let timer: NodeJS.Timeout | undefined;
         const idle = new Promise<never>((_, reject) => {
           timer = setTimeout(() => reject(errorForTransportFailure(Object.assign(new Error('upstream body idle'), { code: 'UND_ERR_BODY_TIMEOUT' }), registry)), ms);
         });
         try {
-          const next = await Promise.race([chunks.next(), idle]);
+          const next = await Promise.race([nextChunk(), idle]);
           if (next.done) return;
           yield next.value;
         } finally {

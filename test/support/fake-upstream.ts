@@ -16,12 +16,31 @@ export interface RecordedRequest {
   endedAt?: number;
 }
 
-/** What to do instead of answering normally. */
+/**
+ * What to do instead of answering normally. Body faults (all but status, redirect and hang) apply to blob, manifest
+ * and tags/list GET bodies; the headers (Content-Length included, unless the fault changes it) are the true ones.
+ */
 export type Fault =
   | { kind: 'status'; status: number; headers?: Record<string, string>; body?: string }
+  /** Sends `afterBytes` bytes, then closes the connection (FIN). */
   | { kind: 'truncate'; afterBytes: number }
-  | { kind: 'wrong-bytes' }
+  /** The full length, with the byte at `at` (default: the last one) flipped. */
+  | { kind: 'wrong-bytes'; at?: number }
   | { kind: 'slow'; chunkBytes: number; delayMs: number }
+  /**
+   * The correct body with `Connection: close`, then FIN right after the last byte, as nginx answers the last request
+   * of a keep-alive connection.
+   */
+  | { kind: 'connection-close' }
+  /**
+   * Announces `Content-Length` as the true length + `delta` (negative: short, positive: long) and sends the true body;
+   * then `close` (FIN) or `hang` (keep the connection open, silent). A short one sends bytes past its Content-Length.
+   */
+  | { kind: 'content-length'; delta: number; then: 'close' | 'hang' }
+  /** Sends `afterBytes` bytes, then resets the connection (RST). */
+  | { kind: 'reset'; afterBytes: number }
+  /** Sends `afterBytes` bytes, then stays silent with the connection open (until stop()). */
+  | { kind: 'stall'; afterBytes: number }
   | { kind: 'redirect'; to: string }
   | { kind: 'hang' };
 
@@ -181,17 +200,13 @@ export class FakeUpstream {
       const key = ref.includes(':') ? `${m[1]}@${ref}` : `${m[1]}:${ref}`;
       const manifest = this.manifests.get(key);
       if (!manifest) return notFound(res, 'MANIFEST_UNKNOWN');
-      res.writeHead(200, { 'content-type': manifest.mediaType, 'content-length': manifest.bytes.length, 'docker-content-digest': sha256(manifest.bytes) });
-      res.end(req.method === 'HEAD' ? undefined : manifest.bytes);
-      return;
+      return this.sendBody(req, res, manifest.bytes, { 'content-type': manifest.mediaType, 'docker-content-digest': sha256(manifest.bytes) }, fault);
     }
     m = /^\/v2\/(.+)\/blobs\/([^/]+)$/.exec(url.pathname);
     if (m) {
       const bytes = this.blobs.get(`${m[1]}@${m[2]}`);
       if (!bytes) return notFound(res, 'BLOB_UNKNOWN');
-      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': bytes.length, 'docker-content-digest': m[2] });
-      if (req.method === 'HEAD') return void res.end();
-      return this.sendBody(res, bytes, fault);
+      return this.sendBody(req, res, bytes, { 'content-type': 'application/octet-stream', 'docker-content-digest': m[2] as string }, fault);
     }
     m = /^\/v2\/(.+)\/tags\/list$/.exec(url.pathname);
     if (m) {
@@ -205,39 +220,61 @@ export class FakeUpstream {
         tags = tags.slice(0, Number(n));
         headers.link = `</v2/${m[1]}/tags/list?n=${n}&last=${tags[tags.length - 1]}>; rel="next"`;
       }
-      res.writeHead(200, headers);
-      res.end(JSON.stringify({ name: m[1], tags }));
-      return;
+      return this.sendBody(req, res, Buffer.from(JSON.stringify({ name: m[1], tags })), headers, fault);
     }
     notFound(res, 'NAME_UNKNOWN');
   }
 
-  private async sendBody(res: ServerResponse, bytes: Buffer, fault: Fault | undefined): Promise<void> {
-    if (fault?.kind === 'truncate') {
-      res.write(bytes.subarray(0, fault.afterBytes));
-      await sleep(20);
-      res.destroy();
-      return;
-    }
-    if (fault?.kind === 'wrong-bytes') {
-      const wrong = Buffer.from(bytes);
-      wrong[wrong.length - 1] = (wrong[wrong.length - 1] ?? 0) ^ 0xff;
-      res.end(wrong);
-      return;
-    }
-    if (fault?.kind === 'slow') {
-      for (let i = 0; i < bytes.length; i += fault.chunkBytes) {
-        if (res.destroyed) return;
-        const last = i + fault.chunkBytes >= bytes.length;
-        // The last chunk ends the response at once: a client that knows Content-Length is done when it arrives.
-        if (last) return void res.end(bytes.subarray(i));
-        res.write(bytes.subarray(i, i + fault.chunkBytes));
-        await sleep(fault.delayMs);
+  /** A 200 with `bytes` (headers only for HEAD), or the body fault. */
+  private async sendBody(req: IncomingMessage, res: ServerResponse, bytes: Buffer, headers: Record<string, string>, fault: Fault | undefined): Promise<void> {
+    const length = fault?.kind === 'content-length' ? bytes.length + fault.delta : bytes.length;
+    res.writeHead(200, { ...headers, 'content-length': length, ...(fault?.kind === 'connection-close' ? { connection: 'close' } : {}) });
+    if (req.method === 'HEAD') return void res.end();
+    switch (fault?.kind) {
+      case 'truncate':
+        res.write(bytes.subarray(0, fault.afterBytes));
+        await sleep(20);
+        res.destroy();
+        return;
+      case 'wrong-bytes': {
+        const wrong = Buffer.from(bytes);
+        const at = fault.at ?? wrong.length - 1;
+        wrong[at] = (wrong[at] ?? 0) ^ 0xff;
+        res.end(wrong);
+        return;
       }
-      res.end();
-      return;
+      case 'slow':
+        for (let i = 0; i < bytes.length; i += fault.chunkBytes) {
+          if (res.destroyed) return;
+          const last = i + fault.chunkBytes >= bytes.length;
+          // The last chunk ends the response at once: a client that knows Content-Length is done when it arrives.
+          if (last) return void res.end(bytes.subarray(i));
+          res.write(bytes.subarray(i, i + fault.chunkBytes));
+          await sleep(fault.delayMs);
+        }
+        res.end();
+        return;
+      case 'connection-close':
+        // Node's server ends the socket (FIN) right after the response because of the Connection header.
+        res.end(bytes);
+        return;
+      case 'content-length':
+        // Straight to the socket: bytes past the announced length go out unframed, as a broken upstream's would.
+        res.flushHeaders();
+        res.socket?.write(bytes);
+        if (fault.then === 'close') res.socket?.end();
+        return;
+      case 'reset':
+        res.write(bytes.subarray(0, fault.afterBytes));
+        await new Promise<void>((resolve) => res.socket?.write('', () => resolve()) ?? resolve());
+        res.socket?.resetAndDestroy();
+        return;
+      case 'stall':
+        res.write(bytes.subarray(0, fault.afterBytes));
+        return;
+      default:
+        res.end(bytes);
     }
-    res.end(bytes);
   }
 
   private authorized(req: RecordedRequest, res: ServerResponse): boolean {

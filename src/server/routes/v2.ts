@@ -10,7 +10,7 @@ import type { CredentialHasher } from '../../policy/credential-hash.js';
 import type { TokenService } from '../../policy/tokens.js';
 import type { Access, CredentialVerifier } from '../../policy/verifier.js';
 import { drain, type UpstreamClient, type UpstreamResponse } from '../../upstream/client.js';
-import { errorForUpstreamStatus } from '../../upstream/errors.js';
+import { errorForBodyFailure, errorForUpstreamStatus } from '../../upstream/errors.js';
 import { header, type BlobAnswer } from '../../cache/blobs.js';
 import type { ManifestAnswer } from '../../cache/manifests.js';
 import { challengeFor, identify } from '../client-auth.js';
@@ -212,7 +212,7 @@ async function serveTags(
     return expectStatus(r, [200], 'tags', registry.host);
   });
   request.cacheStatus = 'passthrough';
-  const body = await readCapped(res.body);
+  const body = await readCapped(res.body, registry.host);
   reply.code(200).headers({ ...API_VERSION, 'content-type': 'application/json' });
   const page = paginateTags(body, upstreamQuery.n === undefined ? undefined : Number(upstreamQuery.n), upstreamQuery.last);
   const link = page?.next === undefined ? rewriteLink(header(res.headers.link), request, query.ns) : nextLink(request, { n: upstreamQuery.n ?? '', last: page.next }, query.ns);
@@ -271,7 +271,7 @@ async function serveReferrers(
   request.cacheStatus = 'passthrough';
   reply.headers({ ...API_VERSION, 'content-type': MEDIA_TYPES.ociIndex });
   if (res.status === 200) {
-    const body = await readCapped(res.body);
+    const body = await readCapped(res.body, registry.host);
     const filtered = header(res.headers['oci-filters-applied']);
     if (filtered) reply.header('oci-filters-applied', filtered);
     await reply.code(200).send(body);
@@ -288,16 +288,20 @@ async function expectStatus(res: UpstreamResponse, ok: number[], subject: 'tags'
   throw errorForUpstreamStatus(res.status, subject, registry, header(res.headers['retry-after']));
 }
 
-async function readCapped(body: AsyncIterable<Buffer> & { destroy(): void }): Promise<Buffer> {
+async function readCapped(body: AsyncIterable<Buffer> & { destroy(): void }, registry: string): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let total = 0;
-  for await (const chunk of body) {
-    total += chunk.length;
-    if (total > MAX_PASSTHROUGH_BYTES) {
-      body.destroy();
-      throw new OciError('UNKNOWN', 'upstream response too large', { status: 502 });
+  try {
+    for await (const chunk of body) {
+      total += chunk.length;
+      if (total > MAX_PASSTHROUGH_BYTES) {
+        body.destroy();
+        throw new OciError('UNKNOWN', 'upstream response too large', { status: 502 });
+      }
+      chunks.push(chunk);
     }
-    chunks.push(chunk);
+  } catch (err) {
+    throw errorForBodyFailure(err, registry);
   }
   return Buffer.concat(chunks);
 }
