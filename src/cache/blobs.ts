@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import type { RegistryConfig } from '../config/load.js';
 import type { Metadata } from '../db/queries.js';
 import { OciError, isOciError } from '../oci/errors.js';
+import type { ParsedManifestJson } from '../oci/media-types.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { drain, type UpstreamClient } from '../upstream/client.js';
 import type { Credential } from '../upstream/credentials.js';
@@ -20,11 +21,16 @@ export type BlobSource = 'store' | 'inflight' | 'upstream';
 /** A blob ready to be served: its size and a way to stream any range of it. */
 export interface BlobAnswer {
   digest: string;
-  /** Total size, unknown only while an upstream fill without Content-Length is running. */
+  /**
+   * Total size when known to be true: stored or verified, or as a stored manifest of the repository describes it.
+   * Undefined while an upstream fill runs without one: an upstream Content-Length is a claim, not a size.
+   */
   size: number | undefined;
   source: BlobSource;
   /** Streams `[start, end]` inclusive. */
   open(start?: number, end?: number): Readable;
+  /** The verified size, once the content is verified (at once for a stored blob); rejects with the fill's failure. */
+  verifiedSize(): Promise<number>;
   /** For a blob being fetched: resolves once it is committed to the store. */
   committed?: Promise<void>;
 }
@@ -110,14 +116,21 @@ export class BlobCache {
   }
 
   private answerFor(fill: BlobFill, source: BlobSource): BlobAnswer {
-    return { digest: fill.digest, size: fill.size, source, open: (start, end) => fill.createReader(start, end), committed: fill.done };
+    return {
+      digest: fill.digest,
+      size: fill.size,
+      source,
+      open: (start, end) => fill.createReader(start, end),
+      verifiedSize: () => fill.verification.then(() => fill.written),
+      committed: fill.done,
+    };
   }
 
   /**
    * Answers a HEAD without reading or fetching any body. `upstreamOnly` (a client not yet authorized for the blob)
    * never answers from the store or a running fill: the upstream's answer to this client is the authorization.
    */
-  async head(req: BlobRequest, options: { upstreamOnly?: boolean; signal?: AbortSignal } = {}): Promise<{ size: number; source: BlobSource }> {
+  async head(req: BlobRequest, options: { upstreamOnly?: boolean; signal?: AbortSignal } = {}): Promise<{ size: number | undefined; source: BlobSource }> {
     const signal = options.signal;
     if (!options.upstreamOnly) {
       const row = this.deps.metadata.getBlob(req.digest);
@@ -126,7 +139,7 @@ export class BlobCache {
       if (fill) {
         try {
           await fill.ready;
-          if (fill.size !== undefined) return { size: fill.size, source: 'inflight' };
+          return { size: fill.size, source: 'inflight' };
         } catch {
           // Another client's refused fill: ask the upstream for this one.
         }
@@ -142,11 +155,28 @@ export class BlobCache {
     });
     await drain(res.body);
     if (res.status !== 200) throw errorForUpstreamStatus(res.status, 'blob', req.registry.host, header(res.headers['retry-after']));
-    const size = Number(res.headers['content-length']);
-    if (!Number.isSafeInteger(size) || size < 0) {
-      throw new OciError('UNAVAILABLE', 'upstream HEAD gave no Content-Length', { status: 502 });
+    // The upstream's Content-Length is a claim nothing verified: only a stored manifest's size is announced.
+    return { size: await this.describedSize(req), source: 'upstream' };
+  }
+
+  /**
+   * The blob's size as the stored manifests of its repository describe it, when they agree: those manifests were
+   * verified against their digests, so their descriptors are the sizes the client will check the blob against.
+   */
+  private async describedSize(req: BlobRequest): Promise<number | undefined> {
+    const sizes = new Set<number>();
+    for (const parent of this.deps.metadata.parentsInRepository(req.registry.host, req.repository, req.digest)) {
+      let parsed: ParsedManifestJson;
+      try {
+        parsed = JSON.parse((await this.deps.store.readSmall(parent)).toString('utf8')) as ParsedManifestJson;
+      } catch {
+        continue; // evicted meanwhile, or not a manifest we read: it promises nothing
+      }
+      for (const d of [parsed.config, ...(Array.isArray(parsed.layers) ? parsed.layers : [])]) {
+        if (d?.digest === req.digest && Number.isSafeInteger(d.size) && (d.size as number) >= 0) sizes.add(d.size as number);
+      }
     }
-    return { size, source: 'upstream' };
+    return sizes.size === 1 ? [...sizes][0] : undefined;
   }
 
   /** A stored blob's answer, when the store has it. */
@@ -160,6 +190,7 @@ export class BlobCache {
       digest,
       size: row.size,
       source: 'store',
+      verifiedSize: () => Promise.resolve(row.size),
       open: (start, end) => {
         const stream = store.openRead(digest, start, end);
         serving.set(digest, (serving.get(digest) ?? 0) + 1);
@@ -207,6 +238,7 @@ export class BlobCache {
           const blocked = pulls?.backoff.check(backoffKey);
           if (blocked) throw blocked;
           lease = await pulls?.limiter.acquire(imageKeys(this.deps.metadata, req.registry.host, req.repository, req.digest), signal);
+          const described = await this.describedSize(req);
           const res = await upstream.send({
             registry: req.registry,
             method: 'GET',
@@ -219,10 +251,19 @@ export class BlobCache {
             await drain(res.body);
             throw errorForUpstreamStatus(res.status, 'blob', req.registry.host, header(res.headers['retry-after']));
           }
-          const length = Number(res.headers['content-length']);
+          const declared = res.headers['content-length'];
+          const length = declared === undefined ? undefined : Number(declared);
+          const claimed = length !== undefined && Number.isSafeInteger(length) && length >= 0 ? length : undefined;
+          if (described !== undefined && claimed !== undefined && claimed !== described) {
+            await drain(res.body);
+            throw new OciError('SIZE_INVALID', 'upstream Content-Length does not match the manifest', {
+              status: 502,
+              detail: { digest: req.digest, size: described, upstreamSize: claimed },
+            });
+          }
           const watched = withIdleTimeout(res.body, req.registry.transport.idleTimeoutMs, req.registry.host);
           const body = pulls?.bandwidth ? pulls.bandwidth.throttle(watched) : watched;
-          return { body, size: Number.isSafeInteger(length) && length >= 0 ? length : undefined };
+          return { body, size: described ?? claimed, promised: described };
         },
         (size) => {
           metadata.insertBlob(req.digest, size, null);

@@ -14,8 +14,8 @@ type FillState = 'filling' | 'committed' | 'failed';
 /**
  * One upstream download of one digest into a temp file, readable by any number of clients while it grows.
  *
- * Readers never get the last byte before the digest is verified, so a body that fails verification is never
- * delivered complete. They need not wait for the commit (fsync, rename): verified bytes are correct bytes, and
+ * Readers never get the last byte (of the blob, or of their range) before the digest is verified, so a body that
+ * fails verification is never delivered complete. They need not wait for the commit (fsync, rename): verified bytes are correct bytes, and
  * fsyncs on every layer's critical path would slow every cold pull. Clients come and go; the fill runs to completion
  * on its own signal.
  */
@@ -26,10 +26,14 @@ export class BlobFill extends EventEmitter {
   /** Size and digest checked: every byte may be delivered, even before the commit. */
   verified = false;
   error: unknown;
-  /** Size announced by the upstream (Content-Length), when it sent one. */
+  /** The length the body must have (the opener's: a known size, else the upstream's Content-Length), when there is one. */
   expectedSize: number | undefined;
+  /** A size known to be true before the body is verified (a stored manifest's descriptor); never the upstream's claim. */
+  promisedSize: number | undefined;
   /** Resolves once the upstream answered with a body (or rejects with its error). */
   readonly ready: Promise<void>;
+  /** Resolves once size and digest are verified; rejects when the fill fails before that. */
+  readonly verification: Promise<void>;
   /** Resolves when the fill is committed; rejects when it fails. */
   readonly done: Promise<void>;
 
@@ -38,6 +42,8 @@ export class BlobFill extends EventEmitter {
   private closed = false;
   private resolveReady!: () => void;
   private rejectReady!: (err: unknown) => void;
+  private resolveVerification!: () => void;
+  private rejectVerification!: (err: unknown) => void;
   private resolveDone!: () => void;
   private rejectDone!: (err: unknown) => void;
 
@@ -55,19 +61,29 @@ export class BlobFill extends EventEmitter {
       this.resolveDone = res;
       this.rejectDone = rej;
     });
+    this.verification = new Promise((res, rej) => {
+      this.resolveVerification = res;
+      this.rejectVerification = rej;
+    });
     // Nobody may be waiting on these when a fill fails; avoid unhandled rejections.
     this.ready.catch(() => undefined);
     this.done.catch(() => undefined);
+    this.verification.catch(() => undefined);
   }
 
   /**
    * Streams `body` into a temp file, verifying size and digest, then commits it and calls `onCommit`
-   * (which writes the database row) before readers may see the final byte.
+   * (which writes the database row). `size` is the length the body must have; `promised` a size known to be true
+   * that readers may announce before verification.
    */
-  async run(open: () => Promise<{ body: Readable; size: number | undefined }>, onCommit: (size: number) => void): Promise<void> {
+  async run(
+    open: () => Promise<{ body: Readable; size: number | undefined; promised?: number | undefined }>,
+    onCommit: (size: number) => void,
+  ): Promise<void> {
     try {
-      const { body, size } = await open();
+      const { body, size, promised } = await open();
       this.expectedSize = size;
+      this.promisedSize = promised;
       try {
         this.temp = await this.store.createTemp();
       } catch (err) {
@@ -86,6 +102,7 @@ export class BlobFill extends EventEmitter {
         throw new OciError('DIGEST_INVALID', 'upstream content does not match its digest', { status: 502, detail: { digest: this.digest } });
       }
       this.verified = true;
+      this.resolveVerification();
       this.emit('change');
       await this.store.commit(this.temp, this.digest);
       onCommit(this.written);
@@ -95,6 +112,7 @@ export class BlobFill extends EventEmitter {
       this.state = 'failed';
       this.error = err;
       this.rejectReady(err);
+      this.rejectVerification(err);
       this.rejectDone(err);
       if (this.temp) await this.store.discard(this.temp).catch(() => undefined);
     } finally {
@@ -103,9 +121,9 @@ export class BlobFill extends EventEmitter {
     }
   }
 
-  /** Final size when known: committed size, else the announced one. */
+  /** The size when known to be true: verified, or promised by a stored manifest; never the upstream's unverified claim. */
   get size(): number | undefined {
-    return this.state === 'committed' ? this.written : this.expectedSize;
+    return this.verified || this.state === 'committed' ? this.written : this.promisedSize;
   }
 
   /** A stream of bytes `[start, end]` (inclusive; end undefined = to the end) that follows the growing file. */
@@ -152,15 +170,15 @@ export class BlobFill extends EventEmitter {
             return;
           }
           const last = end ?? Number.POSITIVE_INFINITY;
-          // Hold back the final byte until verified: an unverified body is never delivered complete.
           const complete = fill.verified || fill.state === 'committed';
-          const available = complete ? fill.written : fill.written - 1;
           if (position > last || (complete && position >= fill.written)) {
             stream.push(null);
             release();
             return;
           }
-          const upTo = Math.min(available, last + 1);
+          // Hold back the final byte of the blob, and of the range, until verified: an unverified body or range is
+          // never delivered complete.
+          const upTo = complete ? Math.min(fill.written, last + 1) : Math.min(fill.written - 1, last);
           if (position >= upTo || !fill.temp) return; // wait for 'change'
           const length = Math.min(READ_CHUNK, upTo - position);
           const buffer = Buffer.allocUnsafe(length);

@@ -25,6 +25,8 @@ describe('blobs through the cache', () => {
   });
 
   it('fetches a blob once and serves the next request from disk', async () => {
+    // As a client does: the manifest first, so the cache knows the layer's true size before it has the layer.
+    expect((await call(`${cache.url}/v2/team/app/manifests/1.0?ns=${upstream.host}`)).status).toBe(200);
     const first = await call(blobUrl);
     expect(first.status).toBe(200);
     expect(sha256(first.body)).toBe(layer.digest);
@@ -97,12 +99,14 @@ describe('blobs through the cache', () => {
 
   it('answers HEAD without reading any blob, cold or stored', async () => {
     const openRead = vi.spyOn(cache.services.store, 'openRead');
+    expect((await call(`${cache.url}/v2/team/app/manifests/1.0?ns=${upstream.host}`)).status).toBe(200);
     const cold = await call(blobUrl, { method: 'HEAD' });
     expect(cold.status).toBe(200);
     expect(cold.headers['content-length']).toBe(String(layer.bytes.length));
     expect(cold.headers['docker-content-digest']).toBe(layer.digest);
     expect(upstream.count('GET', /\/blobs\//)).toBe(0);
-    expect(upstream.count('HEAD', /\/blobs\//)).toBe(1);
+    const heads = upstream.count('HEAD', /\/blobs\//);
+    expect(heads).toBeGreaterThanOrEqual(1);
     await call(blobUrl);
     await cache.services.blobs.settle();
     openRead.mockClear();
@@ -110,7 +114,7 @@ describe('blobs through the cache', () => {
     expect(warm.status).toBe(200);
     expect(warm.body.length).toBe(0);
     expect(openRead).not.toHaveBeenCalled();
-    expect(upstream.count('HEAD', /\/blobs\//)).toBe(1);
+    expect(upstream.count('HEAD', /\/blobs\//)).toBe(heads);
   });
 
   it('serves a single Range with 206 from a stored blob', async () => {

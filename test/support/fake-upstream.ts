@@ -26,7 +26,8 @@ export type Fault =
   | { kind: 'truncate'; afterBytes: number }
   /** The full length, with the byte at `at` (default: the last one) flipped. */
   | { kind: 'wrong-bytes'; at?: number }
-  | { kind: 'slow'; chunkBytes: number; delayMs: number }
+  /** The body in `chunkBytes` pieces `delayMs` apart; with `flipAt`, that byte flipped. */
+  | { kind: 'slow'; chunkBytes: number; delayMs: number; flipAt?: number }
   /**
    * The correct body with `Connection: close`, then FIN right after the last byte, as nginx answers the last request
    * of a keep-alive connection.
@@ -236,14 +237,11 @@ export class FakeUpstream {
         await sleep(20);
         res.destroy();
         return;
-      case 'wrong-bytes': {
-        const wrong = Buffer.from(bytes);
-        const at = fault.at ?? wrong.length - 1;
-        wrong[at] = (wrong[at] ?? 0) ^ 0xff;
-        res.end(wrong);
+      case 'wrong-bytes':
+        res.end(flipped(bytes, fault.at ?? bytes.length - 1));
         return;
-      }
       case 'slow':
+        if (fault.flipAt !== undefined) bytes = flipped(bytes, fault.flipAt);
         for (let i = 0; i < bytes.length; i += fault.chunkBytes) {
           if (res.destroyed) return;
           const last = i + fault.chunkBytes >= bytes.length;
@@ -330,6 +328,13 @@ function checkBasic(header: string, users: Record<string, string>): string | und
   const i = decoded.indexOf(':');
   const user = decoded.slice(0, i);
   return i > 0 && users[user] === decoded.slice(i + 1) ? user : undefined;
+}
+
+/** A copy of `bytes` with the byte at `at` inverted. */
+function flipped(bytes: Buffer, at: number): Buffer {
+  const copy = Buffer.from(bytes);
+  copy[at] = (copy[at] ?? 0) ^ 0xff;
+  return copy;
 }
 
 function notFound(res: ServerResponse, code: string): void {

@@ -151,7 +151,8 @@ async function serveBlob(
     );
     const { size, source } = head;
     request.cacheStatus = source === 'store' ? 'hit' : source === 'upstream' ? 'miss' : source;
-    reply.code(200).headers({ ...common, 'content-length': String(size) });
+    reply.code(200).headers(common);
+    if (size !== undefined) reply.header('content-length', String(size));
     await reply.send();
     return;
   }
@@ -170,12 +171,15 @@ async function serveBlob(
   answer ??= deps.blobs.stored(digest);
   answer ??= (await deps.verifier.tryUpstream(access, (credential) => deps.blobs.get({ ...blobRequest, ...(credential ? { credential } : {}) }))).value;
   request.cacheStatus = answer.source === 'store' ? 'hit' : answer.source === 'upstream' ? 'miss' : answer.source;
-  const range = answer.size === undefined ? undefined : parseRange(header(request.headers.range), answer.size);
-  if (range && answer.size !== undefined) {
+  const rangeHeader = header(request.headers.range);
+  // Without a size known to be true, a range (its bounds, its total, a 416) waits for the fill to verify one.
+  const size = answer.size ?? (rangeHeader ? await answer.verifiedSize() : undefined);
+  const range = size === undefined ? undefined : parseRange(rangeHeader, size);
+  if (range) {
     reply.code(206).headers({
       ...common,
       'content-length': String(range.end - range.start + 1),
-      'content-range': `bytes ${range.start}-${range.end}/${answer.size}`,
+      'content-range': `bytes ${range.start}-${range.end}/${size}`,
     });
     await reply.send(answer.open(range.start, range.end));
     return;
