@@ -4,6 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { afterEach, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config/load.js';
+import { createLogger } from '../../src/log.js';
+import { preloadImage } from '../../src/preload/preload.js';
+import { openStore } from '../../src/services.js';
 import { startCache } from '../support/cache-server.js';
 import { runCli } from '../support/cli.js';
 import { FakeUpstream, makeImage } from '../support/fake-upstream.js';
@@ -33,8 +37,11 @@ describe('what the commands tell an operator', () => {
     const two = makeImage([4000]);
     await writeOciLayout(join(work, 'one'), one);
     await writeOciLayout(join(work, 'two'), two);
-    expect((await runCli(['preload', join(work, 'one'), '--name', `${upstream.host}/apps/one:1.0`, '--config', configFile])).code).toBe(0);
-    expect((await runCli(['preload', join(work, 'two'), '--name', `${upstream.host}/apps/two:2.0`, '--config', configFile])).code).toBe(0);
+    // Imported in-process (the CLI's preload has its own tests): fewer process starts on a loaded 2-core machine.
+    const opened = await openStore(loadConfig({ file: configFile, env: {} }), createLogger('silent'));
+    await preloadImage(join(work, 'one'), `${upstream.host}/apps/one:1.0`, opened);
+    await preloadImage(join(work, 'two'), `${upstream.host}/apps/two:2.0`, opened);
+    await opened.close();
     const dry = await runCli(['gc', '--dry-run', '--config', configFile]);
     expect(dry.code).toBe(0);
     expect(dry.stdout).toContain(`would evict ${upstream.host}/apps/one:1.0 (${one.manifestDigest})`);
