@@ -72,6 +72,26 @@ export interface Config {
   pullQueueTimeoutMs: number;
   pullLingerMs: number;
   upstreamBandwidthLimit: number | undefined;
+  /** Sharing blobs between nodes; undefined when it is off (no `peers`, no Kubernetes discovery). */
+  peers: PeerSettings | undefined;
+}
+
+/** Resolved peer-sharing settings. */
+export interface PeerSettings {
+  /** Where this node's peer listener binds. */
+  listen: { host: string; port: number };
+  /** Static members (`host:port`), empty with Kubernetes discovery. */
+  members: readonly string[];
+  discovery: 'static' | 'kubernetes';
+  /** Kubernetes discovery: the headless Service and its peer port name. */
+  service: string | undefined;
+  portName: string;
+  /** The shared secret's bytes (read from `peerSecret` at start). */
+  secret: Buffer;
+  connectTimeoutMs: number;
+  answerTimeoutMs: number;
+  idleTimeoutMs: number;
+  sharePrivateLayers: boolean;
 }
 
 /** One invalid key and what is wrong with it. */
@@ -334,9 +354,52 @@ function finalize(raw: RawConfig, unlimitedPulls: boolean, problems: Problems): 
     pullLingerMs: duration('pullLinger', raw.pullLinger),
     upstreamBandwidthLimit:
       raw.upstreamBandwidthLimit === undefined ? undefined : problems.check(() => parseBytes('upstreamBandwidthLimit', raw.upstreamBandwidthLimit as number | string), undefined),
+    peers: resolvePeers(raw, problems, duration),
   });
   problems.throwIfAny();
   return config;
+}
+
+/** Minimum length of the peer secret: it is an HMAC key shared by every node. */
+const MIN_PEER_SECRET_BYTES = 32;
+
+/** Peer sharing is on when members are listed or discovered; then it needs a listener and a secret. */
+function resolvePeers(raw: RawConfig, problems: Problems, duration: (key: string, value: string) => number): PeerSettings | undefined {
+  if (raw.peers.length === 0 && raw.peerDiscovery !== 'kubernetes') {
+    for (const key of ['peerListen', 'peerSecret', 'peerService'] as const) {
+      if (raw[key] !== undefined) problems.add(key, 'set, but sharing between nodes is off (no peers and peerDiscovery is not kubernetes)');
+    }
+    return undefined;
+  }
+  const members = raw.peers;
+  members.forEach((m, i) => problems.check(() => parseListen(`peers[${i}]`, m), undefined));
+  if (raw.peerDiscovery === 'kubernetes' && raw.peers.length > 0) problems.add('peers', 'peerDiscovery kubernetes finds the members itself: remove peers');
+  if (raw.peerDiscovery === 'kubernetes' && raw.peerService === undefined) problems.add('peerService', 'required with peerDiscovery: kubernetes (the headless Service of the DaemonSet)');
+  const listen = raw.peerListen === undefined ? undefined : problems.check(() => parseListen('peerListen', raw.peerListen as string), undefined);
+  if (raw.peerListen === undefined) problems.add('peerListen', 'required when sharing between nodes is on (host:port of this node\'s peer listener)');
+  let secret = Buffer.alloc(0);
+  if (raw.peerSecret === undefined) {
+    problems.add('peerSecret', 'required when sharing between nodes is on: a file holding the cluster\'s shared secret');
+  } else {
+    try {
+      secret = Buffer.from(readFileSync(resolve(raw.peerSecret), 'utf8').trim(), 'utf8');
+      if (secret.length < MIN_PEER_SECRET_BYTES) problems.add('peerSecret', `the secret in ${raw.peerSecret} is ${secret.length} bytes; at least ${MIN_PEER_SECRET_BYTES} are required`);
+    } catch (err) {
+      problems.add('peerSecret', `cannot read ${raw.peerSecret}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  }
+  return Object.freeze({
+    listen: listen ?? { host: '', port: 0 },
+    members: Object.freeze([...members]),
+    discovery: raw.peerDiscovery,
+    service: raw.peerService,
+    portName: raw.peerPortName,
+    secret,
+    connectTimeoutMs: duration('peerConnectTimeout', raw.peerConnectTimeout),
+    answerTimeoutMs: duration('peerAnswerTimeout', raw.peerAnswerTimeout),
+    idleTimeoutMs: duration('peerIdleTimeout', raw.peerIdleTimeout),
+    sharePrivateLayers: raw.peerSharePrivateLayers,
+  });
 }
 
 function parseListen(key: string, value: string): { host: string; port: number } {
