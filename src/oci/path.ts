@@ -66,7 +66,8 @@ export interface Target {
 /**
  * Picks the upstream: containerd's `?ns=`, else a leading path component naming a configured registry
  * (podman/CRI-O/skopeo mirrors with a path prefix), else the default registry.
- * An unknown `ns` (or host:port prefix) is DENIED, never contacted: the cache is not an open proxy.
+ * An unknown `ns` (or host-like prefix: `ghcr.io/`, `host:5000/`, `localhost/`) is DENIED, never contacted: the cache
+ * is not an open proxy, and a client's credentials for that host never go to the default registry.
  */
 export function resolveTarget(name: string, ns: string | undefined, knownRegistries: ReadonlySet<string>, defaultRegistry: string): Target {
   if (ns !== undefined && ns !== '') {
@@ -84,11 +85,18 @@ export function resolveTarget(name: string, ns: string | undefined, knownRegistr
       assertRepositoryName(repository);
       return { registry: first, repository: canonicalRepository(first, repository) };
     }
-    if (first.includes(':')) {
+    // Docker's reference rule: a first component with '.' or ':', or `localhost`, is a registry host. One that is not
+    // configured is refused, never read as a namespace of the default registry (which would get the client's credentials).
+    if (looksLikeHost(first)) {
       throw new OciError('DENIED', `registry ${first.slice(0, 200)} is not configured on this cache`, { detail: { registry: first.slice(0, 200) } });
     }
   }
   return { registry: defaultRegistry, repository: canonicalRepository(defaultRegistry, name) };
+}
+
+/** Whether a first path component names a registry host rather than a namespace. */
+function looksLikeHost(component: string): boolean {
+  return component.includes('.') || component.includes(':') || component === 'localhost';
 }
 
 const HOST_PREFIX_RE = /^[a-zA-Z0-9.-]+(?::[0-9]{1,5})?$/;

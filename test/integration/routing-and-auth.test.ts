@@ -67,6 +67,19 @@ describe('request validation and upstream selection', () => {
     expect(upstream.requests.length + other.requests.length).toBe(before);
   });
 
+  it('refuses a host-like first path component that is not configured instead of sending its credentials to the default registry', async () => {
+    const basic = { authorization: `Basic ${Buffer.from('tenant:s3cret').toString('base64')}` };
+    for (const name of ['ghcr.io/acme/app', 'localhost/app', 'evil.example.com/library/busybox', 'Registry.Example/app']) {
+      const res = await call(`${cache.url}/v2/${name}/manifests/latest`, { headers: basic });
+      expect(res.status, name).toBe(name.startsWith('Registry.') ? 400 : 403);
+      if (res.status === 403) expect(errorCode(res)).toBe('DENIED');
+    }
+    const token = await call(`${cache.url}/auth/token?scope=repository:ghcr.io/acme/app:pull`, { headers: basic });
+    expect(token.status).toBe(403);
+    expect(upstream.requests).toHaveLength(0);
+    expect(upstream.tokenRequests).toHaveLength(0);
+  });
+
   it.each([
     ['/v2/UPPER/manifests/1.0', 400, 'NAME_INVALID'],
     ['/v2/a..b/manifests/1.0', 400, 'NAME_INVALID'],

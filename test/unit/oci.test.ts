@@ -88,6 +88,11 @@ describe('/v2/ paths', () => {
     expect(resolveTarget('127.0.0.1:15000/app', undefined, known, 'docker.io')).toEqual({ registry: '127.0.0.1:15000', repository: 'app' });
     expect(resolveTarget('org/app', undefined, known, 'ghcr.io')).toEqual({ registry: 'ghcr.io', repository: 'org/app' });
     expect(codeOf(() => resolveTarget('app', 'quay.io', known, 'docker.io'))).toBe('DENIED');
+    // A first component that names a host is a registry, never a namespace of the default one.
+    for (const name of ['quay.io/org/app', 'localhost/app', 'registry.internal/app', '10.0.0.1:5000/app']) {
+      expect(codeOf(() => resolveTarget(name, undefined, known, 'docker.io')), name).toBe('DENIED');
+    }
+    expect(resolveTarget('my-org/app', undefined, known, 'docker.io')).toEqual({ registry: 'docker.io', repository: 'my-org/app' });
   });
 });
 
