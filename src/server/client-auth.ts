@@ -45,9 +45,25 @@ export function identify(
   throw challenge();
 }
 
+/** A Host header that is a bare name, IPv4 or bracketed IPv6 address, with an optional port: nothing to quote. */
+const HOST_HEADER_RE = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$/;
+
+/**
+ * Where the client reached the cache: its Host header when well-formed (a client that connected through a name gets
+ * its realm under that name), otherwise the address of the socket it connected to. A Host is client input: it must
+ * never be able to quote its way into the challenge (a second `realm=`) or point the realm at a path.
+ */
+function realmAuthority(request: FastifyRequest): string {
+  const host = request.headers.host;
+  if (host !== undefined && HOST_HEADER_RE.test(host)) return host;
+  const socket = request.socket;
+  const address = (socket.localAddress ?? '127.0.0.1').replace(/^::ffff:(?=\d+\.)/, '');
+  return `${address.includes(':') ? `[${address}]` : address}:${socket.localPort ?? 80}`;
+}
+
 /** A 401 whose Bearer challenge points the client at the cache's own token realm. */
 export function challengeFor(request: FastifyRequest, scopeName: string | undefined, ns: string | undefined): OciError {
-  const host = request.headers.host ?? `${request.hostname}`;
+  const host = realmAuthority(request);
   const realm = `http://${host}${TOKEN_PATH}${ns ? `?ns=${encodeURIComponent(ns)}` : ''}`;
   const scope = scopeName ? `,scope="repository:${scopeName}:pull"` : '';
   return new OciError('UNAUTHORIZED', 'authentication required', {

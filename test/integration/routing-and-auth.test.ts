@@ -44,6 +44,19 @@ describe('request validation and upstream selection', () => {
     }
   });
 
+  it('builds the challenge realm from a well-formed Host only: a quoted Host cannot inject a second realm', async () => {
+    const port = new URL(cache.url).port;
+    const named = await call(`${cache.url}/v2/`, { headers: { host: `localhost:${port}` } });
+    expect(named.headers['www-authenticate']).toBe(`Bearer realm="http://localhost:${port}/auth/token",service="registry-cache"`);
+    for (const host of [`x",realm="http://attacker.example/`, 'a b', `127.0.0.1:${port}/evil?`, 'x\\y']) {
+      const res = await call(`${cache.url}/v2/?ns=docker.io`, { headers: { host } });
+      expect(res.status, host).toBe(401);
+      const challenge = res.headers['www-authenticate'] as string;
+      expect(challenge.match(/realm=/g), host).toHaveLength(1);
+      expect(challenge, host).toBe(`Bearer realm="${cache.url}/auth/token?ns=docker.io",service="registry-cache"`);
+    }
+  });
+
   it('picks the upstream from ns=, from a registry path prefix, or the default, and adds library/ for Docker Hub', async () => {
     const viaNs = await call(`${cache.url}/v2/busybox/manifests/1.36?ns=docker.io`);
     expect(viaNs.status).toBe(200);
