@@ -17,13 +17,18 @@ interface CachedToken {
   expiresAt: number;
 }
 
-/** Whether credentials may be sent to `realm` when talking to `upstream`: same registrable domain (or same host for IPs). */
+/**
+ * Whether credentials may be sent to `realm` when talking to `upstream`: the same registrable domain (Docker Hub's
+ * realm is auth.docker.io for registry-1.docker.io), never downgraded to http. Without a registrable domain (an IP
+ * address, `localhost`, a single-label name) only the same origin qualifies: another port on the same machine is
+ * another service, not the registry.
+ */
 export function realmMayReceiveCredentials(realm: URL, upstream: URL): boolean {
   if (realm.protocol !== 'https:' && upstream.protocol === 'https:') return false;
   const a = getDomain(realm.hostname, { allowPrivateDomains: true });
   const b = getDomain(upstream.hostname, { allowPrivateDomains: true });
   if (a && b) return a === b;
-  return realm.hostname === upstream.hostname;
+  return realm.origin === upstream.origin;
 }
 
 /** Fetches and caches Bearer tokens per (upstream, scope, credential); concurrent fetches of one token share a request. */

@@ -197,6 +197,21 @@ describe('upstream authentication and transport failures', () => {
     expect(upstream.tokenRequests[0]?.headers.authorization).toBeUndefined();
   });
 
+  it('gives a token realm on the same IP address but another port no credentials', async () => {
+    // Another service on the registry's machine (here a second fake) claims to be the token realm.
+    const other = await new FakeUpstream().start();
+    try {
+      other.auth = { kind: 'bearer', users: {} };
+      upstream.auth = { kind: 'bearer', realmOrigin: other.url, users: { robot: 'port-pw' } };
+      cache = await startCache({}, { registries: { [upstream.host]: { url: upstream.url, username: 'robot', password: 'port-pw' } }, defaultRegistry: upstream.host });
+      await call(`${cache.url}/v2/team/app/manifests/1.0?ns=${upstream.host}`);
+      expect(other.tokenRequests).toHaveLength(1);
+      expect(other.tokenRequests[0]?.headers.authorization).toBeUndefined();
+    } finally {
+      await other.stop();
+    }
+  });
+
   it('uses Basic credentials when the upstream challenges with Basic', async () => {
     upstream.auth = { kind: 'basic', users: { robot: 'pw' } };
     cache = await startCache({}, { registries: { [upstream.host]: { url: upstream.url, username: 'robot', password: 'pw' } }, defaultRegistry: upstream.host });
