@@ -19,7 +19,7 @@ WORKDIR /app
 COPY --from=build /src/package.json ./package.json
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
-RUN mkdir -p /var/lib/registry-cache && chown 65532:65532 /var/lib/registry-cache \
+RUN mkdir -p /var/lib/registry-cache && chown 65532:65532 /var/lib/registry-cache && chmod 0700 /var/lib/registry-cache \
  && ln -s /app/dist/cli.js /usr/local/bin/registry-cache && chmod 0755 /app/dist/cli.js
 USER 65532:65532
 VOLUME ["/var/lib/registry-cache"]

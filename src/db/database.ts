@@ -1,3 +1,4 @@
+import { chmodSync, closeSync, openSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { MIGRATIONS } from './migrations.js';
 
@@ -6,6 +7,16 @@ export type Db = Database.Database;
 
 /** Opens the metadata database with WAL and the pragmas a small, write-light cache wants; migrates it. */
 export function openDatabase(file: string): Db {
+  // SQLite creates the -wal and -shm files with the database file's mode: create it 0600 first (and tighten an old one).
+  closeSync(openSync(file, 'a', 0o600));
+  for (const f of [file, `${file}-wal`, `${file}-shm`]) {
+    try {
+      chmodSync(f, 0o600);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'EPERM') throw err;
+    }
+  }
   const db = new Database(file);
   db.pragma('journal_mode = WAL');
   // NORMAL is durable across process crashes in WAL mode; a power cut may lose the last rows, never files.

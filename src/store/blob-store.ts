@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { createReadStream, type ReadStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { blobPath, storeLayout, type StoreLayout } from './layout.js';
 
@@ -17,6 +17,11 @@ export interface TempFile {
  */
 const READ_HIGH_WATER_MARK = 256 * 1024;
 
+/** Store directories and files are the cache user's alone. */
+export const DIR_MODE = 0o700;
+/** Mode of every file the store writes. */
+export const FILE_MODE = 0o600;
+
 /** Content-addressed files on disk. Knows nothing of the database. */
 export class BlobStore {
   readonly layout: StoreLayout;
@@ -25,10 +30,18 @@ export class BlobStore {
     this.layout = storeLayout(root);
   }
 
-  /** Creates the directories. */
+  /**
+   * Creates the directories, private to the cache's user (0700): the store holds private images and the node secret.
+   * A store created by an older version (0755) is tightened; the files inside it are then out of reach too.
+   */
   async ensureDirectories(): Promise<void> {
-    await mkdir(this.layout.blobsDir, { recursive: true });
-    await mkdir(this.layout.tmpDir, { recursive: true });
+    for (const dir of [this.layout.root, this.layout.blobsDir, this.layout.tmpDir]) {
+      await mkdir(dir, { recursive: true, mode: DIR_MODE });
+      await chmod(dir, DIR_MODE).catch((err: NodeJS.ErrnoException) => {
+        // Someone else's directory (a read-only `records` run by another user) is left as it is.
+        if (err.code !== 'EPERM') throw err;
+      });
+    }
   }
 
   /** Removes downloads left over from a previous run; only the store's lock holder may (they may be someone's). */
@@ -69,7 +82,7 @@ export class BlobStore {
   /** Opens a new temp file for reading and writing. */
   async createTemp(): Promise<TempFile> {
     const path = join(this.layout.tmpDir, `${Date.now().toString(36)}-${randomBytes(8).toString('hex')}`);
-    const handle = await open(path, 'w+', 0o644);
+    const handle = await open(path, 'w+', FILE_MODE);
     return { path, handle };
   }
 
@@ -78,7 +91,7 @@ export class BlobStore {
     await temp.handle.sync();
     const target = this.pathFor(digest);
     const dir = dirname(target);
-    await mkdir(dir, { recursive: true });
+    await mkdir(dir, { recursive: true, mode: DIR_MODE });
     await rename(temp.path, target);
     await syncDirectory(dir);
   }

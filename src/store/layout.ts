@@ -11,6 +11,8 @@ import { parseDigest } from '../oci/digest.js';
  *     tmp/<random>             downloads in progress; same filesystem so commit is a rename; wiped at start
  *     registry-cache.db        SQLite metadata (WAL mode: also -wal and -shm files)
  *
+ * Every directory is 0700 and every file 0600: the store holds private images and the node secret.
+ *
  * A file under blobs/ exists before its database row, so a row always means a complete file.
  */
 

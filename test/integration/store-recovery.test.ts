@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdtemp, readdir, rm, unlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -12,6 +12,41 @@ describe('store recovery and the CLI', () => {
   const cleanup: (() => Promise<void>)[] = [];
   afterEach(async () => {
     for (const fn of cleanup.splice(0).reverse()) await fn();
+  });
+
+  it('keeps the store private to its user: directories 0700 and files 0600, an existing 0755 store tightened', async () => {
+    const upstream = await new FakeUpstream().start();
+    cleanup.push(() => upstream.stop());
+    const image = makeImage([4096]);
+    upstream.push('app', '1', image);
+    const parent = await mkdtemp(join(tmpdir(), 'rc-modes-'));
+    cleanup.push(() => rm(parent, { recursive: true, force: true }));
+    const modes = async (dir: string): Promise<Map<string, number>> => {
+      const out = new Map<string, number>([[dir, (await stat(dir)).mode & 0o777]]);
+      for (const entry of await readdir(dir, { withFileTypes: true, recursive: true })) {
+        const path = join(entry.parentPath, entry.name);
+        out.set(path, (await stat(path)).mode & 0o777);
+      }
+      return out;
+    };
+    const fresh = join(parent, 'fresh');
+    const existing = join(parent, 'existing');
+    await mkdir(existing, { mode: 0o755 });
+    await chmod(existing, 0o755);
+    for (const storage of [fresh, existing]) {
+      const cache = await startCache({ [upstream.host]: upstream.url }, {}, storage);
+      cleanup.push(() => cache.stop());
+      expect((await call(`${cache.url}/v2/app/manifests/1?ns=${upstream.host}`)).status).toBe(200);
+      for (const b of image.blobs) expect(sha256((await call(`${cache.url}/v2/app/blobs/${b.digest}?ns=${upstream.host}`)).body)).toBe(b.digest);
+      await cache.services.blobs.settle();
+      const seen = await modes(storage);
+      // The store, blobs/, tmp/, a blob's fan-out directories, blob and manifest files, the database (and -wal, -shm), the lock, the node secret.
+      expect(seen.size).toBeGreaterThan(10);
+      for (const [path, mode] of seen) {
+        const isDir = (await stat(path)).isDirectory();
+        expect({ path, mode: mode.toString(8) }).toEqual({ path, mode: isDir ? '700' : '600' });
+      }
+    }
   });
 
   it('removes leftover downloads at start and drops rows whose file vanished', async () => {
