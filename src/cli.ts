@@ -10,7 +10,8 @@ import type { Config } from './config/load.js';
 /** Loads config or exits with the bad key named (exit 2). */
 function configOrExit(file: string | undefined): Config {
   try {
-    return loadConfig(file === undefined ? {} : { file });
+    const onWarning = (message: string): void => void process.stderr.write(`registry-cache: warning: ${message}\n`);
+    return loadConfig(file === undefined ? { onWarning } : { file, onWarning });
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`registry-cache: ${err.message}\n`);

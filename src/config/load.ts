@@ -153,10 +153,15 @@ export function envNameFor(key: string): string {
 }
 
 /**
- * Loads config: defaults, then the YAML file, then `REGISTRY_CACHE_*` env vars (values parsed as YAML,
- * so `REGISTRY_CACHE_REGISTRIES='{"ghcr.io": {url: "https://ghcr.io"}}'` works). Throws ConfigError.
+ * Loads config. Precedence, highest first: `overrides` (tests), the YAML file, `REGISTRY_CACHE_*` env vars (values
+ * parsed as YAML, so `REGISTRY_CACHE_REGISTRIES='{"ghcr.io": {url: "https://ghcr.io"}}'` works), built-in defaults.
+ * The file wins over the environment: it is what an operator wrote for this deployment, while variables also come
+ * from images and wrappers (an image's `REGISTRY_CACHE_LISTEN=0.0.0.0:5000` must not silently undo a file's
+ * `listen: 127.0.0.1:5000`). A variable the file overrides is reported through `onWarning`. Throws ConfigError.
  */
-export function loadConfig(options: { file?: string; env?: NodeJS.ProcessEnv; overrides?: Record<string, unknown> } = {}): Config {
+export function loadConfig(
+  options: { file?: string; env?: NodeJS.ProcessEnv; overrides?: Record<string, unknown>; onWarning?: (message: string) => void } = {},
+): Config {
   const env = options.env ?? process.env;
   let fromFile: Record<string, unknown> = {};
   if (options.file !== undefined) {
@@ -196,7 +201,10 @@ export function loadConfig(options: { file?: string; env?: NodeJS.ProcessEnv; ov
     }
   }
   const unknownOrBadEnv = problems.list.length;
-  const merged: Record<string, unknown> = { ...fromFile, ...fromEnv, ...(options.overrides ?? {}) };
+  for (const key of Object.keys(fromEnv)) {
+    if (key in fromFile) options.onWarning?.(`${envNameFor(key)} is ignored: the configuration file sets ${key}, and the file wins`);
+  }
+  const merged: Record<string, unknown> = { ...fromEnv, ...fromFile, ...(options.overrides ?? {}) };
   // `maxParallelImagePulls: null` is the kubelet's "no limit" (a nil pointer); every other null means "unset".
   // The kubelet's rule: serializeImagePulls false without a limit means no limit. Only with neither key set does the
   // node cache's own default limit apply.

@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseDuration } from '../../src/config/duration.js';
 import { ConfigError, envNameFor, loadConfig } from '../../src/config/load.js';
@@ -39,6 +42,23 @@ describe('configuration', () => {
     expect(c.listen.port).toBe(6000);
     expect(c.tagTtlMs).toBe(90_000);
     expect([...c.registries.keys()]).toEqual(['ghcr.io']);
+  });
+
+  it('lets the configuration file win over the environment, and says which variable it ignored', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rc-precedence-'));
+    try {
+      const file = join(dir, 'config.yaml');
+      writeFileSync(file, 'listen: 127.0.0.1:5000\n');
+      const warnings: string[] = [];
+      const c = loadConfig({ file, env: { REGISTRY_CACHE_LISTEN: '0.0.0.0:5000', REGISTRY_CACHE_TAG_TTL: '1m' }, onWarning: (m) => warnings.push(m) });
+      expect(c.listen).toEqual({ host: '127.0.0.1', port: 5000 });
+      // A variable still sets what the file leaves out.
+      expect(c.tagTtlMs).toBe(60_000);
+      expect(warnings).toEqual([expect.stringMatching(/^REGISTRY_CACHE_LISTEN is ignored: the configuration file sets listen/)]);
+      expect(warnings.join()).not.toContain('0.0.0.0');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it.each([

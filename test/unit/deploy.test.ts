@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -64,6 +64,59 @@ describe('Dockerfile', () => {
     expect(dockerfile).toContain('REGISTRY_CACHE_STORAGE=/var/lib/registry-cache');
     const ignore = read('.dockerignore').split('\n');
     for (const entry of ['node_modules', 'storage', 'dist', '.git']) expect(ignore).toContain(entry);
+  });
+});
+
+/** The runtime stage's `ENV` settings (continuation lines joined). */
+function imageEnv(dockerfile: string): Record<string, string> {
+  const joined = dockerfile.replace(/\\\n/g, ' ');
+  const runtime = joined.slice(joined.lastIndexOf('\nFROM '));
+  const env: Record<string, string> = {};
+  for (const line of runtime.split('\n').filter((l) => l.startsWith('ENV '))) {
+    for (const pair of line.slice(4).trim().split(/\s+/)) {
+      const i = pair.indexOf('=');
+      env[pair.slice(0, i)] = pair.slice(i + 1);
+    }
+  }
+  return env;
+}
+
+const isLoopback = (host: string): boolean => /^127\./.test(host) || host === '::1' || host === 'localhost';
+
+describe('the shipped deployment listens on loopback only', () => {
+  const dockerfile = read('Dockerfile');
+  const env = imageEnv(dockerfile);
+  const configMap = parseAllDocuments(read('deploy/configmap.yaml'))[0]?.toJS() as { data: Record<string, string> };
+  const ds = parseAllDocuments(read('deploy/daemonset.yaml'))[0]?.toJS() as DaemonSet;
+
+  it('the image alone (docker run, no config file) serves the registry API on loopback', () => {
+    expect(env.REGISTRY_CACHE_STORAGE).toBe('/var/lib/registry-cache');
+    const config = loadConfig({ env });
+    expect(isLoopback(config.listen.host)).toBe(true);
+    expect(config.metricsListen === undefined || isLoopback(config.metricsListen.host)).toBe(true);
+  });
+
+  it('the DaemonSet (image environment, container environment, ConfigMap file) listens on loopback, even if an image sets 0.0.0.0', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rc-deploy-'));
+    const file = join(dir, 'config.yaml');
+    writeFileSync(file, configMap.data['config.yaml'] as string);
+    const server = ds.spec.template.spec.containers.find((c) => c.name === 'registry-cache') as Container & { env?: { name: string; value?: string }[] };
+    const containerEnv = Object.fromEntries((server.env ?? []).map((e) => [e.name, e.value ?? '']));
+    const [shipped, widened] = (() => {
+      try {
+        return [
+          loadConfig({ file, env: { ...env, ...containerEnv } }),
+          loadConfig({ file, env: { ...env, ...containerEnv, REGISTRY_CACHE_LISTEN: '0.0.0.0:5000', REGISTRY_CACHE_METRICS_LISTEN: '0.0.0.0:5001' } }),
+        ];
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    })();
+    expect(shipped.listen).toEqual({ host: '127.0.0.1', port: 5000 });
+    expect(shipped.metricsListen).toEqual({ host: '127.0.0.1', port: 5001 });
+    // The defect this guards: an image default in the environment silently overriding the file's loopback address.
+    expect(widened.listen.host).toBe('127.0.0.1');
+    expect(widened.metricsListen?.host).toBe('127.0.0.1');
   });
 });
 
