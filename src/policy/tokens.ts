@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import type { Target } from '../oci/path.js';
 import type { Credential } from '../upstream/credentials.js';
 
@@ -11,69 +11,92 @@ export type Identity =
   /** Presented a credential; `hash` is its keyed hash. */
   | { kind: 'credential'; credential: Credential; hash: string };
 
-interface IssuedToken {
-  identity: Identity;
-  /** The repository the token is scoped to; undefined for a scope-less (ping) token. */
-  target: Target | undefined;
-  expiresAt: number;
+/** What a token carries, sealed: short keys keep tokens small. */
+interface Sealed {
+  /** Expiry, ms since the epoch. */
+  e: number;
+  /** Scope: registry and repository, absent for a scope-less (ping) token. */
+  r?: string;
+  n?: string;
+  /** The credential and its keyed hash, absent for an anonymous token. */
+  u?: string;
+  p?: string;
+  h?: string;
 }
 
+const IV_BYTES = 12;
+const TAG_BYTES = 16;
+/** Binds the ciphertext to this use of the key. */
+const AAD = Buffer.from('registry-cache token v1');
+/** Longer tokens are refused before any decryption (registry passwords such as ECR's are a few KiB). */
+const MAX_TOKEN_CHARS = 16 * 1024;
+
 /**
- * Opaque, short-lived tokens the cache issues from its own realm. A credential lives only here, in memory,
- * only as long as its token; nothing of it is written anywhere.
+ * Short-lived tokens the cache issues from its own realm, stateless: each token is its own record, sealed with
+ * AES-256-GCM under a key that exists only in this process's memory. The cache stores nothing per token, so a flood
+ * of tokens (anonymous or with made-up credentials) costs one encryption each and can evict nobody's token; a client
+ * holds its credential only sealed, readable by this process alone, and a restart (or `close`) revokes every token.
  */
 export class TokenService {
-  private readonly tokens = new Map<string, IssuedToken>();
-  private readonly sweeper: NodeJS.Timeout;
+  private key = randomBytes(32);
+  /** GCM needs a unique IV per key: a random prefix and a counter (cheaper than 12 random bytes per token). */
+  private readonly iv = randomBytes(IV_BYTES);
+  private counter = 0n;
+  private readonly now: () => number;
 
-  /** `maxTokens` bounds memory: anyone may mint anonymous tokens, so the oldest go first when it is reached. */
   constructor(
     readonly ttlMs: number,
-    private readonly maxTokens = 100_000,
+    options: { now?: () => number } = {},
   ) {
-    // Expired credentials must not linger in memory until the next token is issued.
-    this.sweeper = setInterval(() => this.sweep(), Math.min(ttlMs, 30_000));
-    this.sweeper.unref();
+    this.now = options.now ?? Date.now;
   }
 
   /** Issues a token bound to (identity, target). */
   issue(identity: Identity, target: Target | undefined): { token: string; expiresInS: number } {
-    while (this.tokens.size >= this.maxTokens) {
-      const oldest = this.tokens.keys().next().value;
-      if (oldest === undefined) break;
-      this.tokens.delete(oldest);
+    const sealed: Sealed = { e: this.now() + this.ttlMs };
+    if (target) {
+      sealed.r = target.registry;
+      sealed.n = target.repository;
     }
-    const token = randomBytes(32).toString('base64url');
-    this.tokens.set(token, { identity, target, expiresAt: Date.now() + this.ttlMs });
+    if (identity.kind === 'credential') {
+      sealed.u = identity.credential.username;
+      sealed.p = identity.credential.password;
+      sealed.h = identity.hash;
+    }
+    this.counter += 1n;
+    this.iv.writeBigUInt64BE(this.counter, IV_BYTES - 8);
+    const iv = Buffer.from(this.iv);
+    const cipher = createCipheriv('aes-256-gcm', this.key, iv);
+    cipher.setAAD(AAD);
+    const body = Buffer.concat([cipher.update(JSON.stringify(sealed), 'utf8'), cipher.final()]);
+    const token = Buffer.concat([iv, body, cipher.getAuthTag()]).toString('base64url');
     return { token, expiresInS: Math.floor(this.ttlMs / 1000) };
   }
 
-  /** The identity behind a live token, if `target` is within its scope. */
+  /** The identity behind a live token, if `target` is within its scope; undefined for anything forged or expired. */
   resolve(token: string, target: Target | undefined): Identity | undefined {
-    const entry = this.tokens.get(token);
-    if (!entry) return undefined;
-    if (entry.expiresAt <= Date.now()) {
-      this.tokens.delete(token);
+    if (token.length > MAX_TOKEN_CHARS) return undefined;
+    const raw = Buffer.from(token, 'base64url');
+    if (raw.length <= IV_BYTES + TAG_BYTES) return undefined;
+    let sealed: Sealed;
+    try {
+      const decipher = createDecipheriv('aes-256-gcm', this.key, raw.subarray(0, IV_BYTES));
+      decipher.setAAD(AAD);
+      decipher.setAuthTag(raw.subarray(raw.length - TAG_BYTES));
+      const plain = Buffer.concat([decipher.update(raw.subarray(IV_BYTES, raw.length - TAG_BYTES)), decipher.final()]);
+      sealed = JSON.parse(plain.toString('utf8')) as Sealed;
+    } catch {
       return undefined;
     }
-    if (target && (!entry.target || entry.target.registry !== target.registry || entry.target.repository !== target.repository)) return undefined;
-    return entry.identity;
+    if (!(sealed.e > this.now())) return undefined;
+    if (target && (sealed.r !== target.registry || sealed.n !== target.repository)) return undefined;
+    if (sealed.u === undefined || sealed.p === undefined || sealed.h === undefined) return { kind: 'anonymous' };
+    return { kind: 'credential', credential: { username: sealed.u, password: sealed.p }, hash: sealed.h };
   }
 
-  /** Number of live tokens (for tests and metrics). */
-  get size(): number {
-    return this.tokens.size;
-  }
-
-  /** Drops every expired token (and the credential it held). */
-  sweep(): void {
-    const now = Date.now();
-    for (const [k, v] of this.tokens) if (v.expiresAt <= now) this.tokens.delete(k);
-  }
-
-  /** Stops the sweeper and forgets every token. */
+  /** Revokes every token issued so far (a new key). */
   close(): void {
-    clearInterval(this.sweeper);
-    this.tokens.clear();
+    this.key = randomBytes(32);
+    this.counter = 0n;
   }
 }
