@@ -3,7 +3,8 @@ import type { RegistryConfig } from '../config/load.js';
 import type { ManifestRef, Metadata } from '../db/queries.js';
 import { digestOf, parseDigest } from '../oci/digest.js';
 import { OciError, isOciError } from '../oci/errors.js';
-import { MANIFEST_MEDIA_TYPES, accepts, isIndexMediaType, manifestMediaType, type ParsedManifestJson } from '../oci/media-types.js';
+import { assertManifest } from '../oci/manifest.js';
+import { MANIFEST_MEDIA_TYPES, accepts, isIndexMediaType, manifestMediaType, parseAccept, type ParsedManifestJson } from '../oci/media-types.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { drain, type UpstreamClient, type UpstreamResponse } from '../upstream/client.js';
 import { credentialKey, type Credential } from '../upstream/credentials.js';
@@ -233,6 +234,7 @@ export class ManifestCache {
     const parsed = parseManifest(bytes);
     const contentType = header(res.headers['content-type'])?.split(';')[0]?.trim();
     const mediaType = contentType && MANIFEST_MEDIA_TYPES.includes(contentType) ? contentType : manifestMediaType(parsed, contentType);
+    assertManifest(parsed, mediaType, parseAccept(accept));
     const existing = this.deps.metadata.getManifest(digest);
     if (!existing) {
       await this.deps.store.writeSmall(digest, bytes);

@@ -1,5 +1,6 @@
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import type { TSchema } from '@sinclair/typebox';
 import { Value, ValueErrorType, type ValueError } from '@sinclair/typebox/value';
@@ -20,6 +21,8 @@ export interface RegistryConfig {
   mirrors: readonly URL[];
   /** How to reach this registry's endpoints: TLS, proxy, timeouts, pool size, static headers. */
   transport: RegistryTransport;
+  /** Host names (`*.domain` patterns) and IPs its redirects may lead to on non-public addresses (private CDNs). */
+  redirectAllowlist: readonly string[];
   /** Node-wide Basic credentials for this registry, when configured. */
   username?: string;
   password?: string;
@@ -146,6 +149,9 @@ class Problems {
 }
 
 const ENV_PREFIX = 'REGISTRY_CACHE_';
+
+/** A `redirectAllowlist` entry: a host name, or `*.` and a domain (any name below it); IP addresses are checked apart. */
+const REDIRECT_ALLOWLIST_ENTRY = /^(?:\*\.)?[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*$/;
 
 /** `tagTtl` → `REGISTRY_CACHE_TAG_TTL`. */
 export function envNameFor(key: string): string {
@@ -292,7 +298,14 @@ function finalize(raw: RawConfig, unlimitedPulls: boolean, problems: Problems): 
         return mirror;
       });
       const transport = resolveTransport(`registries.${hostKey}`, reg, raw);
-      const entry: RegistryConfig = { host, url, mirrors: Object.freeze(mirrors), transport };
+      const redirectAllowlist = (reg.redirectAllowlist ?? []).map((h, i) => {
+        const allowed = h.trim().toLowerCase().replace(/^\[|\]$/g, '');
+        if (!REDIRECT_ALLOWLIST_ENTRY.test(allowed) && isIP(allowed) === 0) {
+          throw new ConfigError(`registries.${hostKey}.redirectAllowlist[${i}]`, `"${h}" is not a host name, *.domain or IP address`);
+        }
+        return allowed;
+      });
+      const entry: RegistryConfig = { host, url, mirrors: Object.freeze(mirrors), transport, redirectAllowlist: Object.freeze(redirectAllowlist) };
       if (reg.username !== undefined) entry.username = reg.username;
       if (reg.password !== undefined) entry.password = reg.password;
       registries.set(host, Object.freeze(entry));

@@ -19,6 +19,9 @@ export const RegistrySchema = Type.Object(
     idleTimeout: Type.Optional(Type.String({ description: 'no body bytes for this long aborts; default upstreamBodyTimeout' })),
     proxy: Type.Optional(Type.String({ description: 'egress proxy URL for this registry (overrides HTTPS_PROXY/HTTP_PROXY)' })),
     maxSockets: Type.Optional(Type.Integer({ minimum: 1, description: 'connections per upstream origin; default 32' })),
+    redirectAllowlist: Type.Optional(
+      Type.Array(Type.String(), { description: 'redirect targets allowed on non-public addresses (private CDNs): host, *.domain or IP' }),
+    ),
   },
   { additionalProperties: false },
 );

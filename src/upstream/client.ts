@@ -8,6 +8,8 @@ import { parseChallenge } from './challenge.js';
 import { basicAuthorization, type Credential } from './credentials.js';
 import { errorForTransportFailure } from './errors.js';
 import { TokenCache } from './auth.js';
+import { OciError } from '../oci/errors.js';
+import { checkRedirectTarget, publicOnlyLookup, redirectExempt } from './redirects.js';
 
 /** One request to an upstream registry's `/v2/` API. */
 export interface UpstreamRequest {
@@ -52,6 +54,8 @@ export class UpstreamClient {
   private readonly shared: Dispatcher | undefined;
   /** One pool per registry: its TLS, proxy, timeouts and socket cap. */
   private readonly pools = new Map<string, Dispatcher>();
+  /** One pool per registry for redirect targets off its own hosts: it connects only to public addresses. */
+  private readonly redirectPools = new Map<string, Dispatcher>();
   private readonly dispatcherOptions: DispatcherOptions;
   private readonly tokens: TokenCache;
   /** Upstreams that answered a Basic challenge: later requests send Basic up front. */
@@ -74,6 +78,18 @@ export class UpstreamClient {
     if (!pool) {
       pool = buildDispatcher(registry.transport, this.dispatcherOptions);
       this.pools.set(registry.host, pool);
+    }
+    return pool;
+  }
+
+  /** The pool for a redirect target: the registry's own hosts and allowlist use its pool, anything else a guarded one. */
+  private redirectDispatcherFor(registry: RegistryConfig, target: URL): Dispatcher {
+    if (this.shared || redirectExempt(registry, target.hostname)) return this.dispatcherFor(registry);
+    let pool = this.redirectPools.get(registry.host);
+    if (!pool) {
+      const lookup = publicOnlyLookup((hostname) => redirectExempt(registry, hostname), this.dispatcherOptions.lookup);
+      pool = buildDispatcher(registry.transport, { ...this.dispatcherOptions, lookup });
+      this.redirectPools.set(registry.host, pool);
     }
     return pool;
   }
@@ -141,8 +157,9 @@ export class UpstreamClient {
 
   /** Closes pooled connections. */
   async close(): Promise<void> {
-    await Promise.all([...this.pools.values()].map((p) => p.close()));
+    await Promise.all([...this.pools.values(), ...this.redirectPools.values()].map((p) => p.close()));
     this.pools.clear();
+    this.redirectPools.clear();
   }
 
   private async follow(req: UpstreamRequest, base: URL, start: URL, authorization: string | undefined): Promise<UpstreamResponse> {
@@ -155,7 +172,8 @@ export class UpstreamClient {
       let res: Dispatcher.ResponseData;
       const started = performance.now();
       try {
-        res = await request(url, { dispatcher: this.dispatcherFor(req.registry), method: req.method, headers, signal: req.signal });
+        const dispatcher = hop === 0 ? this.dispatcherFor(req.registry) : this.redirectDispatcherFor(req.registry, url);
+        res = await request(url, { dispatcher, method: req.method, headers, signal: req.signal });
       } catch (err) {
         this.observe?.(req.registry.host, req.method, 'error', (performance.now() - started) / 1000);
         throw errorForTransportFailure(err, req.registry.host);
@@ -164,10 +182,14 @@ export class UpstreamClient {
       const location = res.headers.location;
       if (REDIRECT_STATUSES.has(res.statusCode) && typeof location === 'string' && hop < MAX_REDIRECTS) {
         await drain(res.body);
-        url = new URL(location, url);
-        if (url.protocol !== 'https:' && url.protocol !== 'http:') {
-          throw errorForTransportFailure(new Error('redirect to a non-HTTP URL'), req.registry.host);
+        try {
+          url = new URL(location, url);
+        } catch {
+          throw new OciError('UNAVAILABLE', `upstream ${req.registry.host} redirected to an invalid URL`, { status: 502 });
         }
+        // Only http(s) to a public address, the registry's own hosts or its allowlist: never the node's loopback,
+        // link-local metadata service or private network.
+        await checkRedirectTarget(req.registry, url, this.dispatcherOptions.lookup);
         continue;
       }
       return { status: res.statusCode, headers: res.headers as IncomingHttpHeaders, body: res.body as unknown as Readable, url };

@@ -150,7 +150,11 @@ describe('upstream connectivity', () => {
     }) as unknown as LookupFunction;
     const cache = await startCache(
       {},
-      { registries: { 'docker.io': { url: `http://registry-1.docker.test:${port}`, username: 'robot', password: 'hub-pw' } }, defaultRegistry: 'docker.io' },
+      // Here every name resolves to loopback, so the CDN is allowlisted as a private CDN would be (the real one is public).
+      {
+        registries: { 'docker.io': { url: `http://registry-1.docker.test:${port}`, username: 'robot', password: 'hub-pw', redirectAllowlist: ['*.docker-cdn.test'] } },
+        defaultRegistry: 'docker.io',
+      },
       undefined,
       { dispatcherOptions: { lookup } },
     );
