@@ -8,6 +8,7 @@ export class Metrics {
   readonly bytesServed: Counter<'source'>;
   readonly bytesFetched: Counter<'registry'>;
   readonly upstreamLatency: Histogram<'registry' | 'method' | 'status'>;
+  readonly upstreamErrors: Counter<'registry' | 'class'>;
   readonly pullsInFlight: Gauge;
   readonly pullsQueued: Gauge;
   readonly pullWait: Histogram;
@@ -27,6 +28,12 @@ export class Metrics {
       help: 'Time to upstream response headers',
       labelNames: ['registry', 'method', 'status'],
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    });
+    this.upstreamErrors = new Counter({
+      name: 'registry_cache_upstream_errors_total',
+      help: 'Upstream endpoints not reached, by what went wrong (proxy-auth, tls-unknown-ca, client-cert, dns, timeout, ...)',
+      labelNames: ['registry', 'class'],
       registers,
     });
     this.pullsInFlight = new Gauge({ name: 'registry_cache_pulls_in_flight', help: 'Upstream blob transfers under way', registers, collect() {

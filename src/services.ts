@@ -107,6 +107,7 @@ export async function createServices(config: Config, log: Logger, options: { dis
   if (environmentProxy()) log.info('egress proxy from HTTPS_PROXY/HTTP_PROXY (NO_PROXY honoured) for registries without their own proxy');
   const upstream = new UpstreamClient({
     observe: (registry, method, status, seconds) => metrics.upstreamLatency.labels(registry, method, String(status)).observe(seconds),
+    onTransportFailure: (registry, failure) => metrics.upstreamErrors.labels(registry, failure).inc(),
     log,
     ...(options.dispatcher ? { dispatcher: options.dispatcher } : {}),
     ...(options.dispatcherOptions ? { dispatcherOptions: options.dispatcherOptions } : {}),

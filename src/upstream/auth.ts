@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { OciError } from '../oci/errors.js';
 import type { Challenge } from './challenge.js';
 import { basicAuthorization, credentialKey, type Credential } from './credentials.js';
-import { errorForTransportFailure } from './errors.js';
+import { errorForTransportFailure, type TransportContext } from './errors.js';
 
 /** Tokens without `expires_in` live this long (the distribution token spec's default). */
 const DEFAULT_TOKEN_TTL_S = 60;
@@ -62,7 +62,7 @@ export class TokenCache {
   async obtain(
     dispatcher: Dispatcher,
     upstream: URL,
-    registry: string,
+    target: TransportContext,
     challenge: Challenge,
     scope: string,
     credential: Credential | undefined,
@@ -71,7 +71,7 @@ export class TokenCache {
     const key = this.key(upstream, scope, credential);
     const inflight = this.pending.get(key);
     if (inflight) return inflight;
-    const p = this.fetchToken(dispatcher, upstream, registry, challenge, scope, credential, signal).then((t) => {
+    const p = this.fetchToken(dispatcher, upstream, target, challenge, scope, credential, signal).then((t) => {
       this.sweep();
       this.tokens.set(key, { token: t.token, expiresAt: Date.now() + t.ttlMs - EXPIRY_MARGIN_MS });
       return t.token;
@@ -91,12 +91,13 @@ export class TokenCache {
   private async fetchToken(
     dispatcher: Dispatcher,
     upstream: URL,
-    registry: string,
+    target: TransportContext,
     challenge: Challenge,
     scope: string,
     credential: Credential | undefined,
     signal?: AbortSignal,
   ): Promise<{ token: string; ttlMs: number }> {
+    const registry = target.registry;
     const realmText = challenge.params.realm;
     if (!realmText) throw new OciError('UNAUTHORIZED', `upstream ${registry} sent a Bearer challenge without realm`, { status: 502 });
     let realm: URL;
@@ -119,7 +120,7 @@ export class TokenCache {
     try {
       res = await request(realm, { dispatcher, method: 'GET', headers, signal });
     } catch (err) {
-      throw errorForTransportFailure(err, registry);
+      throw errorForTransportFailure(err, { ...target, url: realm });
     }
     if (res.statusCode === 401 || res.statusCode === 403) {
       await res.body.dump();

@@ -1,12 +1,12 @@
 import { Readable } from 'node:stream';
 import type { IncomingHttpHeaders } from 'node:http';
 import { request, type Dispatcher } from 'undici';
-import { buildDispatcher, type DispatcherOptions } from './dispatchers.js';
+import { buildDispatcher, environmentProxy, type DispatcherOptions } from './dispatchers.js';
 import type { Logger } from 'pino';
 import type { RegistryConfig } from '../config/load.js';
 import { parseChallenge } from './challenge.js';
 import { basicAuthorization, type Credential } from './credentials.js';
-import { errorForTransportFailure } from './errors.js';
+import { errorForTransportFailure, transportFailureOf, type TransportContext, type UpstreamFailureClass } from './errors.js';
 import { TokenCache } from './auth.js';
 import { OciError } from '../oci/errors.js';
 import { checkRedirectTarget, publicOnlyLookup, redirectExempt } from './redirects.js';
@@ -44,6 +44,8 @@ export interface UpstreamClientOptions {
   dispatcherOptions?: DispatcherOptions;
   /** Called with every upstream exchange's time to headers. */
   observe?: (registry: string, method: string, status: number | 'error', seconds: number) => void;
+  /** Called once per endpoint that could not be reached, with what went wrong. */
+  onTransportFailure?: (registry: string, failure: UpstreamFailureClass) => void;
 }
 
 const MAX_REDIRECTS = 5;
@@ -62,10 +64,12 @@ export class UpstreamClient {
   private readonly basicOrigins = new Set<string>();
   private readonly log: Logger;
   private readonly observe: UpstreamClientOptions['observe'];
+  private readonly onTransportFailure: UpstreamClientOptions['onTransportFailure'];
 
   constructor(options: UpstreamClientOptions) {
     this.log = options.log;
     this.observe = options.observe;
+    this.onTransportFailure = options.onTransportFailure;
     this.shared = options.dispatcher;
     this.dispatcherOptions = options.dispatcherOptions ?? {};
     this.tokens = new TokenCache(this.log);
@@ -94,6 +98,17 @@ export class UpstreamClient {
     return pool;
   }
 
+  /** What a transport failure's message may blame: the URL tried, the registry's proxy and client certificate. */
+  private contextFor(registry: RegistryConfig, url: URL): TransportContext {
+    const proxy = registry.transport.proxy;
+    return {
+      registry: registry.host,
+      url,
+      ...(proxy ? { proxy } : { environmentProxy: environmentProxy(this.dispatcherOptions.env) }),
+      clientCert: registry.transport.clientCert !== undefined,
+    };
+  }
+
   /**
    * Sends a request to the registry's endpoints in order (`mirrors`, then `url`): a connection failure, a timeout or
    * a 5xx moves on to the next at once, and so does a 404 from a mirror; each endpoint authenticates on its own.
@@ -107,6 +122,12 @@ export class UpstreamClient {
       try {
         res = await this.sendTo(endpoint, req);
       } catch (err) {
+        const failure = req.signal?.aborted ? undefined : transportFailureOf(err);
+        if (failure) {
+          this.onTransportFailure?.(req.registry.host, failure.class);
+          const message = (err as Error).message;
+          this.log.warn({ registry: req.registry.host, endpoint: endpoint.origin, class: failure.class, code: failure.code, err: { message } }, 'upstream connection failed');
+        }
         if (last || req.signal?.aborted) throw err;
         this.log.warn({ registry: req.registry.host, endpoint: endpoint.origin, err: { message: (err as Error).message } }, 'upstream endpoint failed; trying the next');
         continue;
@@ -145,7 +166,7 @@ export class UpstreamClient {
     if (challenge.scheme === 'bearer') {
       await drain(res.body);
       this.tokens.forget(base, scope, credential);
-      const token = await this.tokens.obtain(this.dispatcherFor(req.registry), base, req.registry.host, challenge, scope, credential, req.signal);
+      const token = await this.tokens.obtain(this.dispatcherFor(req.registry), base, this.contextFor(req.registry, base), challenge, scope, credential, req.signal);
       res = await this.follow(req, base, url, `Bearer ${token}`);
     } else if (challenge.scheme === 'basic' && credential && !sent?.startsWith('Basic ')) {
       // Retrying the same Basic credentials that were just refused would only repeat the refusal.
@@ -176,7 +197,7 @@ export class UpstreamClient {
         res = await request(url, { dispatcher, method: req.method, headers, signal: req.signal });
       } catch (err) {
         this.observe?.(req.registry.host, req.method, 'error', (performance.now() - started) / 1000);
-        throw errorForTransportFailure(err, req.registry.host);
+        throw errorForTransportFailure(err, this.contextFor(req.registry, url));
       }
       this.observe?.(req.registry.host, req.method, res.statusCode, (performance.now() - started) / 1000);
       const location = res.headers.location;

@@ -3,6 +3,8 @@ import { connect, type AddressInfo, type Socket } from 'node:net';
 
 /** An HTTP CONNECT proxy on loopback that counts tunnels and remembers the Proxy-Authorization it saw. */
 export class ConnectProxy {
+  /** Instead of tunnelling: answer CONNECT with this status (407 with a Basic challenge, as squid does), or never answer. */
+  refuse: number | 'hang' | undefined;
   tunnels: string[] = [];
   proxyAuthorizations: (string | undefined)[] = [];
   url = '';
@@ -17,6 +19,15 @@ export class ConnectProxy {
     this.server.on('connect', (req, client: Socket, head: Buffer) => {
       this.tunnels.push(req.url ?? '');
       this.proxyAuthorizations.push(req.headers['proxy-authorization']);
+      this.sockets.add(client);
+      client.on('close', () => this.sockets.delete(client));
+      client.on('error', () => client.destroy());
+      if (this.refuse === 'hang') return;
+      if (this.refuse !== undefined) {
+        const challenge = this.refuse === 407 ? 'Proxy-Authenticate: Basic realm="egress"\r\n' : '';
+        client.end(`HTTP/1.1 ${this.refuse} Refused\r\n${challenge}Content-Length: 0\r\nConnection: close\r\n\r\n`);
+        return;
+      }
       const [host, port] = (req.url ?? '').split(':');
       const upstream = connect(Number(port), host ?? '127.0.0.1', () => {
         client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
