@@ -3,7 +3,7 @@ import './runtime-check.js';
 import { Command } from 'commander';
 import { ConfigError, loadConfig } from './config/load.js';
 import { startServer } from './main.js';
-import { runGc, runPreload, runRecords, runVerify } from './commands.js';
+import { runCheck, runGc, runPreload, runRecords, runVerify } from './commands.js';
 import { DEFAULT_CERTS_DIR, restoreHosts, writeHosts } from './hosts.js';
 import type { Config } from './config/load.js';
 
@@ -97,6 +97,15 @@ program
   .action(async (options: { repair?: boolean; config?: string }) => {
     const clean = await runVerify(configOrExit(options.config), options.repair === true);
     process.exitCode = clean ? 0 : 1;
+  });
+
+program
+  .command('check')
+  .description("connect to each configured registry's /v2/ through its TLS, client certificate and proxy settings; one line per endpoint")
+  .option('-c, --config <file>', 'YAML configuration file')
+  .action(async (options: { config?: string }) => {
+    const ok = await runCheck(configOrExit(options.config));
+    process.exitCode = ok ? 0 : 1;
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => {

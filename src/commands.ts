@@ -8,6 +8,7 @@ import { openStore } from './services.js';
 import { storeHolder } from './store/lock.js';
 import { Evictor } from './lifecycle/eviction.js';
 import { verifyStore } from './lifecycle/integrity.js';
+import { checkRegistries } from './upstream/check.js';
 
 /** `registry-cache preload SOURCE [--name REF]`: imports an image as pre-pulled; prints what it imported. */
 export async function runPreload(config: Config, source: string, name: string | undefined): Promise<void> {
@@ -126,4 +127,11 @@ export async function runVerify(config: Config, repair: boolean): Promise<boolea
   } finally {
     await opened.close();
   }
+}
+
+/** `registry-cache check`: one line per registry endpoint, reached through its configured path; false if any failed. */
+export async function runCheck(config: Config): Promise<boolean> {
+  const checks = await checkRegistries(config);
+  for (const c of checks) process.stdout.write(`${c.ok ? 'ok  ' : 'FAIL'} ${c.registry} ${c.endpoint}: ${c.summary}\n`);
+  return checks.every((c) => c.ok);
 }

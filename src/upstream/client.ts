@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
 import type { IncomingHttpHeaders } from 'node:http';
 import { request, type Dispatcher } from 'undici';
-import { buildDispatcher, environmentProxy, type DispatcherOptions } from './dispatchers.js';
+import { buildDispatcher, transportContext, type DispatcherOptions } from './dispatchers.js';
 import type { Logger } from 'pino';
 import type { RegistryConfig } from '../config/load.js';
 import { parseChallenge } from './challenge.js';
@@ -100,13 +100,7 @@ export class UpstreamClient {
 
   /** What a transport failure's message may blame: the URL tried, the registry's proxy and client certificate. */
   private contextFor(registry: RegistryConfig, url: URL): TransportContext {
-    const proxy = registry.transport.proxy;
-    return {
-      registry: registry.host,
-      url,
-      ...(proxy ? { proxy } : { environmentProxy: environmentProxy(this.dispatcherOptions.env) }),
-      clientCert: registry.transport.clientCert !== undefined,
-    };
+    return transportContext(registry, url, this.dispatcherOptions.env);
   }
 
   /**

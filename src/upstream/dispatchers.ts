@@ -1,7 +1,8 @@
 import type { LookupFunction, Socket } from 'node:net';
 import { rootCertificates } from 'node:tls';
 import { Agent, EnvHttpProxyAgent, Pool, ProxyAgent, buildConnector, type Dispatcher } from 'undici';
-import type { RegistryTransport } from '../config/load.js';
+import type { RegistryConfig, RegistryTransport } from '../config/load.js';
+import type { TransportContext } from './errors.js';
 
 /** Test hook: resolve names without DNS (e.g. `*.docker.test` → 127.0.0.1). */
 export interface DispatcherOptions {
@@ -14,6 +15,17 @@ const ENV_PROXY_VARS = ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy'
 /** Whether the environment names an egress proxy (undici's EnvHttpProxyAgent then also honours NO_PROXY). */
 export function environmentProxy(env: NodeJS.ProcessEnv = process.env): boolean {
   return ENV_PROXY_VARS.some((v) => Boolean(env[v]));
+}
+
+/** What a transport failure of `registry` at `url` may blame: the URL, the registry's proxy and client certificate. */
+export function transportContext(registry: RegistryConfig, url: URL, env: NodeJS.ProcessEnv = process.env): TransportContext {
+  const proxy = registry.transport.proxy;
+  return {
+    registry: registry.host,
+    url,
+    ...(proxy ? { proxy } : { environmentProxy: environmentProxy(env) }),
+    clientCert: registry.transport.clientCert !== undefined,
+  };
 }
 
 /** A proxy URL for logs: never its credentials. */

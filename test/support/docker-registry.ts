@@ -1,5 +1,6 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
 import { runCommand } from './command.js';
 import { startDaemon, waitUntil, type Daemon } from './daemon.js';
 import { findFreePort } from './free-port.js';
@@ -15,6 +16,8 @@ export interface RegistryUser {
 export interface DockerRegistryOptions {
   /** Turns on auth.htpasswd (Basic auth) with these users; anonymous when absent. */
   htpasswd?: RegistryUser[];
+  /** Serves HTTPS with this PEM certificate and key; with `clientCas`, requires client certificates issued by them. */
+  tls?: { cert: string; key: string; clientCas?: string };
   /** Path of the `docker-registry` binary; defaults to the one on PATH. */
   binary?: string;
   signal?: AbortSignal;
@@ -32,7 +35,7 @@ export interface AccessLogEntry {
 
 /** A running distribution registry on 127.0.0.1 with its own storage. */
 export interface DockerRegistry {
-  /** `http://127.0.0.1:PORT` */
+  /** `http://127.0.0.1:PORT` (`https://` with `tls`) */
   url: string;
   /** `127.0.0.1:PORT`, the form image references and hosts.toml directories use. */
   host: string;
@@ -64,18 +67,29 @@ export async function startDockerRegistry(opts: DockerRegistryOptions = {}): Pro
       htpasswdPath = join(rootDir, 'htpasswd');
       await writeFile(htpasswdPath, await htpasswdLines(opts.htpasswd, opts.signal), { mode: 0o600 });
     }
+    let tls: TlsFiles | undefined;
+    if (opts.tls !== undefined) {
+      tls = { certificate: join(rootDir, 'server.pem'), key: join(rootDir, 'server-key.pem') };
+      await writeFile(tls.certificate, opts.tls.cert);
+      await writeFile(tls.key, opts.tls.key, { mode: 0o600 });
+      if (opts.tls.clientCas !== undefined) {
+        tls.clientcas = [join(rootDir, 'client-cas.pem')];
+        await writeFile(tls.clientcas[0] as string, opts.tls.clientCas);
+      }
+    }
     // The port is free when probed but could be taken before the registry binds it; retry on a fresh one.
     for (let attempt = 1; ; attempt++) {
       const port = await findFreePort();
       const configPath = join(rootDir, 'config.yml');
-      await writeFile(configPath, JSON.stringify(registryConfig(rootDir, port, htpasswdPath), null, 2));
+      await writeFile(configPath, JSON.stringify(registryConfig(rootDir, port, htpasswdPath, tls), null, 2));
       const logFile = join(rootDir, `registry-${attempt}.log`);
       const daemon = await startDaemon(opts.binary ?? 'docker-registry', ['serve', configPath], logFile);
-      const url = `http://127.0.0.1:${port}`;
+      const url = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
       try {
         await waitUntil(
           `docker-registry on ${url}`,
-          async () => {
+          // Over TLS (maybe requiring a client certificate) a completed handshake says it is listening.
+          tls ? () => tlsHandshakes(port) : async () => {
             const res = await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(1_000) });
             await res.body?.cancel();
             return res.status === 200 || res.status === 401;
@@ -88,7 +102,7 @@ export async function startDockerRegistry(opts: DockerRegistryOptions = {}): Pro
         if (attempt < START_ATTEMPTS && log.includes('address already in use')) continue;
         throw error;
       }
-      return runningRegistry(daemon, rootDir, port);
+      return runningRegistry(daemon, rootDir, port, tls !== undefined);
     }
   } catch (error) {
     await removeTempDir(rootDir);
@@ -96,9 +110,31 @@ export async function startDockerRegistry(opts: DockerRegistryOptions = {}): Pro
   }
 }
 
-function runningRegistry(daemon: Daemon, rootDir: string, port: number): DockerRegistry {
+/** distribution's `http.tls` section: file paths. */
+interface TlsFiles {
+  certificate: string;
+  key: string;
+  clientcas?: string[];
+}
+
+/** Whether a TLS handshake with 127.0.0.1:port completes (without verifying: this only asks whether it listens). */
+function tlsHandshakes(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false }, () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.on('error', () => resolve(false));
+    socket.setTimeout(1_000, () => {
+      socket.destroy();
+      resolve(false);
+    });
+  });
+}
+
+function runningRegistry(daemon: Daemon, rootDir: string, port: number, tls: boolean): DockerRegistry {
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: `${tls ? 'https' : 'http'}://127.0.0.1:${port}`,
     host: `127.0.0.1:${port}`,
     port,
     rootDir,
@@ -155,7 +191,7 @@ async function htpasswdLines(users: RegistryUser[], signal?: AbortSignal): Promi
   return `${lines.join('\n')}\n`;
 }
 
-function registryConfig(rootDir: string, port: number, htpasswdPath: string | undefined): unknown {
+function registryConfig(rootDir: string, port: number, htpasswdPath: string | undefined, tls: TlsFiles | undefined): unknown {
   // JSON is valid YAML, so no YAML writer is needed.
   return {
     version: '0.1',
@@ -166,7 +202,7 @@ function registryConfig(rootDir: string, port: number, htpasswdPath: string | un
       // Upload purging is a background sweep; tests never leave uploads long enough to need it.
       maintenance: { uploadpurging: { enabled: false } },
     },
-    http: { addr: `127.0.0.1:${port}`, secret: 'registry-cache-e2e' },
+    http: { addr: `127.0.0.1:${port}`, secret: 'registry-cache-e2e', ...(tls ? { tls } : {}) },
     ...(htpasswdPath === undefined ? {} : { auth: { htpasswd: { realm: 'registry-cache-e2e', path: htpasswdPath } } }),
   };
 }
