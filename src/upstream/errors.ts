@@ -45,6 +45,7 @@ export type UpstreamFailureClass =
   | 'unreachable'
   | 'timeout'
   | 'aborted'
+  | 'body-broken'
   | 'failed';
 
 /** Where a transport failure happened, and the settings that may be at fault. A bare string is just the registry. */
@@ -176,6 +177,11 @@ const TRANSPORT_FAILURES: Readonly<Record<UpstreamFailureClass, { status: number
     status: 503,
     message: (_f, c) => `request to upstream ${c.registry} was cancelled`,
   },
+  // After the headers: a reset, a close or a Content-Length mismatch from an upstream that did answer.
+  'body-broken': {
+    status: 502,
+    message: (f, c) => `upstream ${c.registry} broke off its answer (${f.code})`,
+  },
   failed: {
     status: 502,
     message: (f, c) => `request to upstream ${c.registry} failed (${f.code})${throughProxy(c)}`,
@@ -287,7 +293,11 @@ function classify(err: unknown, c: TransportContext): Failure {
  */
 export function errorForTransportFailure(err: unknown, context: string | TransportContext): OciError {
   const c = typeof context === 'string' ? { registry: context } : context;
-  const f = classify(err, c);
+  return failureError(classify(err, c), c, err);
+}
+
+/** The table's row for `f`, as the error the client sees. */
+function failureError(f: Failure, c: TransportContext, err: unknown): OciError {
   const row = TRANSPORT_FAILURES[f.class];
   const detail = { registry: c.registry, class: f.class, reason: f.code, ...(f.proxyStatus === undefined ? {} : { proxyStatus: f.proxyStatus }) };
   return new OciError('UNAVAILABLE', row.message(f, c), { status: row.status, detail, cause: err });
@@ -308,7 +318,6 @@ export function transportFailureOf(err: unknown): { class: UpstreamFailureClass;
  */
 export function errorForBodyFailure(err: unknown, registry: string): OciError {
   if (isOciError(err)) return err;
-  const mapped = errorForTransportFailure(err, registry);
-  if (mapped.status === 504) return mapped;
-  return new OciError('UNAVAILABLE', `upstream ${registry} broke off its answer`, { status: 502, detail: mapped.detail, cause: err });
+  const f = classify(err, { registry });
+  return failureError(f.class === 'timeout' ? f : { class: 'body-broken', code: f.code }, { registry }, err);
 }

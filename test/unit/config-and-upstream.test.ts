@@ -7,7 +7,7 @@ import { ConfigError, envNameFor, loadConfig } from '../../src/config/load.js';
 import { parseRange } from '../../src/server/range.js';
 import { realmMayReceiveCredentials } from '../../src/upstream/auth.js';
 import { parseChallenge } from '../../src/upstream/challenge.js';
-import { errorForTransportFailure, errorForUpstreamStatus } from '../../src/upstream/errors.js';
+import { errorForBodyFailure, errorForTransportFailure, errorForUpstreamStatus } from '../../src/upstream/errors.js';
 
 function configError(fn: () => unknown): ConfigError {
   try {
@@ -160,6 +160,11 @@ describe('upstream auth helpers', () => {
     expect(classOf(closed, { registry: 'r', url: new URL('https://r/v2/') })[0]).toBe('client-cert');
     expect(classOf(closed, { registry: 'r', url: new URL('http://r/v2/') })).toEqual(['unreachable', 503, 'upstream r is unreachable (UND_ERR_SOCKET)']);
     expect(classOf({ ...closed, socket: { bytesRead: 512 } }, { registry: 'r', url: new URL('https://r/v2/') })[0]).toBe('unreachable');
+    // After the headers, the same table: a stall stays a timeout, anything else is a broken answer.
+    const reset = errorForBodyFailure(Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' }), 'r');
+    expect([(reset.detail as { class: string }).class, reset.status, reset.message]).toEqual(['body-broken', 502, 'upstream r broke off its answer (ECONNRESET)']);
+    const stalled = errorForBodyFailure(Object.assign(new Error('Body Timeout Error'), { code: 'UND_ERR_BODY_TIMEOUT' }), 'r');
+    expect([(stalled.detail as { class: string }).class, stalled.status]).toEqual(['timeout', 504]);
     // undici wraps a proxy that hangs up in ProxyConnectionError: the proxy is named, not the registry.
     const hungUp = Object.assign(new Error('Proxy Connection failed'), { code: 'UND_ERR_PRX_CONN', cause: Object.assign(new Error('other side closed'), { code: 'UND_ERR_SOCKET' }) });
     expect(classOf(hungUp, { registry: 'r', proxy: new URL('http://u:secret@p:3128') })).toEqual([
