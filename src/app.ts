@@ -13,6 +13,7 @@ import type { Metrics } from './metrics.js';
 import type { UpstreamPulls } from './cache/upstream-pulls.js';
 import { sendError } from './server/error-handler.js';
 import { registerRequestLog } from './server/plugins/request-log.js';
+import { registerDebugRoutes } from './server/routes/debug.js';
 import { registerHealthRoutes } from './server/routes/health.js';
 import { registerV2Routes } from './server/routes/v2.js';
 
@@ -31,7 +32,11 @@ export interface AppDeps {
   ready: () => Promise<boolean>;
 }
 
-/** Builds the HTTP server; no I/O happens until `listen`. With `opsSeparately`, /metrics lives on buildOpsApp. */
+/**
+ * Builds the registry listener; no I/O happens until `listen`. Debug endpoints never answer here (they name images);
+ * /metrics does only when there is no operations listener (`opsSeparately`): its labels name no repository, digest
+ * or credential.
+ */
 export function buildApp(deps: AppDeps, options: { opsSeparately?: boolean } = {}): FastifyInstance {
   const app = Fastify({
     loggerInstance: deps.log,
@@ -49,25 +54,24 @@ export function buildApp(deps: AppDeps, options: { opsSeparately?: boolean } = {
   );
   registerRequestLog(app, deps.metrics);
   registerHealthRoutes(app, deps.ready);
-  if (!options.opsSeparately) registerOpsRoutes(app, deps);
+  if (!options.opsSeparately) registerMetricsRoute(app, deps);
   registerTokenRoutes(app, deps);
   registerV2Routes(app, deps);
   return app;
 }
 
-/** A small server for probes and metrics on their own address (`metricsListen`). */
+/** The operations listener (`metricsListen`): probes, metrics and debug endpoints. */
 export function buildOpsApp(deps: AppDeps): FastifyInstance {
   const app = Fastify({ loggerInstance: deps.log, logController: new LogController({ disableRequestLogging: true }) }) as unknown as FastifyInstance;
   registerHealthRoutes(app, deps.ready);
-  registerOpsRoutes(app, deps);
+  registerMetricsRoute(app, deps);
+  registerDebugRoutes(app, { limiter: deps.pulls.limiter, isOpen: (registry, repository) => deps.verifier.repositoryIsOpen(registry, repository) });
   return app;
 }
 
-/** /metrics, and /debug/pulls (what the parallel-pull limit is doing: image names, never content or credentials). */
-function registerOpsRoutes(app: FastifyInstance, deps: AppDeps): void {
+function registerMetricsRoute(app: FastifyInstance, deps: AppDeps): void {
   app.get('/metrics', async (_request, reply) => {
     const { contentType, body } = await deps.metrics.render();
     return reply.header('content-type', contentType).send(body);
   });
-  app.get('/debug/pulls', async () => deps.pulls.limiter.state());
 }

@@ -180,7 +180,6 @@ export async function createServices(config: Config, log: Logger, options: { dis
     allowlist: config.preloadedImagesVerificationAllowlist,
     records,
     metadata,
-    upstream,
     nodeCredentials,
     log,
     onOutcome: (p, outcome) => metrics.verifications.labels(p, outcome).inc(),

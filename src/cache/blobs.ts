@@ -6,7 +6,7 @@ import { OciError, isOciError } from '../oci/errors.js';
 import type { ParsedManifestJson } from '../oci/media-types.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { drain, type UpstreamClient } from '../upstream/client.js';
-import type { Credential } from '../upstream/credentials.js';
+import { credentialKey, type Credential } from '../upstream/credentials.js';
 import { errorForUpstreamStatus } from '../upstream/errors.js';
 import { BlobFill } from './fill.js';
 import type { PullIntents } from './manifests.js';
@@ -43,9 +43,22 @@ export interface BlobRequest {
   credential?: Credential;
 }
 
+/** A fill under way, and whose upstream answer it is: registry, repository and credential class. */
+interface RunningFill {
+  fill: BlobFill;
+  registry: string;
+  origin: string;
+}
+
+/** Who an upstream answer for a blob was for: requests with the same origin would get the same answer. */
+function originOf(req: BlobRequest): string {
+  return `${req.registry.host}/${req.repository}|${credentialKey(req.credential)}`;
+}
+
 /** Pull-through blobs: serve from the store, else fill once from upstream while streaming to every waiting client. */
 export class BlobCache {
-  private readonly fills = new Map<string, BlobFill>();
+  /** Fills under way, by digest (more than one only while clients not yet allowed the blob prove access). */
+  private readonly fills = new Map<string, RunningFill[]>();
   /** Open reads of stored blobs, by digest. */
   private readonly serving = new Map<string, number>();
   /** Each fill's whole task, bookkeeping included, so shutdown can wait for it. */
@@ -72,41 +85,42 @@ export class BlobCache {
     return this.fills.has(digest) || (this.serving.get(digest) ?? 0) > 0;
   }
 
-  /** Whether the blob is stored or being fetched. */
-  known(digest: string): boolean {
-    return this.fills.has(digest) || this.deps.metadata.getBlob(digest) !== undefined;
-  }
-
-  /** Answers a GET for an authorized client: stored, joined to a running fill, or a new fill. */
+  /**
+   * Answers a GET for a client allowed to have the blob: stored, joined to a running fill from the same registry
+   * (another registry's answer could be a wrong body, failing this client), or a new fill.
+   */
   async get(req: BlobRequest): Promise<BlobAnswer> {
-    const stored = this.stored(req.digest);
-    if (stored) return stored;
-    const running = this.fills.get(req.digest);
-    if (!running) return this.fetchOwn(req);
-    try {
-      await running.ready;
-    } catch (err) {
-      // The fill was started by another client, which the upstream refused or does not serve this blob to
-      // (another repository, other credentials): that says nothing about this client, so it asks for itself.
-      if (isOciError(err) && (err.status === 401 || err.status === 403 || err.status === 404)) {
-        const again = this.stored(req.digest);
-        if (again) return again;
-        const next = this.fills.get(req.digest);
-        return next && next !== running ? this.get(req) : this.fetchOwn(req);
+    const tried = new Set<BlobFill>();
+    for (;;) {
+      const stored = this.stored(req.digest);
+      if (stored) return stored;
+      const running = this.fills.get(req.digest)?.find((r) => r.registry === req.registry.host && !tried.has(r.fill));
+      if (!running) return this.fetchOwn(req);
+      tried.add(running.fill);
+      try {
+        await running.fill.ready;
+      } catch (err) {
+        // A fill the upstream refused or does not serve to its starter (another repository or credential) says
+        // nothing about this client, which asks for itself.
+        if (isOciError(err) && (err.status === 401 || err.status === 403 || err.status === 404)) continue;
+        throw err;
       }
-      throw err;
+      return this.answerFor(running.fill, 'inflight');
     }
-    return this.answerFor(running, 'inflight');
   }
 
   /**
-   * This client's own upstream fetch, for a client not yet authorized for the blob: returns undefined instead when the
-   * blob is (now) stored or being fetched by someone else, so the caller authorizes against it first. The check
-   * and the fill's registration happen in one synchronous step, so nobody can slip in between.
+   * Answers a GET for a client not (yet) allowed to have the blob: its own upstream GET, with its credential through
+   * its repository, is the access check whatever the store holds, and the verified body is the proof that this
+   * registry holds the blob there. Requests with the same credential and repository join that GET (they would get
+   * the same answer) instead of asking again; nobody else's fill or stored copy answers for them.
    */
-  async fetchIfUnknown(req: BlobRequest): Promise<BlobAnswer | undefined> {
-    if (this.known(req.digest)) return undefined;
-    return this.fetchOwn(req);
+  async fetchAsProof(req: BlobRequest): Promise<BlobAnswer> {
+    const origin = originOf(req);
+    const same = this.fills.get(req.digest)?.find((r) => r.origin === origin && r.fill.state !== 'failed');
+    if (!same) return this.fetchOwn(req);
+    await same.fill.ready;
+    return this.answerFor(same.fill, 'inflight');
   }
 
   private async fetchOwn(req: BlobRequest): Promise<BlobAnswer> {
@@ -135,7 +149,7 @@ export class BlobCache {
     if (!options.upstreamOnly) {
       const row = this.deps.metadata.getBlob(req.digest);
       if (row) return { size: row.size, source: 'store' };
-      const fill = this.fills.get(req.digest);
+      const fill = this.fills.get(req.digest)?.find((r) => r.registry === req.registry.host)?.fill;
       if (fill) {
         try {
           await fill.ready;
@@ -206,7 +220,9 @@ export class BlobCache {
 
   /** Number of fills under way. */
   get activeFills(): number {
-    return this.fills.size;
+    let n = 0;
+    for (const running of this.fills.values()) n += running.length;
+    return n;
   }
 
   /** Resolves when every running fill has ended and recorded its outcome (for tests and shutdown). */
@@ -223,19 +239,21 @@ export class BlobCache {
   private startFill(req: BlobRequest): BlobFill {
     const { store, metadata, upstream, log } = this.deps;
     const fill = new BlobFill(req.digest, store);
-    this.fills.set(req.digest, fill);
+    const running: RunningFill = { fill, registry: req.registry.host, origin: originOf(req) };
+    this.fills.set(req.digest, [...(this.fills.get(req.digest) ?? []), running]);
     // The fill owns its lifetime: a client that disconnects detaches its reader, the download goes on.
     const signal = AbortSignal.any([AbortSignal.timeout(this.deps.fillTimeoutMs), this.shutdownController.signal]);
     const flog = log.child({ registry: req.registry.host, repository: req.repository, digest: req.digest });
     const intent = this.deps.intents?.begin(req.registry.host, req.repository, req.digest);
     const pulls = this.deps.pulls;
     const backoffKey = `${req.registry.host}/${req.repository}@${req.digest}`;
+    const credentialClass = credentialKey(req.credential);
     // The image's pull slot is held for the whole transfer, not just until the upstream answers.
     let lease: PullLease | undefined;
     const task = fill
       .run(
         async () => {
-          const blocked = pulls?.backoff.check(backoffKey);
+          const blocked = pulls?.backoff.check(backoffKey, credentialClass);
           if (blocked) throw blocked;
           lease = await pulls?.limiter.acquire(imageKeys(this.deps.metadata, req.registry.host, req.repository, req.digest), signal);
           const described = await this.describedSize(req);
@@ -272,16 +290,17 @@ export class BlobCache {
       )
       .then(() => {
         lease?.release();
-        if (fill.state === 'committed') pulls?.backoff.success(backoffKey);
-        else if (countsForBackoff(fill.error)) pulls?.backoff.failure(backoffKey, fill.error);
+        if (fill.state === 'committed') pulls?.backoff.success(backoffKey, credentialClass);
+        else if (countsForBackoff(fill.error)) pulls?.backoff.failure(backoffKey, fill.error, credentialClass);
         this.deps.onFillEnd?.(req.registry.host, fill.written);
         if (fill.state === 'committed') flog.info({ size: fill.written }, 'blob stored');
         else flog.warn({ err: fill.error }, 'blob fill failed');
       })
       .catch((err: unknown) => flog.error({ err }, 'blob fill bookkeeping failed'))
       .finally(() => {
-        // A refused fill may already have been replaced by a joiner's own; only remove this one.
-        if (this.fills.get(req.digest) === fill) this.fills.delete(req.digest);
+        const left = (this.fills.get(req.digest) ?? []).filter((r) => r !== running);
+        if (left.length > 0) this.fills.set(req.digest, left);
+        else this.fills.delete(req.digest);
         if (intent !== undefined) this.deps.intents?.end(intent);
         this.tasks.delete(task);
       });

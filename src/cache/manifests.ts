@@ -28,6 +28,17 @@ export interface ManifestAnswer {
   source: ManifestSource;
   /** The exact stored bytes; absent for HEAD. */
   bytes?: Buffer;
+  /**
+   * For a stored answer given in place of an upstream failure (a stale tag, a preloaded tag the upstream does not
+   * know): that failure, or the back-off answer. A client that may not have the stored digest gets this error, as it
+   * would for a tag the cache does not know.
+   */
+  upstreamError?: OciError;
+}
+
+/** A blob request a manifest is fetched for: the fetch is accounted as that blob's (its back-off, its error codes). */
+export interface OnBehalfOfBlob {
+  digest: string;
 }
 
 /** Hooks around an upstream pull, so a crash mid-pull leaves a trace (the kubelet's pull intents). */
@@ -100,6 +111,25 @@ export class ManifestCache {
     }
   }
 
+  /**
+   * GETs a manifest by digest upstream with the request's credential even when it is stored: a body that hashes to
+   * the digest proves that this registry holds it in this repository and that the credential may read it (a HEAD's
+   * 200 proves neither). `forBlob` runs it as part of a blob request.
+   */
+  async fetchByDigest(req: ManifestRequest, forBlob?: OnBehalfOfBlob): Promise<ManifestAnswer> {
+    this.shutdownController.signal.throwIfAborted();
+    const key = `${credentialKey(req.credential)}|${forBlob?.digest ?? ''}|${req.reference}`;
+    const work = this.byDigest
+      .run(key, () => this.fetch(req, req.reference, UPSTREAM_ACCEPT, req.reference, forBlob))
+      .then((answer) => this.withBytes(answer, req.method));
+    this.tasks.add(work);
+    try {
+      return await work;
+    } finally {
+      this.tasks.delete(work);
+    }
+  }
+
   /** Aborts upstream requests in flight and waits until nothing more will be written. */
   async shutdown(): Promise<void> {
     this.shutdownController.abort(new Error('registry-cache is shutting down'));
@@ -114,7 +144,7 @@ export class ManifestCache {
     }
     // A manifest by digest never changes: one upstream GET, ever, per digest.
     // Keyed by credential too: one client's successful fetch must not answer for another's credentials.
-    return this.byDigest.run(`${credentialKey(req.credential)}|${req.reference}`, () => this.fetch(req, req.reference, UPSTREAM_ACCEPT, req.reference));
+    return this.byDigest.run(`${credentialKey(req.credential)}||${req.reference}`, () => this.fetch(req, req.reference, UPSTREAM_ACCEPT, req.reference));
   }
 
   private async getByTag(req: ManifestRequest): Promise<ManifestAnswer> {
@@ -143,33 +173,30 @@ export class ManifestCache {
     const known = tagRow && metadata.getManifest(tagRow.digest);
     if (!known) return this.fetchTag(req);
     const backoffKey = `${req.registry.host}/${req.repository}:${req.reference}`;
+    const credentialClass = credentialKey(req.credential);
     try {
       // While the tag backs off, the stored answer is served as usual, without asking the upstream again.
-      if (this.deps.pulls?.backoff.check(backoffKey)) return { ...known, source: 'stale' };
+      const blocked = this.deps.pulls?.backoff.check(backoffKey, credentialClass);
+      if (blocked) return { ...known, source: 'stale', upstreamError: blocked };
       const res = await this.send(req, 'HEAD', req.reference, UPSTREAM_ACCEPT).catch((err: unknown) => {
-        if (countsForBackoff(err)) this.deps.pulls?.backoff.failure(backoffKey, err);
+        if (countsForBackoff(err)) this.deps.pulls?.backoff.failure(backoffKey, err, credentialClass);
         throw err;
       });
       await drain(res.body);
       if (res.status !== 200) {
         const err = errorForUpstreamStatus(res.status, 'manifest', req.registry.host, header(res.headers['retry-after']));
-        if (countsForBackoff(err)) this.deps.pulls?.backoff.failure(backoffKey, err);
+        if (countsForBackoff(err)) this.deps.pulls?.backoff.failure(backoffKey, err, credentialClass);
         // An air-gapped preload names a tag the upstream never had: the upstream's 404 does not undo the import.
-        if (res.status === 404 && this.deps.preloadedAs?.(req.registry.host, req.repository, known.digest)) return { ...known, source: 'store' };
+        if (res.status === 404 && this.deps.preloadedAs?.(req.registry.host, req.repository, known.digest)) return { ...known, source: 'store', upstreamError: err };
         throw err;
       }
-      this.deps.pulls?.backoff.success(backoffKey);
-      const digest = header(res.headers['docker-content-digest']);
-      if (digest === known.digest) {
-        metadata.putTag(req.registry.host, req.repository, req.reference, digest);
+      this.deps.pulls?.backoff.success(backoffKey, credentialClass);
+      // The tag still names the digest this repository's tag was fetched as: that GET proved possession. A HEAD naming
+      // any other digest proves nothing (a catch-all upstream could name another registry's stored manifest), so
+      // that manifest is fetched and hashed like a new one.
+      if (header(res.headers['docker-content-digest']) === known.digest) {
+        metadata.putTag(req.registry.host, req.repository, req.reference, known.digest);
         return { ...known, source: 'revalidated' };
-      }
-      if (digest) {
-        const stored = metadata.getManifest(digest);
-        if (stored) {
-          metadata.putTag(req.registry.host, req.repository, req.reference, digest);
-          return { ...stored, source: 'revalidated' };
-        }
       }
       return await this.fetchTag(req);
     } catch (err) {
@@ -178,7 +205,7 @@ export class ManifestCache {
           { registry: req.registry.host, repository: req.repository, tag: req.reference, digest: known.digest, err: errSummary(err) },
           'upstream unavailable; serving last known digest for tag',
         );
-        return { ...known, source: 'stale' };
+        return { ...known, source: 'stale', upstreamError: err };
       }
       throw err;
     }
@@ -191,17 +218,23 @@ export class ManifestCache {
   }
 
   /** GETs a manifest upstream, verifies it against `expectedDigest` (or the upstream's claim), stores it. */
-  private async fetch(req: ManifestRequest, reference: string, accept: string, expectedDigest: string | undefined): Promise<ManifestAnswer> {
+  private async fetch(
+    req: ManifestRequest,
+    reference: string,
+    accept: string,
+    expectedDigest: string | undefined,
+    forBlob?: OnBehalfOfBlob,
+  ): Promise<ManifestAnswer> {
     const { host } = req.registry;
     const byDigest = reference.includes(':');
     // A fetch with a client's own Accept is a different question from the tag's: it backs off on its own.
     const variant = accept === UPSTREAM_ACCEPT ? '' : `#${accept}`;
-    const backoffKey = `${host}/${req.repository}${byDigest ? '@' : ':'}${reference}${variant}`;
+    const backoffKey = `${host}/${req.repository}${byDigest ? '@' : ':'}${forBlob?.digest ?? reference}${variant}`;
     const keys = byDigest ? imageKeys(this.deps.metadata, host, req.repository, reference) : [`${host}/${req.repository}:${reference}`];
-    return underPullLimit(this.deps.pulls, backoffKey, keys, this.shutdownController.signal, async (lease) => {
+    return underPullLimit(this.deps.pulls, backoffKey, credentialKey(req.credential), keys, this.shutdownController.signal, async (lease) => {
       const intent = this.deps.intents?.begin(host, req.repository, reference);
       try {
-        const answer = await this.fetchVerified(req, reference, accept, expectedDigest);
+        const answer = await this.fetchVerified(req, reference, accept, expectedDigest, forBlob ? 'blob' : 'manifest');
         // The tag's pull and the digest's are the same image pull; its child manifests and blobs find it by the digest,
         // and it keeps its slot until what it names is stored.
         lease?.alias(`${host}/${req.repository}@${answer.digest}`);
@@ -213,11 +246,17 @@ export class ManifestCache {
     });
   }
 
-  private async fetchVerified(req: ManifestRequest, reference: string, accept: string, expectedDigest: string | undefined): Promise<ManifestAnswer> {
+  private async fetchVerified(
+    req: ManifestRequest,
+    reference: string,
+    accept: string,
+    expectedDigest: string | undefined,
+    subject: 'manifest' | 'blob',
+  ): Promise<ManifestAnswer> {
     const res = await this.send(req, 'GET', reference, accept);
     if (res.status !== 200) {
       await drain(res.body);
-      throw errorForUpstreamStatus(res.status, 'manifest', req.registry.host, header(res.headers['retry-after']));
+      throw errorForUpstreamStatus(res.status, subject, req.registry.host, header(res.headers['retry-after']));
     }
     const bytes = await readManifestBody(res).catch((err: unknown) => {
       throw errorForBodyFailure(err, req.registry.host);
@@ -270,7 +309,7 @@ export class ManifestCache {
 }
 
 /** Upstream trouble during which a known tag answer may be served: unreachable, 5xx, timeouts, rate limits. */
-function isUpstreamOutage(err: unknown): boolean {
+function isUpstreamOutage(err: unknown): err is OciError {
   return isOciError(err) && (err.status >= 500 || err.code === 'TOOMANYREQUESTS');
 }
 

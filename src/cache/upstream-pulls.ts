@@ -30,6 +30,15 @@ export function imageKeys(metadata: Metadata, registry: string, repository: stri
   return keys.length > 0 ? keys : [`${registry}/${repository}@${digest}`];
 }
 
+/** The registry and repository a limiter key names (`registry/repository@digest` or `registry/repository:tag`). */
+export function imageOfKey(key: string): { registry: string; repository: string } | undefined {
+  const slash = key.indexOf('/');
+  const rest = key.slice(slash + 1);
+  const end = rest.includes('@') ? rest.indexOf('@') : rest.lastIndexOf(':');
+  if (slash <= 0 || end <= 0) return undefined;
+  return { registry: key.slice(0, slash), repository: rest.slice(0, end) };
+}
+
 /**
  * Whether a pull's manifests are complete: an image manifest when all its blobs are stored; an index when one of its
  * child manifests is stored and complete (a client pulls one platform, or several).
@@ -49,26 +58,28 @@ export function manifestsComplete(metadata: Metadata, manifests: ReadonlySet<str
 }
 
 /**
- * Runs one upstream transfer under back-off and the image's pull slot: a reference backing off answers its last
- * error at once; the lease is released when `work` ends unless `work` hands it on (a blob fill keeps it).
+ * Runs one upstream transfer under back-off and the image's pull slot: a reference backing off for this credential
+ * class answers its last error at once; the lease is released when `work` ends unless `work` hands it on (a blob
+ * fill keeps it).
  */
 export async function underPullLimit<T>(
   pulls: UpstreamPulls | undefined,
   backoffKey: string,
+  credentialClass: string,
   keys: string[],
   signal: AbortSignal,
   work: (lease: PullLease | undefined) => Promise<T>,
 ): Promise<T> {
   if (!pulls) return work(undefined);
-  const blocked = pulls.backoff.check(backoffKey);
+  const blocked = pulls.backoff.check(backoffKey, credentialClass);
   if (blocked) throw blocked;
   const lease = await pulls.limiter.acquire(keys, signal);
   try {
     const value = await work(lease);
-    pulls.backoff.success(backoffKey);
+    pulls.backoff.success(backoffKey, credentialClass);
     return value;
   } catch (err) {
-    if (countsForBackoff(err)) pulls.backoff.failure(backoffKey, err);
+    if (countsForBackoff(err)) pulls.backoff.failure(backoffKey, err, credentialClass);
     throw err;
   } finally {
     lease.release();

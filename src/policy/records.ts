@@ -62,6 +62,9 @@ export class PullRecords {
       beginIntent: db.prepare<[string, string, string, number]>('INSERT INTO pull_intents (registry, repository, reference, started_at) VALUES (?, ?, ?, ?)'),
       endIntent: db.prepare<[number]>('DELETE FROM pull_intents WHERE id = ?'),
       blobExists: db.prepare<[string], number>('SELECT 1 FROM blobs WHERE digest = ?'),
+      openRepository: db.prepare<[string, string], number>(
+        'SELECT 1 FROM pull_records WHERE registry = ? AND repository = ? AND node_pods_accessible = 1 LIMIT 1',
+      ),
       tagDigest: db.prepare<[string, string, string], string>('SELECT digest FROM tags WHERE registry = ? AND repository = ? AND tag = ?'),
       getMeta: db.prepare<[string], string>('SELECT value FROM meta WHERE key = ?'),
       setMeta: db.prepare<[string, string]>('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
@@ -71,6 +74,7 @@ export class PullRecords {
     this.stmt.anyPreloaded.pluck();
     this.stmt.importedAs.pluck();
     this.stmt.blobExists.pluck();
+    this.stmt.openRepository.pluck();
     this.stmt.tagDigest.pluck();
     this.stmt.getMeta.pluck();
   }
@@ -94,6 +98,11 @@ export class PullRecords {
       lastVerified: row.last_verified,
       preloaded,
     };
+  }
+
+  /** Whether anything of this repository was pulled anonymously or with node-wide credentials: any pod on the node may. */
+  hasNodePodsAccessible(registry: string, repository: string): boolean {
+    return this.stmt.openRepository.get(registry, repository) !== undefined;
   }
 
   /** Whether the recorded pullers include `hash` (constant-time per comparison). */

@@ -2,10 +2,7 @@ import type { Logger } from 'pino';
 import type { RegistryConfig } from '../config/load.js';
 import type { Metadata } from '../db/queries.js';
 import { OciError, isOciError } from '../oci/errors.js';
-import { MANIFEST_MEDIA_TYPES } from '../oci/media-types.js';
-import { drain, type UpstreamClient } from '../upstream/client.js';
 import type { Credential } from '../upstream/credentials.js';
-import { errorForUpstreamStatus } from '../upstream/errors.js';
 import type { Allowlist } from './allowlist.js';
 import type { NodeCredentials } from './node-credentials.js';
 import { PullRecords, type Puller } from './records.js';
@@ -36,7 +33,8 @@ export type VerificationOutcome = 'local' | 'exempt' | 'verified' | 'denied' | '
 
 /**
  * Decides whether a client may be handed stored content, with the kubelet's `MustAttemptImagePull` order:
- * exempt by policy → `nodePodsAccessible` → a recorded credential → verify upstream (HEAD, no download).
+ * exempt by policy → `nodePodsAccessible` → a recorded credential → prove it upstream: the GET by digest a miss
+ * would make, with the client's credential, whose body must hash to the digest (possession, not an upstream's word).
  */
 export class CredentialVerifier {
   constructor(
@@ -45,7 +43,6 @@ export class CredentialVerifier {
       allowlist: Allowlist;
       records: PullRecords;
       metadata: Metadata;
-      upstream: UpstreamClient;
       nodeCredentials: NodeCredentials;
       log: Logger;
       onOutcome?: (policy: VerificationPolicy, outcome: VerificationOutcome) => void;
@@ -75,43 +72,54 @@ export class CredentialVerifier {
     return access.identity.kind === 'credential' && PullRecords.includes(record, access.identity.hash);
   }
 
-  /** Lets the client have stored manifest `digest`, verifying its credentials upstream when no record covers them. */
-  async authorizeManifest(access: Access, digest: string): Promise<void> {
-    if (this.allowedLocally(access, digest)) {
-      this.count(this.policy === 'NeverVerify' ? 'exempt' : 'local');
-      return;
-    }
-    await this.verifyUpstream(access, 'manifests', digest, digest, false);
+  /**
+   * Whether anyone who can reach the cache on this node may learn that this repository is pulled here: every pod may
+   * pull from it (a `nodePodsAccessible` record), or the policy verifies nothing.
+   */
+  repositoryIsOpen(registry: string, repository: string): boolean {
+    return this.policy === 'NeverVerify' || this.deps.records.hasNodePodsAccessible(registry, repository);
+  }
+
+  /** Counts an answer from the store that a record (or the policy) allowed. */
+  noteLocal(): void {
+    this.count(this.policy === 'NeverVerify' ? 'exempt' : 'local');
   }
 
   /**
-   * Lets the client have blob `digest` (stored or being fetched): allowed if allowed for a manifest of this
-   * repository that references it, else verified upstream like a manifest. Returns false when nothing is known of
-   * the blob at all, so the caller's upstream fetch is itself the verification.
+   * Whether blob `digest` may be served to this client from the store (or a running fill) without asking the upstream:
+   * its own pull record here, or a manifest of this repository the client is allowed that references it — but only
+   * when the blob itself came through this repository (a fill hashed it here): a manifest anyone can publish may list
+   * any digest, and a registry may accept manifests whose blobs it does not hold there. Otherwise `parent` names a
+   * stored manifest of this repository that vouches for the blob once the client is proven for it.
    */
-  async authorizeBlob(access: Access, digest: string, known: boolean): Promise<boolean> {
-    if (this.policy === 'NeverVerify') return true;
+  blobAccess(access: Access, digest: string): { allowed: true } | { allowed: false; parent: string | undefined } {
+    if (this.policy === 'NeverVerify') return { allowed: true };
     const { metadata } = this.deps;
     const { host } = access.registry;
-    // A parent vouches for the blob only if the blob itself came through this repository: a manifest anyone can
-    // publish may list any digest, and some registries accept manifests whose blobs they do not hold there.
-    const linked = metadata.isLinked(host, access.repository, digest);
-    const parents = metadata.parentsInRepository(host, access.repository, digest);
-    const parentAllowed = parents.find((p) => this.allowedLocally(access, p));
-    if ((parentAllowed && linked) || this.allowedLocally(access, digest, false)) {
+    const parents = metadata.isLinked(host, access.repository, digest) ? metadata.parentsInRepository(host, access.repository, digest) : [];
+    if (this.allowedLocally(access, digest, false) || parents.some((p) => this.allowedLocally(access, p))) {
       this.count('local');
-      return true;
+      return { allowed: true };
     }
-    if (parents.length === 0 && !known) return false;
-    if (parentAllowed || parents.length === 0) {
-      // Vouched for by a parent but not yet seen here, or no manifest here explains it: ask the upstream about
-      // this blob in this repository (whether it is public is unknown, so anonymous clients are tried as such).
-      await this.verifyUpstream(access, 'blobs', digest, digest, true);
-    } else {
-      await this.verifyUpstream(access, 'manifests', parents[0] as string, parents[0] as string, false);
-      if (!linked) await this.verifyUpstream(access, 'blobs', digest, digest, true);
+    return { allowed: false, parent: parents[0] };
+  }
+
+  /**
+   * Proves a client's access upstream for content no record lets it have: `operation` is the same upstream GET a
+   * cache miss makes (by digest, its body hashed), with the kubelet's credential order — so what a client without
+   * access sees never depends on whether the content is stored. The caller records the returned puller.
+   */
+  async prove<T>(access: Access, operation: (credential: Credential | undefined) => Promise<T>): Promise<{ value: T; puller: Puller }> {
+    // NeverVerify verifies nothing: its upstream fetches are plain misses.
+    if (this.policy === 'NeverVerify') return this.tryUpstream(access, operation);
+    try {
+      const proven = await this.tryUpstream(access, operation);
+      this.count('verified');
+      return proven;
+    } catch (err) {
+      if (!isOciError(err) || (err.code !== 'UNAUTHORIZED' && err.code !== 'DENIED' && err.status >= 500)) this.count('unreachable');
+      throw err;
     }
-    return true;
   }
 
   /**
@@ -144,48 +152,6 @@ export class CredentialVerifier {
   record(access: Access, digest: string, puller: Puller): void {
     if (this.policy === 'NeverVerify') return;
     this.deps.records.recordSuccess(access.registry.host, access.repository, digest, puller);
-  }
-
-  /**
-   * Verifies the client's credentials with a HEAD (never a download). A client that sent nothing is challenged
-   * at once when its record already says anonymous access is not established (`probeAnonymously` false);
-   * otherwise it is tried anonymously (or with node-wide credentials) first and challenged only if refused.
-   */
-  private async verifyUpstream(access: Access, kind: 'manifests' | 'blobs', reference: string, recordDigest: string, probeAnonymously: boolean): Promise<void> {
-    if (access.identity.kind === 'none' && !probeAnonymously) {
-      this.count('challenged');
-      throw access.challenge();
-    }
-    const log = this.deps.log.child({ registry: access.registry.host, repository: access.repository, digest: recordDigest });
-    try {
-      const { puller } = await this.tryUpstream(access, async (credential) => {
-        const res = await this.deps.upstream.send({
-          registry: access.registry,
-          method: 'HEAD',
-          path: `/v2/${access.repository}/${kind}/${reference}`,
-          headers: kind === 'manifests' ? { accept: MANIFEST_MEDIA_TYPES.join(', ') } : {},
-          repository: access.repository,
-          ...(credential ? { credential } : {}),
-          ...(this.deps.signal ? { signal: this.deps.signal } : {}),
-        });
-        await drain(res.body);
-        if (res.status !== 200) throw errorForUpstreamStatus(res.status, kind === 'manifests' ? 'manifest' : 'blob', access.registry.host);
-      });
-      this.record(access, recordDigest, puller);
-      if (kind === 'blobs') this.deps.metadata.linkRepository(access.registry.host, access.repository, recordDigest);
-      this.count('verified');
-      log.info({ puller: puller.kind }, 'credentials verified upstream');
-    } catch (err) {
-      if (isOciError(err) && (err.code === 'UNAUTHORIZED' || err.code === 'DENIED' || err.status === 404)) {
-        // A definite answer: refused, or the upstream does not have it under this repository.
-        log.info({ code: err.code }, 'credential verification refused');
-        throw err;
-      }
-      // Fail closed: content the client was not proven to be allowed to see is not served.
-      this.count('unreachable');
-      log.warn({ err: isOciError(err) ? { code: err.code, message: err.message } : { message: String(err) } }, 'credential verification impossible; refusing');
-      throw new OciError('UNAVAILABLE', 'cannot verify credentials with the upstream registry', { status: 503, cause: err });
-    }
   }
 
   private async attempts(access: Access): Promise<Attempt[]> {

@@ -73,13 +73,15 @@ describe('credential verification flows', () => {
     const cache = await cacheFor(upstream);
     const url = manifestUrl(cache, upstream, image);
     expect((await pullLikeContainerd(url, upstream.host, 'private/app', A)).final.status).toBe(200);
-    const gets = upstream.count('GET', /\/manifests\//);
+    // Verification is a GET by digest (possession); a refused one downloads nothing.
+    const downloads = (): number => upstream.requests.filter((r) => r.method === 'GET' && r.path.includes('/manifests/') && r.status === 200).length;
+    const gets = downloads();
     const anon = await pullLikeContainerd(url, upstream.host, 'private/app');
     expect(anon.final.status).toBe(401);
     expect(errorCode(anon.final)).toBe('UNAUTHORIZED');
     const b = await pullLikeContainerd(url, upstream.host, 'private/app', B);
     expect(b.final.status).toBe(401);
-    expect(upstream.count('GET', /\/manifests\//)).toBe(gets);
+    expect(downloads()).toBe(gets);
   });
 
   it('keeps verifying the old credential locally after rotation, and verifies a new one upstream once', async () => {
@@ -111,22 +113,23 @@ describe('credential verification flows', () => {
     let before = upstream.requests.length;
     expect((await call(blobUrl('private/app'), { headers: { authorization: `Bearer ${tokenA}` } })).status).toBe(200);
     expect(upstream.requests.length).toBe(before);
-    // Tenant B: verified once against the manifest that references the blob (HEAD), then served.
+    // Tenant B: verified once against the manifest that references the blob (a GET by digest, hashed), then served.
     const tokenB = await cacheToken(cache.url, upstream.host, 'private/app', B);
     before = upstream.requests.length;
     expect((await call(blobUrl('private/app'), { headers: { authorization: `Bearer ${tokenB}` } })).status).toBe(200);
-    expect(upstream.requests.slice(before).map((r) => `${r.method} ${r.path}`)).toEqual([`HEAD /v2/private/app/manifests/${image.manifestDigest}`]);
+    expect(upstream.requests.slice(before).map((r) => `${r.method} ${r.path}`)).toEqual([`GET /v2/private/app/manifests/${image.manifestDigest}`]);
     // Anonymous: challenged, never handed the stored bytes.
     const anon = await call(blobUrl('private/app'));
     expect(anon.status).toBe(401);
-    // The same digest asked for through a repository it was never pulled through is verified there upstream.
+    // The same digest asked for through a repository it was never pulled through is verified there upstream: the
+    // client's own GET of the blob through that repository (hashed), never the stored copy.
     upstream.auth = { kind: 'basic', users: { [A.username]: A.password, [B.username]: B.password }, publicRepos: ['public/app'] };
     const tokenOther = await cacheToken(cache.url, upstream.host, 'other/repo', A);
     before = upstream.requests.length;
     const other = await call(blobUrl('other/repo'), { headers: { authorization: `Bearer ${tokenOther}` } });
     expect(other.status).toBe(404);
     expect(errorCode(other)).toBe('BLOB_UNKNOWN');
-    expect(upstream.requests.slice(before).map((r) => `${r.method} ${r.path}`)).toEqual([`HEAD /v2/other/repo/blobs/${layer.digest}`]);
+    expect(upstream.requests.slice(before).map((r) => `${r.method} ${r.path}`)).toEqual([`GET /v2/other/repo/blobs/${layer.digest}`]);
   });
 
   it('turns a pull intent left by a crash into a record without credentials, forcing verification', async () => {
@@ -148,9 +151,9 @@ describe('credential verification flows', () => {
     const token = await cacheToken(second.url, upstream.host, 'private/app', A);
     const before = upstream.requests.length;
     expect((await call(manifestUrl(second, upstream, image), { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
-    // Verified upstream with a HEAD (a fresh process first meets the registry's Basic challenge: 401, then 200).
+    // Verified upstream with a GET by digest (a fresh process first meets the registry's Basic challenge: 401, then 200).
     const made = upstream.requests.slice(before);
-    expect(made.map((r) => `${r.method} ${Boolean(r.headers.authorization)}`)).toEqual(['HEAD false', 'HEAD true']);
+    expect(made.map((r) => `${r.method} ${Boolean(r.headers.authorization)}`)).toEqual(['GET false', 'GET true']);
   });
 
   it('counts a store that ran under NeverVerify as preloaded the first time verification is enabled', async () => {

@@ -36,7 +36,7 @@ describe('parallel-pull limit', () => {
   }
 
   it('with limit n and m > n cold images at once: never more than n images transferring, all complete, in FIFO order', async () => {
-    const { upstream, cache, images } = await setup(5, { maxParallelImagePulls: 2 });
+    const { upstream, cache, images } = await setup(5, { maxParallelImagePulls: 2, metricsListen: '127.0.0.1:0' });
     const pulls: Promise<void>[] = [];
     for (let i = 0; i < images.length; i++) {
       pulls.push(pullImage(cache, upstream, `img/n${i}`, images[i] as FakeImage));
@@ -48,7 +48,7 @@ describe('parallel-pull limit', () => {
     expect(peakOverlap(windows.values())).toBe(2);
     const admissionOrder = [...windows.entries()].sort((a, b) => a[1].start - b[1].start).map(([repo]) => repo);
     expect(admissionOrder).toEqual(['img/n0', 'img/n1', 'img/n2', 'img/n3', 'img/n4']);
-    const state = (await call(`${cache.url}/debug/pulls`)).body.toString();
+    const state = (await call(`${cache.opsUrl}/debug/pulls`)).body.toString();
     expect(JSON.parse(state)).toMatchObject({ limit: 2, queued: [], waits: { count: 5 } });
   });
 

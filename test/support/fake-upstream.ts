@@ -14,6 +14,8 @@ export interface RecordedRequest {
   /** The client's source port: distinct ports mean distinct connections. */
   remotePort: number | undefined;
   endedAt?: number;
+  /** The status the fake answered with, once it did. */
+  status?: number;
 }
 
 /**
@@ -90,8 +92,19 @@ export function makeImageFrom(layers: Buffer[], mediaType = 'application/vnd.oci
 /** Auth the fake demands on `/v2/` requests. */
 export type FakeAuth =
   | { kind: 'none' }
-  | { kind: 'bearer'; users?: Record<string, string>; allowAnonymous?: boolean; realmOrigin?: string; expiresIn?: number }
-  | { kind: 'basic'; users: Record<string, string>; publicRepos?: string[] };
+  /** `privateRepos`: anonymous tokens get 404 there (GHCR's answer to a client that may not see a repository). */
+  | { kind: 'bearer'; users?: Record<string, string>; allowAnonymous?: boolean; realmOrigin?: string; expiresIn?: number; privateRepos?: string[] }
+  /** `hideUnauthorized`: refuse wrong credentials with 404 instead of 401, as GHCR and Docker Hub do for repositories a client may not see. */
+  | { kind: 'basic'; users: Record<string, string>; publicRepos?: string[]; hideUnauthorized?: boolean };
+
+/**
+ * A misbehaving (misconfigured, compromised or catch-all) registry: 200 to every manifest and blob HEAD, and GET
+ * bodies that do not hash to the digest asked for, for content it does not hold.
+ */
+export interface EvilMode {
+  /** Docker-Content-Digest a HEAD of a tag claims (a HEAD by digest echoes the digest). */
+  tagDigest?: string;
+}
 
 /**
  * An in-process registry over a real socket: counts requests and injects faults that real registries do not
@@ -109,6 +122,8 @@ export class FakeUpstream {
   fault: (req: RecordedRequest) => Fault | undefined = () => undefined;
   /** false: answer tags/list whole, ignoring `n` and `last` (as distribution 2.8 does). */
   paginateTags = true;
+  /** Set: behave as an evil upstream (see EvilMode). */
+  evil: EvilMode | undefined = undefined;
   /** Delay before answering manifest and blob requests, to widen race windows. */
   delayMs = 0;
   url = '';
@@ -169,6 +184,7 @@ export class FakeUpstream {
     };
     res.once('close', () => {
       recorded.endedAt = performance.now();
+      recorded.status = res.statusCode;
     });
     if (url.pathname === '/token') {
       this.tokenRequests.push(recorded);
@@ -189,6 +205,7 @@ export class FakeUpstream {
     }
     if (fault?.kind === 'hang') return; // never answer
     if (this.delayMs > 0) await sleep(this.delayMs);
+    if (this.evil && this.answerEvil(url.pathname, req, res, this.evil)) return;
 
     if (url.pathname === '/v2/' || url.pathname === '/v2') {
       res.writeHead(200, { 'content-type': 'application/json', 'docker-distribution-api-version': 'registry/2.0' });
@@ -224,6 +241,29 @@ export class FakeUpstream {
       return this.sendBody(req, res, Buffer.from(JSON.stringify({ name: m[1], tags })), headers, fault);
     }
     notFound(res, 'NAME_UNKNOWN');
+  }
+
+  /** The evil mode's answers; false for requests it answers like an honest registry. */
+  private answerEvil(path: string, req: IncomingMessage, res: ServerResponse, evil: EvilMode): boolean {
+    const m = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/.exec(path);
+    if (!m) return false;
+    const [, repo, kind, ref] = m as unknown as [string, string, string, string];
+    const byDigest = ref.includes(':');
+    if (req.method === 'HEAD') {
+      const digest = byDigest ? ref : (evil.tagDigest ?? sha256(Buffer.from(ref)));
+      const type = kind === 'manifests' ? 'application/vnd.oci.image.manifest.v1+json' : 'application/octet-stream';
+      res.writeHead(200, { 'content-type': type, 'content-length': 1234, 'docker-content-digest': digest });
+      res.end();
+      return true;
+    }
+    const held = kind === 'manifests' ? this.manifests.has(byDigest ? `${repo}@${ref}` : `${repo}:${ref}`) : this.blobs.has(`${repo}@${ref}`);
+    if (held || !byDigest) return false;
+    // Claims to hold what it does not: a body of its own under the digest asked for.
+    const junk = kind === 'manifests' ? makeImage([16]).manifest : randomBytes(1234);
+    const type = kind === 'manifests' ? 'application/vnd.oci.image.manifest.v1+json' : 'application/octet-stream';
+    res.writeHead(200, { 'content-type': type, 'content-length': junk.length, 'docker-content-digest': ref });
+    res.end(junk);
+    return true;
   }
 
   /** A 200 with `bytes` (headers only for HEAD), or the body fault. */
@@ -284,13 +324,24 @@ export class FakeUpstream {
       if (user) return true;
       const repo = /^\/v2\/(.+)\/(manifests|blobs|tags)\//.exec(req.path)?.[1];
       if (!header && repo && auth.publicRepos?.includes(repo)) return true;
+      if (auth.hideUnauthorized && header && repo) {
+        notFound(res, 'NAME_UNKNOWN');
+        return false;
+      }
       res.writeHead(401, { 'www-authenticate': 'Basic realm="fake"', 'content-type': 'application/json' });
       res.end(JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: 'auth required' }] }));
       return false;
     }
     const token = header.startsWith('Bearer ') ? header.slice(7) : '';
-    if (token && this.issuedTokens.has(token)) return true;
     const repo = /^\/v2\/(.+)\/(manifests|blobs|tags)\//.exec(req.path)?.[1];
+    const issued = token ? this.issuedTokens.get(token) : undefined;
+    if (issued) {
+      if (issued.user === undefined && repo && auth.privateRepos?.includes(repo)) {
+        notFound(res, 'NAME_UNKNOWN');
+        return false;
+      }
+      return true;
+    }
     const realm = `${auth.realmOrigin ?? this.url}/token`;
     const scope = repo ? `,scope="repository:${repo}:pull"` : '';
     res.writeHead(401, { 'www-authenticate': `Bearer realm="${realm}",service="fake-registry"${scope}`, 'content-type': 'application/json' });

@@ -12,7 +12,7 @@ import type { Access, CredentialVerifier } from '../../policy/verifier.js';
 import { drain, type UpstreamClient, type UpstreamResponse } from '../../upstream/client.js';
 import { errorForBodyFailure, errorForUpstreamStatus } from '../../upstream/errors.js';
 import { header, type BlobAnswer } from '../../cache/blobs.js';
-import type { ManifestAnswer } from '../../cache/manifests.js';
+import type { ManifestAnswer, ManifestRequest } from '../../cache/manifests.js';
 import { challengeFor, identify } from '../client-auth.js';
 import { parseRange } from '../range.js';
 
@@ -93,25 +93,24 @@ async function serveManifest(
   const method = request.method === 'HEAD' ? 'HEAD' : 'GET';
   const base = { registry, repository, reference, isDigest, accept: parseAccept(request.headers.accept), method } as const;
   let answer: ManifestAnswer;
-  if (isDigest && deps.manifests.isStored(reference)) {
-    await deps.verifier.authorizeManifest(access, reference);
-    answer = await deps.manifests.get(base);
+  if (isDigest) {
+    answer = await manifestByDigest(deps, access, base);
   } else {
-    if (!isDigest && access.identity.kind === 'none') {
-      // A known tag whose content this client may not have anonymously: ask for credentials before going upstream.
-      const known = deps.manifests.lastKnownDigest(registry.host, repository, reference);
-      if (known && !deps.verifier.allowedLocally(access, known)) throw access.challenge();
-    }
     try {
       const { value, puller } = await deps.verifier.tryUpstream(access, (credential) => deps.manifests.get({ ...base, ...(credential ? { credential } : {}) }));
       answer = value;
       // An upstream that just answered for these credentials verified them; a stored or stale answer did not.
       if (answer.source === 'upstream' || answer.source === 'revalidated') deps.verifier.record(access, answer.digest, puller);
-      else await deps.verifier.authorizeManifest(access, answer.digest);
+      else if (!deps.verifier.allowedLocally(access, answer.digest)) {
+        // A client without access gets what it would get for a tag the cache does not know: the upstream failure the
+        // stale answer stands in for, or the upstream's own answer.
+        if (answer.upstreamError) throw answer.upstreamError;
+        answer = await manifestByDigest(deps, access, { ...base, reference: answer.digest, isDigest: true });
+      }
     } catch (err) {
       // A refused tag revalidation: what the store holds may still be this client's under the policy.
       const refused = isOciError(err) && (err.code === 'UNAUTHORIZED' || err.code === 'DENIED');
-      const knownDigest = refused && !isDigest ? deps.manifests.lastKnownDigest(registry.host, repository, reference) : undefined;
+      const knownDigest = refused ? deps.manifests.lastKnownDigest(registry.host, repository, reference) : undefined;
       if (!knownDigest || !deps.verifier.allowedLocally(access, knownDigest)) throw err;
       answer = await deps.manifests.get({ ...base, reference: knownDigest, isDigest: true });
     }
@@ -128,6 +127,20 @@ async function serveManifest(
   await reply.send(method === 'HEAD' ? undefined : answer.bytes);
 }
 
+/**
+ * A manifest by digest: from the store for a client a record allows; for anyone else the upstream GET by digest a
+ * miss makes, whether or not it is stored (its hashed body proves possession and the credential's access).
+ */
+async function manifestByDigest(deps: V2Deps, access: Access, req: Omit<ManifestRequest, 'credential'>): Promise<ManifestAnswer> {
+  if (deps.manifests.isStored(req.reference) && deps.verifier.allowedLocally(access, req.reference)) {
+    deps.verifier.noteLocal();
+    return deps.manifests.get(req);
+  }
+  const { value, puller } = await deps.verifier.prove(access, (credential) => deps.manifests.fetchByDigest({ ...req, ...(credential ? { credential } : {}) }));
+  deps.verifier.record(access, value.digest, puller);
+  return value;
+}
+
 async function serveBlob(
   deps: V2Deps,
   request: FastifyRequest,
@@ -136,7 +149,7 @@ async function serveBlob(
   digest: string,
 ): Promise<void> {
   const blobRequest = { registry: access.registry, repository: access.repository, digest };
-  const authorized = await deps.verifier.authorizeBlob(access, digest, deps.blobs.known(digest));
+  const allowance = deps.verifier.blobAccess(access, digest);
   const common = {
     ...API_VERSION,
     'content-type': 'application/octet-stream',
@@ -146,8 +159,10 @@ async function serveBlob(
     'cache-control': 'max-age=31536000, immutable',
   };
   if (request.method === 'HEAD') {
+    // A client no record allows gets the upstream's answer to it, never the store's: a HEAD hands over no bytes and
+    // proves nothing, so it records nothing.
     const { value: head } = await deps.verifier.tryUpstream(access, (credential) =>
-      deps.blobs.head({ ...blobRequest, ...(credential ? { credential } : {}) }, { upstreamOnly: !authorized }),
+      deps.blobs.head({ ...blobRequest, ...(credential ? { credential } : {}) }, { upstreamOnly: !allowance.allowed }),
     );
     const { size, source } = head;
     request.cacheStatus = source === 'store' ? 'hit' : source === 'upstream' ? 'miss' : source;
@@ -157,16 +172,17 @@ async function serveBlob(
     return;
   }
   let answer: BlobAnswer | undefined;
-  if (!authorized) {
-    // Nothing was known of this blob when the client was checked: only its own upstream fetch may authorize it.
-    const own = await deps.verifier.tryUpstream(access, (credential) => deps.blobs.fetchIfUnknown({ ...blobRequest, ...(credential ? { credential } : {}) }));
-    if (own.value) {
-      answer = own.value;
-      answer.committed?.then(() => deps.verifier.record(access, digest, own.puller)).catch(() => undefined);
-    } else {
-      // Someone else stored or started it meanwhile: authorize against what is now known.
-      await deps.verifier.authorizeBlob(access, digest, true);
-    }
+  if (!allowance.allowed && allowance.parent) {
+    // The blob came through this repository: the client proves itself for a manifest here that references it, a GET
+    // by digest accounted as this blob request (its back-off, its error codes), as a miss of the blob would be.
+    const parent: ManifestRequest = { ...blobRequest, reference: allowance.parent, isDigest: true, accept: [], method: 'HEAD' };
+    const { puller } = await deps.verifier.prove(access, (credential) => deps.manifests.fetchByDigest({ ...parent, ...(credential ? { credential } : {}) }, { digest }));
+    deps.verifier.record(access, allowance.parent, puller);
+  } else if (!allowance.allowed) {
+    // Nothing here vouches for the blob: the client's own upstream GET is the check, and its hashed body the proof.
+    const own = await deps.verifier.prove(access, (credential) => deps.blobs.fetchAsProof({ ...blobRequest, ...(credential ? { credential } : {}) }));
+    answer = own.value;
+    answer.committed?.then(() => deps.verifier.record(access, digest, own.puller)).catch(() => undefined);
   }
   answer ??= deps.blobs.stored(digest);
   answer ??= (await deps.verifier.tryUpstream(access, (credential) => deps.blobs.get({ ...blobRequest, ...(credential ? { credential } : {}) }))).value;
