@@ -114,6 +114,33 @@ describe('upstream connection failures name their cause', () => {
     expect(err.class).toBe('timeout');
   });
 
+  it('the egress proxy from HTTPS_PROXY is named as such: 407 is proxy-auth, a silent one times out after requestTimeout', async () => {
+    const upstream = await httpsUpstream();
+    const proxy = await new ConnectProxy().start();
+    cleanup.push(() => proxy.stop());
+    const saved = { HTTPS_PROXY: process.env.HTTPS_PROXY, NO_PROXY: process.env.NO_PROXY, no_proxy: process.env.no_proxy };
+    cleanup.push(async () => {
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    });
+    process.env.HTTPS_PROXY = proxy.url;
+    delete process.env.NO_PROXY;
+    delete process.env.no_proxy;
+    proxy.refuse = 407;
+    const refused = await failure(await cacheFor(upstream.host, upstream.url, { ca: pki.caPem }), upstream.host, 502);
+    expect(refused.message).toBe(
+      `proxy authentication failed for upstream ${upstream.host}: the egress proxy from HTTPS_PROXY/HTTP_PROXY answered 407 to CONNECT; check the user and password in HTTPS_PROXY/HTTP_PROXY and NO_PROXY`,
+    );
+    proxy.refuse = 'hang';
+    const silent = await failure(await cacheFor(upstream.host, upstream.url, { ca: pki.caPem, requestTimeout: '300ms' }), upstream.host, 504);
+    expect(silent.message).toBe(
+      `upstream ${upstream.host} timed out waiting for the response (through the egress proxy from HTTPS_PROXY/HTTP_PROXY) (registries.${upstream.host}.requestTimeout)`,
+    );
+    expect(proxy.tunnels).toEqual([upstream.host, upstream.host]);
+  });
+
   it('an upstream requiring a client certificate the cache does not present says so (TLS 1.3 alert and TLS 1.2 handshake failure)', async () => {
     // undici 8 reports the TLS 1.3 alert, which follows the handshake, as "other side closed" unless the pool keeps it.
     for (const [maxVersion, alert] of [
