@@ -5,13 +5,10 @@ import { resolve } from 'node:path';
 import type { TSchema } from '@sinclair/typebox';
 import { Value, ValueErrorType, type ValueError } from '@sinclair/typebox/value';
 import { parse as parseYaml } from 'yaml';
-import { canonicalRegistry } from '../oci/reference.js';
-import { Allowlist } from '../policy/allowlist.js';
-import type { VerificationPolicy } from '../policy/verifier.js';
-import type { EvictionSettings } from '../lifecycle/eviction.js';
-import { parseImageReference } from '../oci/reference.js';
+import { canonicalRegistry, parseImageReference } from '../oci/reference.js';
+import { Allowlist } from './allowlist.js';
 import { parseDuration } from './duration.js';
-import { ConfigSchema, DEFAULT_REGISTRIES, type RawConfig } from './schema.js';
+import { ConfigSchema, DEFAULT_REGISTRIES, type LogLevel, type PeerDiscovery, type RawConfig, type VerificationPolicy } from './schema.js';
 
 /** A configured upstream registry, resolved. */
 export interface RegistryConfig {
@@ -44,9 +41,6 @@ export interface RegistryTransport {
   maxSockets: number;
 }
 
-/** Default connections per upstream origin: enough for parallel layers, bounded so one registry cannot take them all. */
-export const DEFAULT_MAX_SOCKETS = 32;
-
 /** The validated, frozen configuration the process runs on. */
 export interface Config {
   listen: { host: string; port: number };
@@ -56,10 +50,7 @@ export interface Config {
   defaultRegistry: string;
   registries: ReadonlyMap<string, RegistryConfig>;
   tagTtlMs: number;
-  logLevel: RawConfig['logLevel'];
-  upstreamConnectTimeoutMs: number;
-  upstreamHeadersTimeoutMs: number;
-  upstreamBodyTimeoutMs: number;
+  logLevel: LogLevel;
   fillTimeoutMs: number;
   imagePullCredentialsVerificationPolicy: VerificationPolicy;
   preloadedImagesVerificationAllowlist: Allowlist;
@@ -79,13 +70,22 @@ export interface Config {
   peers: PeerSettings | undefined;
 }
 
+/** Kubelet-style image garbage collection settings. */
+export interface EvictionSettings {
+  highThresholdPercent: number;
+  lowThresholdPercent: number;
+  maxStorageBytes: number | undefined;
+  /** Image references never evicted (tag or digest), e.g. the pause image. */
+  pinnedImages: readonly string[];
+}
+
 /** Resolved peer-sharing settings. */
 export interface PeerSettings {
   /** Where this node's peer listener binds. */
   listen: { host: string; port: number };
   /** Static members (`host:port`), empty with Kubernetes discovery. */
   members: readonly string[];
-  discovery: 'static' | 'kubernetes';
+  discovery: PeerDiscovery;
   /** Kubernetes discovery: the headless Service and its peer port name. */
   service: string | undefined;
   portName: string;
@@ -213,8 +213,13 @@ export function loadConfig(
   const merged: Record<string, unknown> = { ...fromEnv, ...fromFile, ...(options.overrides ?? {}) };
   // `maxParallelImagePulls: null` is the kubelet's "no limit" (a nil pointer); every other null means "unset".
   // The kubelet's rule: serializeImagePulls false without a limit means no limit. Only with neither key set does the
-  // node cache's own default limit apply.
-  const unlimitedPulls = merged.maxParallelImagePulls === null || (merged.serializeImagePulls === false && merged.maxParallelImagePulls === undefined);
+  // schema's default limit apply.
+  const pullLimit: PullLimit =
+    merged.maxParallelImagePulls === null || (merged.serializeImagePulls === false && merged.maxParallelImagePulls === undefined)
+      ? 'none'
+      : merged.maxParallelImagePulls === undefined
+        ? 'default'
+        : 'given';
   for (const [k, v] of Object.entries(merged)) if (v === null) delete merged[k];
   merged.registries ??= structuredClone(DEFAULT_REGISTRIES);
   const withDefaults = Value.Default(ConfigSchema, Value.Clone(merged));
@@ -228,7 +233,7 @@ export function loadConfig(
   }
   // Schema problems first (finalize needs the types right); unknown variables are reported with finalize's problems.
   if (problems.list.length > unknownOrBadEnv) problems.throwIfAny();
-  return finalize(withDefaults as RawConfig, unlimitedPulls, problems);
+  return finalize(withDefaults as RawConfig, pullLimit, problems);
 }
 
 /** What a schema violation means for the person editing the file: the values or the form the key wants. */
@@ -263,11 +268,11 @@ function parseDurationKey(key: string, value: string): number {
   return ms;
 }
 
-/** A node cache limits upstream image pulls by default: enough to overlap transfers, few enough to protect the link. */
-export const DEFAULT_MAX_PARALLEL_IMAGE_PULLS = 5;
+/** Where `maxParallelImagePulls` comes from: no limit (the kubelet's rules), the schema's default, or the config. */
+type PullLimit = 'none' | 'default' | 'given';
 
 /** Resolves the validated file into the running config; every semantic problem is collected, then thrown at once. */
-function finalize(raw: RawConfig, unlimitedPulls: boolean, problems: Problems): Config {
+function finalize(raw: RawConfig, pullLimit: PullLimit, problems: Problems): Config {
   const duration = (key: string, value: string): number => problems.check(() => parseDurationKey(key, value), Number.NaN);
   const listen = problems.check(() => parseListen('listen', raw.listen), { host: '', port: 0 });
   const registries = new Map<string, RegistryConfig>();
@@ -298,7 +303,7 @@ function finalize(raw: RawConfig, unlimitedPulls: boolean, problems: Problems): 
         return mirror;
       });
       const transport = resolveTransport(`registries.${hostKey}`, reg, raw);
-      const redirectAllowlist = (reg.redirectAllowlist ?? []).map((h, i) => {
+      const redirectAllowlist = reg.redirectAllowlist.map((h, i) => {
         const allowed = h.trim().toLowerCase().replace(/^\[|\]$/g, '');
         if (!REDIRECT_ALLOWLIST_ENTRY.test(allowed) && isIP(allowed) === 0) {
           throw new ConfigError(`registries.${hostKey}.redirectAllowlist[${i}]`, `"${h}" is not a host name, *.domain or IP address`);
@@ -323,16 +328,16 @@ function finalize(raw: RawConfig, unlimitedPulls: boolean, problems: Problems): 
     problems.add('imageGCLowThresholdPercent', `must be lower than imageGCHighThresholdPercent (${raw.imageGCHighThresholdPercent})`);
   }
   // The kubelet's rules: maxParallelImagePulls >= 1, and >= 2 only with serializeImagePulls false.
-  if (raw.maxParallelImagePulls !== undefined && raw.maxParallelImagePulls < 1) {
+  if (pullLimit === 'given' && raw.maxParallelImagePulls < 1) {
     problems.add('maxParallelImagePulls', 'must be at least 1');
   }
-  if (raw.serializeImagePulls && raw.maxParallelImagePulls !== undefined && raw.maxParallelImagePulls >= 2) {
+  if (raw.serializeImagePulls && pullLimit === 'given' && raw.maxParallelImagePulls >= 2) {
     problems.add('serializeImagePulls/maxParallelImagePulls', `maxParallelImagePulls ${raw.maxParallelImagePulls} requires serializeImagePulls: false`);
   }
-  if (raw.serializeImagePulls && unlimitedPulls) {
+  if (raw.serializeImagePulls && pullLimit === 'none') {
     problems.add('serializeImagePulls/maxParallelImagePulls', 'no limit (null) requires serializeImagePulls: false');
   }
-  const maxParallelImagePulls = raw.serializeImagePulls ? 1 : unlimitedPulls ? undefined : (raw.maxParallelImagePulls ?? DEFAULT_MAX_PARALLEL_IMAGE_PULLS);
+  const maxParallelImagePulls = raw.serializeImagePulls ? 1 : pullLimit === 'none' ? undefined : raw.maxParallelImagePulls;
   const maxStorageBytes = raw.maxStorageBytes === undefined ? undefined : problems.check(() => parseBytes('maxStorageBytes', raw.maxStorageBytes as number | string), undefined);
   raw.pinnedImages.forEach((ref, i) => {
     try {
@@ -344,19 +349,20 @@ function finalize(raw: RawConfig, unlimitedPulls: boolean, problems: Problems): 
   const defaultRegistry = canonicalRegistry(raw.defaultRegistry);
   // A registry whose own entry is invalid was reported already.
   if (!Object.keys(raw.registries).some((k) => canonicalRegistry(k) === defaultRegistry)) problems.add('defaultRegistry', `"${raw.defaultRegistry}" is not one of registries`);
+  const metricsListen = raw.metricsListen === undefined ? undefined : problems.check(() => parseListen('metricsListen', raw.metricsListen as string), undefined);
+  const tagTtlMs = duration('tagTtl', raw.tagTtl);
+  // Only registries' transports read the global upstream timeouts; a bad one is still reported under its own key.
+  for (const key of ['upstreamConnectTimeout', 'upstreamHeadersTimeout', 'upstreamBodyTimeout'] as const) duration(key, raw[key]);
   const config: Config = Object.freeze({
     listen,
-    metricsListen: raw.metricsListen === undefined ? undefined : problems.check(() => parseListen('metricsListen', raw.metricsListen as string), undefined),
+    metricsListen,
     storage: resolve(raw.storage),
     defaultRegistry,
     registries,
-    tagTtlMs: duration('tagTtl', raw.tagTtl),
+    tagTtlMs,
     logLevel: raw.logLevel,
-    upstreamConnectTimeoutMs: duration('upstreamConnectTimeout', raw.upstreamConnectTimeout),
-    upstreamHeadersTimeoutMs: duration('upstreamHeadersTimeout', raw.upstreamHeadersTimeout),
-    upstreamBodyTimeoutMs: duration('upstreamBodyTimeout', raw.upstreamBodyTimeout),
     fillTimeoutMs: duration('fillTimeout', raw.fillTimeout),
-    imagePullCredentialsVerificationPolicy: raw.imagePullCredentialsVerificationPolicy as VerificationPolicy,
+    imagePullCredentialsVerificationPolicy: raw.imagePullCredentialsVerificationPolicy,
     preloadedImagesVerificationAllowlist: allowlist,
     nodeDockerConfig: raw.nodeDockerConfig === undefined ? undefined : resolve(raw.nodeDockerConfig),
     credentialProviderConfig: raw.credentialProviderConfig === undefined ? undefined : resolve(raw.credentialProviderConfig),
@@ -495,12 +501,12 @@ function resolveTransport(prefix: string, reg: RawConfig['registries'][string], 
     ca,
     clientCert,
     clientKey,
-    insecureSkipVerify: reg.insecureSkipVerify ?? false,
+    insecureSkipVerify: reg.insecureSkipVerify,
     headers: Object.freeze({ ...(reg.headers ?? {}) }),
     connectTimeoutMs: parseDurationKey(`${prefix}.connectTimeout`, reg.connectTimeout ?? raw.upstreamConnectTimeout),
     requestTimeoutMs: parseDurationKey(`${prefix}.requestTimeout`, reg.requestTimeout ?? raw.upstreamHeadersTimeout),
     idleTimeoutMs: parseDurationKey(`${prefix}.idleTimeout`, reg.idleTimeout ?? raw.upstreamBodyTimeout),
     proxy,
-    maxSockets: reg.maxSockets ?? DEFAULT_MAX_SOCKETS,
+    maxSockets: reg.maxSockets,
   });
 }

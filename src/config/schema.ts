@@ -2,7 +2,29 @@ import { Type, type Static } from '@sinclair/typebox';
 
 const Duration = Type.String({ description: 'a Go-style duration: 0s, 500ms, 1m30s, 2h' });
 
-/** One upstream registry the cache may contact. */
+// The kubelet's `imagePullCredentialsVerificationPolicy` values: the one list of them.
+const VerificationPolicySchema = Type.Union(
+  (['NeverVerify', 'NeverVerifyPreloadedImages', 'NeverVerifyAllowListedImages', 'AlwaysVerify'] as const).map((p) => Type.Literal(p)),
+  { default: 'NeverVerifyPreloadedImages' },
+);
+/** One verification policy: which stored images a client may have without its credentials being checked. */
+export type VerificationPolicy = Static<typeof VerificationPolicySchema>;
+
+const LogLevelSchema = Type.Union(
+  (['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const).map((l) => Type.Literal(l)),
+  { default: 'info' },
+);
+/** A pino log level, or `silent`. */
+export type LogLevel = Static<typeof LogLevelSchema>;
+
+const PeerDiscoverySchema = Type.Union([Type.Literal('static'), Type.Literal('kubernetes')], { default: 'static' });
+/** Where the members of a sharing cluster come from: the `peers` list or the Service's EndpointSlices. */
+export type PeerDiscovery = Static<typeof PeerDiscoverySchema>;
+
+/**
+ * One upstream registry the cache may contact. Its own `default` makes TypeBox fill the defaults of its keys: a record's
+ * values are defaulted only when their schema has one.
+ */
 export const RegistrySchema = Type.Object(
   {
     url: Type.String({ description: 'Base URL of the registry API, http(s)://host[:port]' }),
@@ -12,18 +34,17 @@ export const RegistrySchema = Type.Object(
     ca: Type.Optional(Type.String({ description: 'PEM CA bundle (inline, or a file path), added to the system roots' })),
     clientCert: Type.Optional(Type.String({ description: 'PEM client certificate for mTLS (inline or file)' })),
     clientKey: Type.Optional(Type.String({ description: 'PEM client key for mTLS (inline or file)' })),
-    insecureSkipVerify: Type.Optional(Type.Boolean()),
+    insecureSkipVerify: Type.Boolean({ default: false }),
     headers: Type.Optional(Type.Record(Type.String(), Type.String(), { description: 'static headers sent upstream' })),
     connectTimeout: Type.Optional(Type.String({ description: 'duration; default upstreamConnectTimeout' })),
     requestTimeout: Type.Optional(Type.String({ description: 'time to response headers; default upstreamHeadersTimeout' })),
     idleTimeout: Type.Optional(Type.String({ description: 'no body bytes for this long aborts; default upstreamBodyTimeout' })),
     proxy: Type.Optional(Type.String({ description: 'egress proxy URL for this registry (overrides HTTPS_PROXY/HTTP_PROXY)' })),
-    maxSockets: Type.Optional(Type.Integer({ minimum: 1, description: 'connections per upstream origin; default 32' })),
-    redirectAllowlist: Type.Optional(
-      Type.Array(Type.String(), { description: 'redirect targets allowed on non-public addresses (private CDNs): host, *.domain or IP' }),
-    ),
+    // Enough for parallel layers, bounded so that one registry cannot take every socket.
+    maxSockets: Type.Integer({ minimum: 1, default: 32, description: 'connections per upstream origin; default 32' }),
+    redirectAllowlist: Type.Array(Type.String(), { default: [], description: 'redirect targets allowed on non-public addresses (private CDNs): host, *.domain or IP' }),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, default: {} },
 );
 
 /** The upstreams a cache with no `registries` key may contact. */
@@ -44,18 +65,12 @@ export const ConfigSchema = Type.Object(
     // Its default is DEFAULT_REGISTRIES, applied by load.ts: TypeBox would merge a record default into given keys.
     registries: Type.Record(Type.String(), RegistrySchema),
     tagTtl: Type.String({ ...Duration, default: '0s' }),
-    logLevel: Type.Union(
-      ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
-      { default: 'info' },
-    ),
+    logLevel: LogLevelSchema,
     upstreamConnectTimeout: Type.String({ ...Duration, default: '500ms' }),
     upstreamHeadersTimeout: Type.String({ ...Duration, default: '30s' }),
     upstreamBodyTimeout: Type.String({ ...Duration, default: '60s' }),
     fillTimeout: Type.String({ ...Duration, default: '1h' }),
-    imagePullCredentialsVerificationPolicy: Type.Union(
-      ['NeverVerify', 'NeverVerifyPreloadedImages', 'NeverVerifyAllowListedImages', 'AlwaysVerify'].map((l) => Type.Literal(l)),
-      { default: 'NeverVerifyPreloadedImages' },
-    ),
+    imagePullCredentialsVerificationPolicy: VerificationPolicySchema,
     preloadedImagesVerificationAllowlist: Type.Array(Type.String(), { default: [] }),
     nodeDockerConfig: Type.Optional(Type.String({ description: 'Docker config.json with node-wide credentials (kubelet rules)' })),
     credentialProviderConfig: Type.Optional(Type.String({ description: 'kubelet CredentialProviderConfig file' })),
@@ -67,15 +82,18 @@ export const ConfigSchema = Type.Object(
     pinnedImages: Type.Array(Type.String(), { default: [] }),
     gcInterval: Type.String({ ...Duration, default: '1m' }),
     shutdownTimeout: Type.String({ ...Duration, default: '25s' }),
-    serializeImagePulls: Type.Boolean({ default: false }),
-    maxParallelImagePulls: Type.Optional(Type.Integer({ description: 'images transferring from upstreams at once (kubelet rules)' })),
+    // Unset differs from false: false without maxParallelImagePulls means no limit (the kubelet's rule).
+    serializeImagePulls: Type.Optional(Type.Boolean()),
+    // The default applies only when neither key is set (load.ts); a node cache limits upstream pulls by default,
+    // enough to overlap transfers, few enough to protect the link. `null` means no limit.
+    maxParallelImagePulls: Type.Integer({ default: 5, description: 'images transferring from upstreams at once (kubelet rules)' }),
     pullQueueTimeout: Type.String({ ...Duration, default: '1m' }),
     pullLinger: Type.String({ ...Duration, default: '3s' }),
     upstreamBandwidthLimit: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.String()], { description: 'bytes/s shared by all transfers: 50Mi, 100M' })),
     peers: Type.Array(Type.String({ description: 'host:port of a peer listener' }), { default: [], description: 'peer listeners of the cluster members (self included or not)' }),
     peerListen: Type.Optional(Type.String({ description: 'host:port of this node\'s peer listener' })),
     peerSecret: Type.Optional(Type.String({ description: 'a file holding the cluster\'s shared peer secret (at least 32 bytes)' })),
-    peerDiscovery: Type.Union([Type.Literal('static'), Type.Literal('kubernetes')], { default: 'static' }),
+    peerDiscovery: PeerDiscoverySchema,
     peerService: Type.Optional(Type.String({ description: 'headless Service whose EndpointSlices list the members (peerDiscovery: kubernetes)' })),
     peerPortName: Type.String({ default: 'peer', description: 'name of the peer port in the Service' }),
     peerConnectTimeout: Type.String({ ...Duration, default: '200ms' }),
@@ -86,5 +104,5 @@ export const ConfigSchema = Type.Object(
   { additionalProperties: false },
 );
 
-/** The configuration as written (strings for durations). */
+/** The configuration as written, with the schema's defaults filled in (strings for durations). */
 export type RawConfig = Static<typeof ConfigSchema>;

@@ -1,17 +1,9 @@
 import { rm, statfs } from 'node:fs/promises';
 import type { Logger } from 'pino';
+import type { EvictionSettings } from '../config/load.js';
 import type { Metadata } from '../db/queries.js';
 import { parseImageReference } from '../oci/reference.js';
 import type { BlobStore } from '../store/blob-store.js';
-
-/** Kubelet-style image garbage collection settings. */
-export interface EvictionSettings {
-  highThresholdPercent: number;
-  lowThresholdPercent: number;
-  maxStorageBytes: number | undefined;
-  /** Image references never evicted (tag or digest), e.g. the pause image. */
-  pinnedImages: readonly string[];
-}
 
 /** One evictable unit: a top-level manifest with everything only it references, or a blob no manifest holds. */
 export interface EvictionUnit {

@@ -1,17 +1,13 @@
 import type { Logger } from 'pino';
+import type { Allowlist } from '../config/allowlist.js';
 import type { RegistryConfig } from '../config/load.js';
+import type { VerificationPolicy } from '../config/schema.js';
 import type { Metadata } from '../db/queries.js';
 import { OciError, isOciError } from '../oci/errors.js';
 import type { Credential } from '../upstream/credentials.js';
-import type { Allowlist } from './allowlist.js';
 import type { NodeCredentials } from './node-credentials.js';
 import { PullRecords, type Puller } from './records.js';
 import type { Identity } from './tokens.js';
-
-/** The kubelet's `imagePullCredentialsVerificationPolicy` values. */
-export const VERIFICATION_POLICIES = ['NeverVerify', 'NeverVerifyPreloadedImages', 'NeverVerifyAllowListedImages', 'AlwaysVerify'] as const;
-/** One verification policy. */
-export type VerificationPolicy = (typeof VERIFICATION_POLICIES)[number];
 
 /** A client asking for content of one repository. */
 export interface Access {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Allowlist, parseAllowlistEntry } from '../../src/policy/allowlist.js';
+import { Allowlist, parseAllowlistEntry } from '../../src/config/allowlist.js';
 import { CredentialHasher } from '../../src/policy/credential-hash.js';
 import { keyMatchesImage } from '../../src/policy/image-match.js';
 import { parseCredentialProviderConfig, parseDockerConfig } from '../../src/policy/node-credentials.js';
