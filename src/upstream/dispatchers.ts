@@ -76,6 +76,9 @@ export function buildDispatcher(t: RegistryTransport, options: DispatcherOptions
     // The CONNECT exchange has undici's own 300 s headers timeout otherwise: a proxy that never answers would hold
     // every request for minutes. The proxy's answer includes its own connect to the registry, so requestTimeout.
     clientFactory: (origin: URL, opts: object): Dispatcher => new Pool(origin, { ...(opts as Pool.Options), headersTimeout: t.requestTimeoutMs }),
+    // The TLS handshake with the registry inside the tunnel takes its timeout from here, not from `connect`
+    // (undici's default is 10 s).
+    connectTimeout: t.connectTimeoutMs,
   };
   if (t.proxy) {
     const uri = new URL(t.proxy.href);

@@ -114,6 +114,19 @@ describe('upstream connection failures name their cause', () => {
     expect(err.class).toBe('timeout');
   });
 
+  it('through a proxy, a registry that never completes the TLS handshake times out after connectTimeout (504)', async () => {
+    const host = await silentServer();
+    const proxy = await new ConnectProxy().start();
+    cleanup.push(() => proxy.stop());
+    const cache = await cacheFor(host, `https://${host}`, { proxy: proxy.url, connectTimeout: '300ms' });
+    const started = performance.now();
+    const err = await failure(cache, host, 504);
+    // undici's default for the tunnelled handshake is 10 s; the registry's connectTimeout must bound it.
+    expect(performance.now() - started).toBeLessThan(5_000);
+    expect(err.message).toBe(`upstream ${host} timed out connecting (through proxy ${proxy.url}) (registries.${host}.connectTimeout)`);
+    expect(proxy.tunnels).toEqual([host]);
+  });
+
   it('the egress proxy from HTTPS_PROXY is named as such: 407 is proxy-auth, a silent one times out after requestTimeout', async () => {
     const upstream = await httpsUpstream();
     const proxy = await new ConnectProxy().start();
