@@ -1,4 +1,5 @@
 import { rm, statfs } from 'node:fs/promises';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import pLimit from 'p-limit';
 import type { Logger } from 'pino';
 import type { EvictionSettings } from '../config/load.js';
@@ -35,8 +36,6 @@ const PAGE_ROWS = 2_000;
 const ROOTS_PER_TURN = 2_000;
 /** Files removed at once after their rows are gone. */
 const REMOVE_CONCURRENCY = 16;
-
-const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 /** The store's blobs and references as the eviction list needs them. */
 interface StoreGraph {

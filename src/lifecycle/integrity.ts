@@ -1,5 +1,6 @@
 import { closeSync, createReadStream, fstatSync, openSync, readSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { pipeline } from 'node:stream/promises';
 import { Writable } from 'node:stream';
 import type { Metadata } from '../db/queries.js';
@@ -65,8 +66,6 @@ function hashSmallFile(path: string, algorithm: 'sha256' | 'sha512', expectedSiz
     closeSync(fd);
   }
 }
-
-const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 /**
  * Re-hashes every stored blob and manifest. With `repair`, a bad one is removed, rows and pull records first
