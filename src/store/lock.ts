@@ -1,20 +1,12 @@
 import { open, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { syncDirectory } from './blob-store.js';
 
 /** The file a running server holds in its store root. */
 export const LOCK_FILE = 'registry-cache.lock';
 
 /** Written by the lock holder after it closed the database cleanly; removed by the next holder as it starts. */
 export const CLEAN_SHUTDOWN_FILE = 'clean-shutdown';
-
-async function syncDirectory(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
 /** Marks the store as closed cleanly (disk and database agree), durably. Only the lock holder may. */
 export async function markCleanShutdown(root: string): Promise<void> {
