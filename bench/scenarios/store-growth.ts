@@ -225,6 +225,9 @@ class CacheProcess {
     return this.daemon.pid;
   }
 
+  /** CPU seconds the server used until its first answer, for the last start(). */
+  startCpuSeconds = Number.NaN;
+
   /** Starts it and resolves with the seconds until GET /v2/ first answered (polled every 5 ms). */
   async start(): Promise<number> {
     const t0 = process.hrtime.bigint();
@@ -238,7 +241,9 @@ class CacheProcess {
       },
       { daemon: this.daemon, timeoutMs: 120_000, intervalMs: 5 },
     );
-    return secondsSince(t0);
+    const seconds = secondsSince(t0);
+    this.startCpuSeconds = cpuSeconds(this.daemon.pid);
+    return seconds;
   }
 
   /** SIGTERM: the clean shutdown a rollout does. */
@@ -265,10 +270,27 @@ function rssBytes(pid: number): number {
   return Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? Number.NaN) * 1024;
 }
 
-async function timedCli(args: string[], configFile: string): Promise<{ seconds: number; stdout: string }> {
+/** Clock ticks per second of /proc/PID/stat's utime and stime (USER_HZ, 100 on Linux). */
+const USER_HZ = 100;
+
+/** CPU seconds (user + system) a process has used so far. */
+function cpuSeconds(pid: number): number {
+  // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / USER_HZ;
+}
+
+/**
+ * Runs a CLI command with the server stopped: wall seconds and, through GNU time, CPU seconds (user + system),
+ * which a machine shared with other work inflates far less than wall time.
+ */
+async function timedCli(args: string[], configFile: string): Promise<{ seconds: number; cpuSeconds: number; stdout: string }> {
   const t0 = process.hrtime.bigint();
-  const r = await runCommand(process.execPath, [currentCacheCli(), ...args, '--config', configFile], { timeoutMs: 600_000 });
-  return { seconds: secondsSince(t0), stdout: r.stdout.toString('utf8') };
+  const r = await runCommand('/usr/bin/time', ['-f', '__cpu %U %S', process.execPath, currentCacheCli(), ...args, '--config', configFile], { timeoutMs: 900_000 });
+  const seconds = secondsSince(t0);
+  const cpu = /__cpu ([\d.]+) ([\d.]+)/.exec(r.stderr);
+  return { seconds, cpuSeconds: cpu ? Number(cpu[1]) + Number(cpu[2]) : Number.NaN, stdout: r.stdout.toString('utf8') };
 }
 
 /**
@@ -309,7 +331,9 @@ export async function storeGrowth(env: StandaloneEnv): Promise<ScenarioOutput> {
   let fillIndex = 0;
   try {
     const emptyStart = await cache.start();
-    notes.push(`Start-up on an empty store (the floor: Node and module loading): ${(emptyStart * 1000).toFixed(0)} ms.`);
+    notes.push(`Start-up on an empty store (the floor: Node and module loading): ${(emptyStart * 1000).toFixed(0)} ms, ${cache.startCpuSeconds.toFixed(2)} CPU s.`);
+    const noop = await timedCli(['records', '--image', 'none.invalid/none'], configFile);
+    notes.push(`A CLI command on an empty store (the floor of \`records\`, \`verify\`, \`gc\`): ${noop.seconds.toFixed(2)} s, ${noop.cpuSeconds.toFixed(2)} CPU s.`);
     await cache.stop();
     for (const step of STEPS) {
       const col = step.column;
@@ -351,18 +375,22 @@ export async function storeGrowth(env: StandaloneEnv): Promise<ScenarioOutput> {
 
       await cache.stop();
       rows.add('sg-start-clean', { label: 'start-up after a clean shutdown', unit: 's', better: 'lower', digits: 2 }, col, await cache.start());
+      rows.add('sg-start-clean-cpu', { label: 'start-up after a clean shutdown, CPU', unit: 'CPU s', better: 'lower', digits: 2 }, col, cache.startCpuSeconds);
       await cache.crash();
       rows.add('sg-start-crash', { label: 'start-up after a crash (SIGKILL)', unit: 's', better: 'lower', digits: 2 }, col, await cache.start());
+      rows.add('sg-start-crash-cpu', { label: 'start-up after a crash (SIGKILL), CPU', unit: 'CPU s', better: 'lower', digits: 2 }, col, cache.startCpuSeconds);
       await cache.stop();
 
       rows.add('sg-rows', { label: 'rows in blobs (manifests included) when measured', unit: 'count', better: 'none', digits: 0 }, col, facts.rows);
       const records = await timedCli(['records'], configFile);
       rows.add('sg-records', { label: '`records`, server stopped', unit: 's', better: 'lower', digits: 2 }, col, records.seconds);
+      rows.add('sg-records-cpu', { label: '`records`, CPU', unit: 'CPU s', better: 'lower', digits: 2 }, col, records.cpuSeconds);
       rows.add('sg-records-lines', { label: '`records` lines printed', unit: 'count', better: 'none', digits: 0 }, col, records.stdout.split('\n').length - 2);
       const verify = await timedCli(['verify'], configFile);
       const verified = /checked (\d+) files, (\d+) bytes; (\d+) problems/.exec(verify.stdout);
       if (!verified || verified[3] !== '0') notes.push(`${col}: verify printed ${verify.stdout.slice(-200)}`);
       rows.add('sg-verify', { label: '`verify`, server stopped', unit: 's', better: 'lower', digits: 2 }, col, verify.seconds);
+      rows.add('sg-verify-cpu', { label: '`verify`, CPU', unit: 'CPU s', better: 'lower', digits: 2 }, col, verify.cpuSeconds);
       rows.add('sg-verify-mbps', { label: '`verify` throughput', unit: 'MB/s', better: 'higher', digits: 1 }, col, Number(verified?.[2] ?? Number.NaN) / verify.seconds / 1e6);
 
       // gc with a bound of exactly the stored bytes, high 100 %, low 90 %: frees ~10 %.
@@ -372,6 +400,7 @@ export async function storeGrowth(env: StandaloneEnv): Promise<ScenarioOutput> {
       const gc = await timedCli(['gc'], gcConfig);
       const freed = /evicted (\d+) images, (\d+) bytes/.exec(gc.stdout);
       rows.add('sg-gc', { label: '`gc` freeing ~10 %, server stopped', unit: 's', better: 'lower', digits: 2 }, col, gc.seconds);
+      rows.add('sg-gc-cpu', { label: '`gc` freeing ~10 %, CPU', unit: 'CPU s', better: 'lower', digits: 2 }, col, gc.cpuSeconds);
       rows.add('sg-gc-images', { label: '`gc` images evicted', unit: 'count', better: 'none', digits: 0 }, col, Number(freed?.[1] ?? Number.NaN));
       log(
         `  ${col}: ${facts.rows} rows; fill ${lastHalfRate.toFixed(1)} images/s; hit p99 ${hits.p99Ms.toFixed(2)} ms; records ${records.seconds.toFixed(2)} s; verify ${verify.seconds.toFixed(2)} s; gc ${gc.seconds.toFixed(2)} s (${freed?.[1] ?? '?'} images)`,
@@ -393,6 +422,7 @@ export async function storeGrowth(env: StandaloneEnv): Promise<ScenarioOutput> {
       `One registry-cache process (NeverVerify, tagTtl 0s, no maxStorageBytes, GC thresholds 100/99 %) in front of an in-process synthetic upstream serving images of a manifest, a config and 9 layers of 1–4 KiB random bytes. ` +
       `For each size the store is first brought near the target by writing images directly with the build's own Metadata, PullRecords and BlobStore modules (server stopped; files without fsync; a nodePodsAccessible pull record per digest), because filling 100k blobs through HTTP takes longer than the run may; ` +
       `then the server is started and the last ${STEPS.map((s) => s.fillImages).join('/')} images are pulled through it, ${FILL_CLIENTS} pulls at once (fill rate = images/s over the last half of them). ` +
+      'CPU rows: user + system seconds of the server until its first answer (/proc/PID/stat) or of the CLI process (GNU time); on a machine shared with other work they move far less than wall time. ' +
       `Warm hits: ${HIT_REQUESTS} GETs of random stored manifests by digest, ${HIT_CONCURRENCY} at a time (after 300 to warm up). Idle RSS: VmRSS 2 s after that. ` +
       'Start-up: spawn until GET /v2/ first answers, after SIGTERM and after SIGKILL. `records`, `verify` and `gc` (maxStorageBytes = stored bytes, thresholds 100/90 %: frees ~10 %) run as CLI processes with the server stopped, Node start-up included.',
     columns: STEPS.map((s) => s.column),
