@@ -1,4 +1,4 @@
-import { rm, statfs } from 'node:fs/promises';
+import { statfs, unlink } from 'node:fs/promises';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import pLimit from 'p-limit';
 import type { Logger } from 'pino';
@@ -34,8 +34,14 @@ interface Usage {
 const PAGE_ROWS = 2_000;
 /** Roots walked between two turns of the event loop. */
 const ROOTS_PER_TURN = 2_000;
+/** Units whose rows are deleted in one transaction. */
+const REMOVE_BATCH_UNITS = 100;
 /** Files removed at once after their rows are gone. */
 const REMOVE_CONCURRENCY = 16;
+
+function ignoreMissing(err: unknown): void {
+  if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+}
 
 /** The store's blobs and references as the eviction list needs them. */
 interface StoreGraph {
@@ -56,7 +62,7 @@ export class Evictor {
   /** Bytes that may still be stored before usage can reach the high threshold, as of the last measurement. */
   private headroom = 0;
   private readonly stmt: {
-    blobPage: Statement<[string, number], { digest: string; last_access: number; size: number }>;
+    blobPage: Statement<[number, number], { rowid: number; digest: string; last_access: number; size: number }>;
     refPage: Statement<[string, string, number], { manifest: string; child: string }>;
     manifestPage: Statement<[string, number], string>;
     delete: Statement<[string]>;
@@ -77,7 +83,8 @@ export class Evictor {
     const db = deps.metadata.db;
     // Keyset pages over primary keys: each page is an index seek, however large the store.
     this.stmt = {
-      blobPage: db.prepare('SELECT digest, last_access, size FROM blobs WHERE digest > ? ORDER BY digest LIMIT ?'),
+      // By rowid: pages follow the table's own order, not one index lookup per row.
+      blobPage: db.prepare('SELECT rowid, digest, last_access, size FROM blobs WHERE rowid > ? ORDER BY rowid LIMIT ?'),
       refPage: db.prepare('SELECT manifest, child FROM manifest_refs WHERE (manifest, child) > (?, ?) ORDER BY manifest, child LIMIT ?'),
       manifestPage: db.prepare<[string, number], string>('SELECT digest FROM manifests WHERE digest > ? ORDER BY digest LIMIT ?').pluck(),
       delete: db.prepare('DELETE FROM blobs WHERE digest = ?'),
@@ -144,14 +151,14 @@ export class Evictor {
    */
   private async readGraph(): Promise<StoreGraph> {
     const graph: StoreGraph = { lastAccess: new Map(), sizes: new Map(), children: new Map(), isChild: new Set(), manifests: [] };
-    for (let after = ''; ; ) {
+    for (let after = 0; ; ) {
       const rows = this.stmt.blobPage.all(after, PAGE_ROWS);
       for (const r of rows) {
         graph.lastAccess.set(r.digest, r.last_access);
         graph.sizes.set(r.digest, r.size);
       }
       if (rows.length < PAGE_ROWS) break;
-      after = rows[rows.length - 1]?.digest ?? after;
+      after = rows[rows.length - 1]?.rowid ?? after;
       await nextTurn();
     }
     for (let after = { manifest: '', child: '' }; ; ) {
@@ -228,6 +235,10 @@ export class Evictor {
     const pinned = this.pinnedDigests();
     const holders = new Map<string, number>();
     for (const u of units) for (const m of u.members) holders.set(m, (holders.get(m) ?? 0) + 1);
+    // Units' rows go in batches: one transaction per unit wrote the same index pages to the WAL again and again
+    // (912 units, 10k blobs: 3.8 CPU s). Each batch's busy checks and its delete run in one synchronous stretch.
+    let batch: string[] = [];
+    let batchUnits = 0;
     for (const unit of units) {
       if (result.freedBytes >= usage.bytesToFree) break;
       if (unit.members.some((m) => pinned.has(m))) {
@@ -242,10 +253,17 @@ export class Evictor {
       const doomed = unit.members.filter((m) => (holders.get(m) ?? 0) <= 1);
       for (const m of unit.members) holders.set(m, (holders.get(m) ?? 1) - 1);
       const bytes = doomed.reduce((n, d) => n + (sizes.get(d) ?? 0), 0);
-      if (!options.dryRun) await this.remove(doomed);
       result.freedBytes += bytes;
       result.evicted.push({ root: unit.root, bytes, lastAccess: unit.lastAccess });
+      if (options.dryRun) continue;
+      batch.push(...doomed);
+      if (++batchUnits >= REMOVE_BATCH_UNITS) {
+        await this.remove(batch);
+        batch = [];
+        batchUnits = 0;
+      }
     }
+    if (batch.length > 0) await this.remove(batch);
     if (!options.dryRun && result.evicted.length > 0) {
       this.deps.onEvict?.(result.evicted.length);
       this.deps.log.info({ images: result.evicted.length, freedBytes: result.freedBytes, usedPercent: Math.round(usage.percent) }, 'evicted least recently used images');
@@ -264,6 +282,7 @@ export class Evictor {
       }
     })();
     const limit = pLimit(REMOVE_CONCURRENCY);
-    await Promise.all(digests.map((d) => limit(() => rm(this.deps.store.pathFor(d), { force: true }))));
+    // unlink, not rm: rm's lstat and recursion handling cost ~5× as much per file, and these are plain files.
+    await Promise.all(digests.map((d) => limit(() => unlink(this.deps.store.pathFor(d)).catch(ignoreMissing))));
   }
 }
