@@ -5,6 +5,7 @@ import tseslint from 'typescript-eslint';
 
 /** Which project folders each folder may import; anything else under src/ is refused. */
 const ALLOWED = {
+  // The route handlers ask the cache; only the cache's own token realm (client-auth, routes/token) deals in policy.
   server: ['cache', 'config', 'oci'],
   cache: ['policy', 'limiter', 'peers', 'upstream', 'lifecycle', 'store', 'db', 'config', 'oci'],
   preload: ['policy', 'store', 'db', 'config', 'oci'],
@@ -29,7 +30,8 @@ export default tseslint.config(
   },
   ...FOLDERS.map((folder) => {
     const refused = FOLDERS.filter((f) => f !== folder && !ALLOWED[folder].includes(f));
-    const rootModules = '(cli|main|app|services|commands|hosts|log|metrics|runtime-check)';
+    // log.ts and metrics.ts are leaves (they import nothing of the project) that every layer may use.
+    const rootModules = '(cli|main|app|services|commands|hosts|runtime-check)';
     return {
       files: [`src/${folder}/**/*.ts`],
       rules: {
@@ -48,4 +50,24 @@ export default tseslint.config(
       },
     };
   }),
+  {
+    // The leaves at src/ that every layer may import must not import the project themselves.
+    files: ['src/log.ts', 'src/metrics.ts'],
+    rules: { 'no-restricted-imports': ['error', { patterns: [{ regex: '^\\./', message: 'log.ts and metrics.ts are leaves: they import nothing of the project.' }] }] },
+  },
+  {
+    // The cache's own Bearer realm: issuing and reading the client tokens is the server's side of the policy.
+    files: ['src/server/client-auth.ts', 'src/server/routes/token.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            { regex: '^(\\.\\./)+(upstream|limiter|peers|lifecycle|store|db|preload)/', message: 'client authentication may import policy, cache, config and oci only.' },
+            { regex: '^(\\.\\./)+(cli|main|app|services|commands|hosts|runtime-check)\\.js$', message: 'folders never import the composition modules at src/.' },
+          ],
+        },
+      ],
+    },
+  },
 );

@@ -8,10 +8,7 @@ export type SystemName =
   | 'rc NeverVerify'
   | 'rc serialize (1)'
   | 'rc max 3'
-  | 'rc unlimited'
-  | '1k blobs'
-  | '10k blobs'
-  | '100k blobs';
+  | 'rc unlimited';
 
 /** One measured figure, with every repetition's sample per system. */
 export interface Row {

@@ -1,6 +1,10 @@
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { BlobCache } from './cache/blobs.js';
+import type { BlobService } from './cache/blob-service.js';
+import type { ManifestService } from './cache/manifest-service.js';
+import type { ReferrerService } from './cache/referrers.js';
+import type { TagService } from './cache/tags.js';
 import type { ManifestCache } from './cache/manifests.js';
 import type { Config } from './config/load.js';
 import { OciError } from './oci/errors.js';
@@ -10,7 +14,7 @@ import type { TokenService } from './policy/tokens.js';
 import type { CredentialVerifier } from './policy/verifier.js';
 import { registerTokenRoutes } from './server/routes/token.js';
 import type { Metrics } from './metrics.js';
-import type { UpstreamPulls } from './cache/upstream-pulls.js';
+import { pullsView, type UpstreamPulls } from './cache/upstream-pulls.js';
 import { sendError } from './server/error-handler.js';
 import { registerRequestLog } from './server/plugins/request-log.js';
 import { registerDebugRoutes } from './server/routes/debug.js';
@@ -25,6 +29,10 @@ export interface AppDeps {
   manifests: ManifestCache;
   upstream: UpstreamClient;
   verifier: CredentialVerifier;
+  blobService: BlobService;
+  manifestService: ManifestService;
+  tagService: TagService;
+  referrerService: ReferrerService;
   tokens: TokenService;
   hasher: CredentialHasher;
   metrics: Metrics;
@@ -65,7 +73,7 @@ export function buildOpsApp(deps: AppDeps): FastifyInstance {
   const app = Fastify({ loggerInstance: deps.log, logController: new LogController({ disableRequestLogging: true }) }) as unknown as FastifyInstance;
   registerHealthRoutes(app, deps.ready);
   registerMetricsRoute(app, deps);
-  registerDebugRoutes(app, { limiter: deps.pulls.limiter, isOpen: (registry, repository) => deps.verifier.repositoryIsOpen(registry, repository) });
+  registerDebugRoutes(app, { pulls: () => pullsView(deps.pulls.limiter, (registry, repository) => deps.verifier.repositoryIsOpen(registry, repository)) });
   return app;
 }
 

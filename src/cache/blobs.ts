@@ -8,9 +8,9 @@ import type { BlobStore } from '../store/blob-store.js';
 import { drain, type UpstreamClient } from '../upstream/client.js';
 import { credentialKey, type Credential } from '../upstream/credentials.js';
 import { errorForUpstreamStatus } from '../upstream/errors.js';
+import { firstHeader } from '../oci/content-headers.js';
 import { BlobFill } from './fill.js';
-import type { PullIntents } from './manifests.js';
-import { imageKeys, type UpstreamPulls } from './upstream-pulls.js';
+import { imageKeys, type PullIntents, type UpstreamPulls } from './upstream-pulls.js';
 import { countsForBackoff } from '../limiter/backoff.js';
 import type { PullLease } from '../limiter/pull-limiter.js';
 import { withIdleTimeout } from '../upstream/idle-timeout.js';
@@ -168,7 +168,7 @@ export class BlobCache {
       ...(signal ? { signal } : {}),
     });
     await drain(res.body);
-    if (res.status !== 200) throw errorForUpstreamStatus(res.status, 'blob', req.registry.host, header(res.headers['retry-after']));
+    if (res.status !== 200) throw errorForUpstreamStatus(res.status, 'blob', req.registry.host, firstHeader(res.headers['retry-after']));
     // The upstream's Content-Length is a claim nothing verified: only a stored manifest's size is announced.
     return { size: await this.describedSize(req), source: 'upstream' };
   }
@@ -267,7 +267,7 @@ export class BlobCache {
           });
           if (res.status !== 200) {
             await drain(res.body);
-            throw errorForUpstreamStatus(res.status, 'blob', req.registry.host, header(res.headers['retry-after']));
+            throw errorForUpstreamStatus(res.status, 'blob', req.registry.host, firstHeader(res.headers['retry-after']));
           }
           const declared = res.headers['content-length'];
           const length = declared === undefined ? undefined : Number(declared);
@@ -307,9 +307,4 @@ export class BlobCache {
     this.tasks.add(task);
     return fill;
   }
-}
-
-/** First value of a header that may repeat. */
-export function header(value: string | string[] | undefined): string | undefined {
-  return Array.isArray(value) ? value[0] : value;
 }

@@ -1,21 +1,21 @@
 import type { Logger } from 'pino';
 import type { RegistryConfig } from '../config/load.js';
-import type { ManifestRef, Metadata } from '../db/queries.js';
+import type { Metadata } from '../db/queries.js';
 import { digestOf, parseDigest } from '../oci/digest.js';
 import { OciError, isOciError } from '../oci/errors.js';
-import { assertManifest } from '../oci/manifest.js';
-import { MANIFEST_MEDIA_TYPES, accepts, isIndexMediaType, manifestMediaType, parseAccept, type ParsedManifestJson } from '../oci/media-types.js';
+import { MAX_MANIFEST_BYTES, assertManifest, manifestRefs, parseManifestJson } from '../oci/manifest.js';
+import { readCapped } from '../upstream/response.js';
+import { firstHeader } from '../oci/content-headers.js';
+import { MANIFEST_MEDIA_TYPES, accepts, manifestMediaType, parseAccept } from '../oci/media-types.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { drain, type UpstreamClient, type UpstreamResponse } from '../upstream/client.js';
 import { credentialKey, type Credential } from '../upstream/credentials.js';
-import { errorForBodyFailure, errorForUpstreamStatus } from '../upstream/errors.js';
-import { header } from './blobs.js';
+import { errorForUpstreamStatus } from '../upstream/errors.js';
 import { Singleflight } from './inflight.js';
-import { imageKeys, underPullLimit, type UpstreamPulls } from './upstream-pulls.js';
+import { imageKeys, underPullLimit, type PullIntents, type UpstreamPulls } from './upstream-pulls.js';
 import { countsForBackoff } from '../limiter/backoff.js';
 
 /** Manifests are small documents; anything bigger is refused rather than buffered. */
-export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 
 /** Where a manifest answer comes from. */
 export type ManifestSource = 'store' | 'upstream' | 'revalidated' | 'stale';
@@ -39,12 +39,6 @@ export interface ManifestAnswer {
 /** A blob request a manifest is fetched for: the fetch is accounted as that blob's (its back-off, its error codes). */
 export interface OnBehalfOfBlob {
   digest: string;
-}
-
-/** Hooks around an upstream pull, so a crash mid-pull leaves a trace (the kubelet's pull intents). */
-export interface PullIntents {
-  begin(registry: string, repository: string, reference: string): number;
-  end(id: number): void;
 }
 
 /** A manifest request, upstream already chosen. */
@@ -177,14 +171,17 @@ export class ManifestCache {
     try {
       // While the tag backs off, the stored answer is served as usual, without asking the upstream again.
       const blocked = this.deps.pulls?.backoff.check(backoffKey, credentialClass);
-      if (blocked) return { ...known, source: 'stale', upstreamError: blocked };
+      if (blocked) {
+        metadata.touch(known.digest);
+        return { ...known, source: 'stale', upstreamError: blocked };
+      }
       const res = await this.send(req, 'HEAD', req.reference, UPSTREAM_ACCEPT).catch((err: unknown) => {
         if (countsForBackoff(err)) this.deps.pulls?.backoff.failure(backoffKey, err, credentialClass);
         throw err;
       });
       await drain(res.body);
       if (res.status !== 200) {
-        const err = errorForUpstreamStatus(res.status, 'manifest', req.registry.host, header(res.headers['retry-after']));
+        const err = errorForUpstreamStatus(res.status, 'manifest', req.registry.host, firstHeader(res.headers['retry-after']));
         if (countsForBackoff(err)) this.deps.pulls?.backoff.failure(backoffKey, err, credentialClass);
         // An air-gapped preload names a tag the upstream never had: the upstream's 404 does not undo the import.
         if (res.status === 404 && this.deps.preloadedAs?.(req.registry.host, req.repository, known.digest)) return { ...known, source: 'store', upstreamError: err };
@@ -194,8 +191,10 @@ export class ManifestCache {
       // The tag still names the digest this repository's tag was fetched as: that GET proved possession. A HEAD naming
       // any other digest proves nothing (a catch-all upstream could name another registry's stored manifest), so
       // that manifest is fetched and hashed like a new one.
-      if (header(res.headers['docker-content-digest']) === known.digest) {
+      if (firstHeader(res.headers['docker-content-digest']) === known.digest) {
         metadata.putTag(req.registry.host, req.repository, req.reference, known.digest);
+        // A revalidated tag is a pull of the image: eviction must see it as in use.
+        metadata.touch(known.digest);
         return { ...known, source: 'revalidated' };
       }
       return await this.fetchTag(req);
@@ -205,6 +204,7 @@ export class ManifestCache {
           { registry: req.registry.host, repository: req.repository, tag: req.reference, digest: known.digest, err: errSummary(err) },
           'upstream unavailable; serving last known digest for tag',
         );
+        metadata.touch(known.digest);
         return { ...known, source: 'stale', upstreamError: err };
       }
       throw err;
@@ -256,22 +256,20 @@ export class ManifestCache {
     const res = await this.send(req, 'GET', reference, accept);
     if (res.status !== 200) {
       await drain(res.body);
-      throw errorForUpstreamStatus(res.status, subject, req.registry.host, header(res.headers['retry-after']));
+      throw errorForUpstreamStatus(res.status, subject, req.registry.host, firstHeader(res.headers['retry-after']));
     }
-    const bytes = await readManifestBody(res).catch((err: unknown) => {
-      throw errorForBodyFailure(err, req.registry.host);
-    });
+    const bytes = await readManifestBody(res, req.registry.host);
     const algorithm = expectedDigest ? parseDigest(expectedDigest).algorithm : 'sha256';
     const digest = digestOf(bytes, algorithm);
-    const claimed = header(res.headers['docker-content-digest']);
+    const claimed = firstHeader(res.headers['docker-content-digest']);
     if (expectedDigest && digest !== expectedDigest) {
       throw new OciError('DIGEST_INVALID', 'upstream manifest does not match the requested digest', { status: 502, detail: { digest: expectedDigest } });
     }
     if (!expectedDigest && claimed && claimed.startsWith('sha256:') && claimed !== digest) {
       throw new OciError('DIGEST_INVALID', 'upstream manifest does not match its Docker-Content-Digest', { status: 502 });
     }
-    const parsed = parseManifest(bytes);
-    const contentType = header(res.headers['content-type'])?.split(';')[0]?.trim();
+    const parsed = parseManifestJson(bytes);
+    const contentType = firstHeader(res.headers['content-type'])?.split(';')[0]?.trim();
     const mediaType = contentType && MANIFEST_MEDIA_TYPES.includes(contentType) ? contentType : manifestMediaType(parsed, contentType);
     assertManifest(parsed, mediaType, parseAccept(accept));
     const existing = this.deps.metadata.getManifest(digest);
@@ -317,49 +315,16 @@ function errSummary(err: unknown): { code?: string; message?: string } {
   return isOciError(err) ? { code: err.code, message: err.message } : { message: String(err) };
 }
 
-async function readManifestBody(res: UpstreamResponse): Promise<Buffer> {
+async function readManifestBody(res: UpstreamResponse, registry: string): Promise<Buffer> {
+  const tooLarge = (): OciError => new OciError('MANIFEST_INVALID', 'upstream manifest exceeds 4 MiB', { status: 502 });
   const declared = Number(res.headers['content-length']);
   if (Number.isFinite(declared) && declared > MAX_MANIFEST_BYTES) {
     res.body.destroy();
-    throw new OciError('MANIFEST_INVALID', 'upstream manifest exceeds 4 MiB', { status: 502 });
+    throw tooLarge();
   }
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const chunk of res.body as AsyncIterable<Buffer>) {
-    total += chunk.length;
-    if (total > MAX_MANIFEST_BYTES) {
-      res.body.destroy();
-      throw new OciError('MANIFEST_INVALID', 'upstream manifest exceeds 4 MiB', { status: 502 });
-    }
-    chunks.push(chunk);
-  }
-  if (Number.isFinite(declared) && declared !== total) {
+  const bytes = await readCapped(res.body, MAX_MANIFEST_BYTES, registry, tooLarge);
+  if (Number.isFinite(declared) && declared !== bytes.length) {
     throw new OciError('SIZE_INVALID', 'upstream manifest is shorter than its Content-Length', { status: 502 });
   }
-  return Buffer.concat(chunks);
-}
-
-function parseManifest(bytes: Buffer): ParsedManifestJson {
-  try {
-    const parsed = JSON.parse(bytes.toString('utf8')) as unknown;
-    if (typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed)) return parsed as ParsedManifestJson;
-  } catch {
-    // fall through
-  }
-  throw new OciError('MANIFEST_INVALID', 'upstream manifest is not a JSON object', { status: 502 });
-}
-
-/** What a manifest references: child manifests of an index, config and layers of an image. */
-export function manifestRefs(parsed: ParsedManifestJson, mediaType: string): ManifestRef[] {
-  const refs: ManifestRef[] = [];
-  const add = (d: unknown, kind: ManifestRef['kind']): void => {
-    if (typeof d === 'string' && /^sha(256|512):[a-f0-9]+$/.test(d)) refs.push({ child: d, kind });
-  };
-  if (isIndexMediaType(mediaType)) {
-    for (const m of parsed.manifests ?? []) add(m.digest, 'manifest');
-  } else {
-    add(parsed.config?.digest, 'blob');
-    for (const l of parsed.layers ?? []) add(l.digest, 'blob');
-  }
-  return refs;
+  return bytes;
 }

@@ -1,7 +1,14 @@
 import type { Metadata } from '../db/queries.js';
 import { countsForBackoff, type PullBackoff } from '../limiter/backoff.js';
 import type { BandwidthLimit } from '../limiter/bandwidth.js';
-import type { PullLease, PullLimiter } from '../limiter/pull-limiter.js';
+import { createHash, randomBytes } from 'node:crypto';
+import type { PullLease, PullLimiter, PullLimiterState } from '../limiter/pull-limiter.js';
+
+/** Hooks around an upstream pull, so a crash mid-pull leaves a trace (the kubelet's pull intents). */
+export interface PullIntents {
+  begin(registry: string, repository: string, reference: string): number;
+  end(id: number): void;
+}
 
 /** The parallel-pull limit, back-off and bandwidth cap, as the caches apply them to their upstream transfers. */
 export interface UpstreamPulls {
@@ -84,4 +91,27 @@ export async function underPullLimit<T>(
   } finally {
     lease.release();
   }
+}
+
+/** Process-local salt: an opaque name must not be a dictionary-reversible hash of a repository name. */
+const LABEL_SALT = randomBytes(16);
+
+/**
+ * What the parallel-pull limit is doing, for `/debug/pulls` on the operations listener. A repository is named only
+ * when anyone on the node may pull from it (`isOpen`); others show the registry and an opaque, per-process stable
+ * label, never the repository, tag or digest.
+ */
+export function pullsView(limiter: PullLimiter, isOpen: (registry: string, repository: string) => boolean): PullLimiterState {
+  const describe = (key: string): string => {
+    const image = imageOfKey(key);
+    if (image && isOpen(image.registry, image.repository)) return key;
+    const label = createHash('sha256').update(LABEL_SALT).update(image?.repository ?? key).digest('hex').slice(0, 12);
+    return `${image?.registry ?? '?'}/(private ${label})`;
+  };
+  const state = limiter.state();
+  return {
+    ...state,
+    active: state.active.map((p) => ({ ...p, keys: [...new Set(p.keys.map(describe))] })),
+    queued: state.queued.map((p) => ({ ...p, keys: [...new Set(p.keys.map(describe))] })),
+  };
 }

@@ -29,3 +29,38 @@ export function assertManifest(parsed: ParsedManifestJson, mediaType: string, ac
     throw new OciError('MANIFEST_UNKNOWN', `upstream has no manifest of an accepted media type (it answered ${mediaType})`, { status: 404 });
   }
 }
+
+/** Manifests are small; anything larger is refused rather than buffered. */
+export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+
+/** A manifest's reference to a child manifest or a blob. */
+export interface ManifestRef {
+  child: string;
+  kind: 'manifest' | 'blob';
+}
+
+/** Parses a manifest body as a JSON object; anything else is MANIFEST_INVALID (502: the upstream sent it). */
+export function parseManifestJson(bytes: Buffer): ParsedManifestJson {
+  try {
+    const parsed = JSON.parse(bytes.toString('utf8')) as unknown;
+    if (typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed)) return parsed as ParsedManifestJson;
+  } catch {
+    // not JSON: refused below
+  }
+  throw new OciError('MANIFEST_INVALID', 'upstream manifest is not a JSON object', { status: 502 });
+}
+
+/** What a manifest references: child manifests of an index, config and layers of an image. */
+export function manifestRefs(parsed: ParsedManifestJson, mediaType: string): ManifestRef[] {
+  const refs: ManifestRef[] = [];
+  const add = (d: unknown, kind: ManifestRef['kind']): void => {
+    if (typeof d === 'string' && /^sha(256|512):[a-f0-9]+$/.test(d)) refs.push({ child: d, kind });
+  };
+  if (isIndexMediaType(mediaType)) {
+    for (const m of parsed.manifests ?? []) add(m.digest, 'manifest');
+  } else {
+    add(parsed.config?.digest, 'blob');
+    for (const l of parsed.layers ?? []) add(l.digest, 'blob');
+  }
+  return refs;
+}

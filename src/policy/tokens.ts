@@ -2,6 +2,9 @@ import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import type { Target } from '../oci/path.js';
 import type { Credential } from '../upstream/credentials.js';
 
+/** A registry credential as a client presents it (the server's token realm reads it from here). */
+export type { Credential };
+
 /** Who a client is, as far as the cache can tell. */
 export type Identity =
   /** Sent no Authorization at all: may still hold credentials it shows only after a challenge. */

@@ -8,7 +8,7 @@ import type { Metadata } from '../db/queries.js';
 import { digestOf, parseDigest } from '../oci/digest.js';
 import { MEDIA_TYPES, isIndexMediaType, manifestMediaType, type ParsedManifestJson } from '../oci/media-types.js';
 import { assertRepositoryName, assertTag, canonicalRegistry, canonicalRepository, looksLikeRegistryHost, parseImageReference, type ImageName } from '../oci/reference.js';
-import { manifestRefs, MAX_MANIFEST_BYTES } from '../cache/manifests.js';
+import { manifestRefs, MAX_MANIFEST_BYTES } from '../oci/manifest.js';
 import type { PullRecords } from '../policy/records.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { importBlob } from './import-blob.js';

@@ -3,7 +3,9 @@ import { OciError } from '../oci/errors.js';
 import type { Target } from '../oci/path.js';
 import type { CredentialHasher } from '../policy/credential-hash.js';
 import type { Identity, TokenService } from '../policy/tokens.js';
-import type { Credential } from '../upstream/credentials.js';
+import type { Access } from '../policy/verifier.js';
+import type { RegistryConfig } from '../config/load.js';
+import type { Credential } from '../policy/tokens.js';
 
 /** The service name in the cache's own challenges. */
 export const TOKEN_SERVICE = 'registry-cache';
@@ -69,4 +71,16 @@ export function challengeFor(request: FastifyRequest, scopeName: string | undefi
   return new OciError('UNAUTHORIZED', 'authentication required', {
     headers: { 'www-authenticate': `Bearer realm="${realm}",service="${TOKEN_SERVICE}"${scope}` },
   });
+}
+
+/** What identifying a client needs: the cache's token service and the credential hasher. */
+export interface ClientAuthDeps {
+  tokens: TokenService;
+  hasher: CredentialHasher;
+}
+
+/** Who asks for what: the client's identity for `target`, and the challenge that makes it present credentials. */
+export function clientAccess(request: FastifyRequest, route: { name: string; ns: string | undefined }, target: Target, registry: RegistryConfig, deps: ClientAuthDeps): Access {
+  const challenge = (): OciError => challengeFor(request, route.name, route.ns);
+  return { registry, repository: target.repository, identity: identify(request, target, deps, challenge), challenge };
 }

@@ -116,8 +116,7 @@ export class BlobStore {
   }
 }
 
-/** Makes a directory's entries (a rename, a new or removed file) durable. */
-export async function syncDirectory(dir: string): Promise<void> {
+async function syncDirectory(dir: string): Promise<void> {
   const handle = await open(dir, 'r');
   try {
     await handle.sync();

@@ -99,15 +99,15 @@ export class TokenCache {
   ): Promise<{ token: string; ttlMs: number }> {
     const registry = target.registry;
     const realmText = challenge.params.realm;
-    if (!realmText) throw new OciError('UNAUTHORIZED', `upstream ${registry} sent a Bearer challenge without realm`, { status: 502 });
+    if (!realmText) throw new OciError('UNAVAILABLE', `upstream ${registry} sent a Bearer challenge without realm`, { status: 502 });
     let realm: URL;
     try {
       realm = new URL(realmText);
     } catch {
-      throw new OciError('UNAUTHORIZED', `upstream ${registry} sent an invalid token realm`, { status: 502 });
+      throw new OciError('UNAVAILABLE', `upstream ${registry} sent an invalid token realm`, { status: 502 });
     }
     if (realm.protocol !== 'https:' && realm.protocol !== 'http:') {
-      throw new OciError('UNAUTHORIZED', `upstream ${registry} sent a non-HTTP token realm`, { status: 502 });
+      throw new OciError('UNAVAILABLE', `upstream ${registry} sent a non-HTTP token realm`, { status: 502 });
     }
     if (challenge.params.service) realm.searchParams.set('service', challenge.params.service);
     realm.searchParams.set('scope', challenge.params.scope ?? scope);

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseDuration } from '../../src/config/duration.js';
 import { ConfigError, envNameFor, loadConfig } from '../../src/config/load.js';
-import { parseRange } from '../../src/server/range.js';
+import { parseRange } from '../../src/oci/range.js';
 import { realmMayReceiveCredentials } from '../../src/upstream/auth.js';
 import { parseChallenge } from '../../src/upstream/challenge.js';
 import { errorForBodyFailure, errorForTransportFailure, errorForUpstreamStatus } from '../../src/upstream/errors.js';

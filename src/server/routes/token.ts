@@ -4,7 +4,7 @@ import { OciError } from '../../oci/errors.js';
 import { resolveTarget, type Target } from '../../oci/path.js';
 import type { CredentialHasher } from '../../policy/credential-hash.js';
 import type { TokenService } from '../../policy/tokens.js';
-import type { Credential } from '../../upstream/credentials.js';
+import type { Credential } from '../../policy/tokens.js';
 import { TOKEN_PATH, decodeBasic, identityFor } from '../client-auth.js';
 
 /** What the token endpoint needs. */

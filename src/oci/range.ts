@@ -1,4 +1,4 @@
-import { OciError } from '../oci/errors.js';
+import { OciError } from './errors.js';
 
 /** An inclusive byte range. */
 export interface ByteRange {

@@ -1,0 +1,73 @@
+import { isOciError } from '../oci/errors.js';
+import { manifestHeaders } from '../oci/content-headers.js';
+import type { Access, CredentialVerifier } from '../policy/verifier.js';
+import type { ManifestAnswer, ManifestCache, ManifestRequest } from './manifests.js';
+import { cacheStatusOf, type CacheReply } from './reply.js';
+
+/** What a manifest request asks for, besides the reference. */
+export interface ManifestQuery {
+  method: 'GET' | 'HEAD';
+  /** Media types the client accepts, parsed from its Accept headers. */
+  accept: readonly string[];
+}
+
+/**
+ * Manifests through the cache for one client. A manifest by digest is served from the store to a client a record
+ * allows, and otherwise proven with the GET by digest a miss makes; a tag is resolved upstream with the kubelet's
+ * credential order, and what the store knows stands in only where the policy lets this client have it.
+ */
+export class ManifestService {
+  constructor(private readonly deps: { manifests: ManifestCache; verifier: CredentialVerifier }) {}
+
+  /** Answers a GET or HEAD of `reference` (a tag, or a digest when `isDigest`) in `access`'s repository. */
+  async manifest(access: Access, reference: string, isDigest: boolean, query: ManifestQuery): Promise<CacheReply> {
+    const { manifests, verifier } = this.deps;
+    const { registry, repository } = access;
+    const base = { registry, repository, reference, isDigest, accept: [...query.accept], method: query.method } as const;
+    let answer: ManifestAnswer;
+    if (isDigest) {
+      answer = await this.byDigest(access, base);
+    } else {
+      try {
+        const { value, puller } = await verifier.tryUpstream(access, (credential) => manifests.get({ ...base, ...(credential ? { credential } : {}) }));
+        answer = value;
+        // An upstream that just answered for these credentials verified them; a stored or stale answer did not.
+        if (answer.source === 'upstream' || answer.source === 'revalidated') verifier.record(access, answer.digest, puller);
+        else if (!verifier.allowedLocally(access, answer.digest)) {
+          // A client without access gets what it would get for a tag the cache does not know: the upstream failure the
+          // stale answer stands in for, or the upstream's own answer.
+          if (answer.upstreamError) throw answer.upstreamError;
+          answer = await this.byDigest(access, { ...base, reference: answer.digest, isDigest: true });
+        }
+      } catch (err) {
+        // A refused tag revalidation: what the store holds may still be this client's under the policy.
+        const refused = isOciError(err) && (err.code === 'UNAUTHORIZED' || err.code === 'DENIED');
+        const knownDigest = refused ? manifests.lastKnownDigest(registry.host, repository, reference) : undefined;
+        if (!knownDigest || !verifier.allowedLocally(access, knownDigest)) throw err;
+        answer = await manifests.get({ ...base, reference: knownDigest, isDigest: true });
+      }
+    }
+    manifests.noteServed(registry.host, repository, answer.digest);
+    return {
+      status: 200,
+      headers: manifestHeaders(answer),
+      ...(query.method === 'HEAD' || !answer.bytes ? {} : { body: answer.bytes }),
+      cacheStatus: cacheStatusOf(answer.source),
+    };
+  }
+
+  /**
+   * A manifest by digest: from the store for a client a record allows; for anyone else the upstream GET by digest a
+   * miss makes, whether or not it is stored (its hashed body proves possession and the credential's access).
+   */
+  private async byDigest(access: Access, req: Omit<ManifestRequest, 'credential'>): Promise<ManifestAnswer> {
+    const { manifests, verifier } = this.deps;
+    if (manifests.isStored(req.reference) && verifier.allowedLocally(access, req.reference)) {
+      verifier.noteLocal();
+      return manifests.get(req);
+    }
+    const { value, puller } = await verifier.prove(access, (credential) => manifests.fetchByDigest({ ...req, ...(credential ? { credential } : {}) }));
+    verifier.record(access, value.digest, puller);
+    return value;
+  }
+}
