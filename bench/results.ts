@@ -8,7 +8,10 @@ export type SystemName =
   | 'rc NeverVerify'
   | 'rc serialize (1)'
   | 'rc max 3'
-  | 'rc unlimited';
+  | 'rc unlimited'
+  | '1k blobs'
+  | '10k blobs'
+  | '100k blobs';
 
 /** One measured figure, with every repetition's sample per system. */
 export interface Row {

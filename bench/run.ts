@@ -16,12 +16,23 @@ import { herd } from './scenarios/herd.js';
 import { load } from './scenarios/load.js';
 import { manifests } from './scenarios/manifests.js';
 import { pullLimit } from './scenarios/pull-limit.js';
+import { storeGrowth } from './scenarios/store-growth.js';
 import { warmBlob } from './scenarios/warm-blob.js';
 import { FULL, QUICK, formatBytes } from './settings.js';
 import { CACHE_CLI, SkipScenario, currentCacheCli, useCacheCli } from './systems.js';
 import { Teardown } from './teardown.js';
 
-const SCENARIOS: Scenario[] = [warmBlob, manifests, coldPull, herd, credentials, load, pullLimit];
+const storeGrowthScenario: Scenario = {
+  id: 'store-growth',
+  number: '9',
+  aliases: ['growth', 'store-size'],
+  title: 'Cost as the store grows (1k, 10k, 100k blobs)',
+  inDefaultRun: false,
+  run: () => Promise.reject(new Error('store-growth runs standalone')),
+  standalone: storeGrowth,
+};
+
+const SCENARIOS: Scenario[] = [warmBlob, manifests, coldPull, herd, credentials, load, pullLimit, storeGrowthScenario];
 
 const BENCH_DIR = resolve(import.meta.dirname, '..', '..');
 const REPO_ROOT = resolve(BENCH_DIR, '..');
@@ -131,7 +142,9 @@ async function main(): Promise<number> {
     process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${line}\n`);
   };
 
-  const needed = new Set([...TOOLS['*']!, ...selected.flatMap((s) => TOOLS[s.id] ?? [])]);
+  // Standalone scenarios start their own servers: without any other, no shared setup and no tools are needed.
+  const needsContext = selected.some((s) => !s.standalone);
+  const needed = new Set(needsContext ? [...TOOLS['*']!, ...selected.flatMap((s) => TOOLS[s.id] ?? [])] : []);
   const missing = missingTools([...needed]);
   if (missing.length > 0) {
     log(`missing tools: ${missing.join(', ')}; install them with: ${APT_LINE}`);
@@ -175,7 +188,7 @@ async function main(): Promise<number> {
   const extraSections: string[] = [];
   try {
     log(`${settings.mode} run: ${selected.map((s) => s.id).join(', ')}`);
-    ctx = await setUp(settings, { pullLimit: selected.includes(pullLimit) }, teardown, [], log);
+    if (needsContext) ctx = await setUp(settings, { pullLimit: selected.includes(pullLimit) }, teardown, [], log);
     for (const scenario of selected) {
       if (interrupted) break;
       log(`scenario ${scenario.number} ${scenario.id}`);
@@ -184,7 +197,7 @@ async function main(): Promise<number> {
       const seconds = (): number => Number(process.hrtime.bigint() - t0) / 1e9;
       const base = { id: scenario.id, number: scenario.number, title: scenario.title };
       try {
-        const out = await scenario.run(ctx);
+        const out = scenario.standalone ? await scenario.standalone({ teardown, log }) : await scenario.run(ctx as BenchContext);
         const { sections, ...main } = out;
         results.push({ ...base, ...main, status: 'ok', seconds: seconds() });
         for (const s of sections ?? []) results.push({ ...s, status: 'ok', seconds: 0 });
@@ -198,11 +211,11 @@ async function main(): Promise<number> {
       log(`  (${seconds().toFixed(0)} s)`);
     }
     const targets = evaluateTargets(results);
-    const wantProfile = !interrupted && values.profile || (settings.mode === 'full' && !values['no-profile'] && targets.some((t) => t.met === false));
+    const wantProfile = ctx !== undefined && (!interrupted && values.profile || (settings.mode === 'full' && !values['no-profile'] && targets.some((t) => t.met === false)));
     if (wantProfile) {
       const profileDir = join(BENCH_DIR, 'out', 'profiles');
       try {
-        const sections = await profileMissedTargets(ctx, targets, profileDir, values.profile);
+        const sections = await profileMissedTargets(ctx as BenchContext, targets, profileDir, values.profile);
         if (sections.length > 0) {
           extraSections.push(
             '## CPU profiles of registry-cache',

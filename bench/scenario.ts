@@ -2,6 +2,7 @@ import { pullImage } from './clients.js';
 import type { BenchContext, PushedImage } from './context.js';
 import type { ManagedServer } from './systems.js';
 import type { ScenarioResult } from './results.js';
+import type { Teardown } from './teardown.js';
 
 /** A scenario's own part of its result; run.ts adds status and timing. */
 export type SectionOutput = Omit<ScenarioResult, 'status' | 'message' | 'seconds' | 'id' | 'number' | 'title'>;
@@ -9,6 +10,12 @@ export type SectionOutput = Omit<ScenarioResult, 'status' | 'message' | 'seconds
 /** A scenario's result, plus any further sections it measured on the way (the herd also yields memory). */
 export interface ScenarioOutput extends SectionOutput {
   sections?: Array<SectionOutput & Pick<ScenarioResult, 'id' | 'number' | 'title'>>;
+}
+
+/** What a standalone scenario gets instead of the shared context: it starts its own upstream and servers. */
+export interface StandaloneEnv {
+  teardown: Teardown;
+  log(line: string): void;
 }
 
 /** One benchmark scenario, selectable with `--scenario` by id, alias or number. */
@@ -20,6 +27,8 @@ export interface Scenario {
   /** Whether a plain `npm run bench` runs it (otherwise only `--scenario`). */
   inDefaultRun: boolean;
   run(ctx: BenchContext): Promise<ScenarioOutput>;
+  /** Set for a scenario that needs none of the shared setup (docker-registry, synthesized images, peer). */
+  standalone?: (env: StandaloneEnv) => Promise<ScenarioOutput>;
 }
 
 /** The path of an image's first layer blob. */

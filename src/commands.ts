@@ -39,7 +39,7 @@ export async function runPreload(config: Config, source: string, name: string | 
 
 /** `registry-cache records [--image REF] [--json]`: the pull records, never a secret (hash prefixes only). */
 export async function runRecords(config: Config, image: string | undefined, json: boolean): Promise<void> {
-  const opened = await openStore(config, createLogger('warn'));
+  const opened = await openStore(config, createLogger('warn'), { readOnly: true });
   try {
     let rows = opened.records.list();
     if (image) {
@@ -89,11 +89,11 @@ export async function runGc(config: Config, dryRun: boolean): Promise<void> {
     !dryRun,
     'the running server evicts on its own (above imageGCHighThresholdPercent, checked every gcInterval and after each download); run `gc --dry-run` to see what it would evict, or stop the server to evict by hand',
   );
-  const opened = await openStore(config, log, { exclusive: !dryRun });
+  const opened = await openStore(config, log, dryRun ? { readOnly: true } : { exclusive: true });
   try {
     const evictor = new Evictor({ store: opened.store, metadata: opened.metadata, settings: config.eviction, log, isBusy: () => false });
     // Named before the pass: eviction removes the tags and links that name an image.
-    const names = new Map(evictor.units().map((u) => [u.root, opened.metadata.imageNames(u.root)]));
+    const names = new Map((await evictor.units()).map((u) => [u.root, opened.metadata.imageNames(u.root)]));
     const result = await evictor.collect({ dryRun });
     const verb = dryRun ? 'would evict' : 'evicted';
     for (const e of result.evicted) {
@@ -118,7 +118,7 @@ async function refuseNextToServer(config: Config, exclusive: boolean, instead: s
 /** `registry-cache verify [--repair]`: re-hashes the store; exit code 1 when problems remain. */
 export async function runVerify(config: Config, repair: boolean): Promise<boolean> {
   await refuseNextToServer(config, repair, 'run `verify` without --repair next to it to see the problems, or stop the server to repair');
-  const opened = await openStore(config, createLogger('warn'), { exclusive: repair });
+  const opened = await openStore(config, createLogger('warn'), repair ? { exclusive: true } : { readOnly: true });
   try {
     const report = await verifyStore(opened, repair);
     for (const p of report.problems) process.stdout.write(`${p.problem.padEnd(7)} ${p.digest} ${p.detail}${repair ? ' (removed)' : ''}\n`);

@@ -1,7 +1,8 @@
 import { access, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import pLimit from 'p-limit';
 import { Evictor } from './lifecycle/eviction.js';
-import { lockStore, type StoreLock } from './store/lock.js';
+import { lockStore, markCleanShutdown, takeCleanShutdownMark, type StoreLock } from './store/lock.js';
 import type { Logger } from 'pino';
 import { BlobCache } from './cache/blobs.js';
 import { BlobService } from './cache/blob-service.js';
@@ -54,29 +55,39 @@ export interface OpenStore {
  * Opens the store and database. Crash recovery (temp files, rows without files, files without rows, leftover intents)
  * runs only under the store's lock: next to a live server the same steps would destroy its downloads in flight.
  * `exclusive` demands the lock (the server, `gc`, `verify --repair`); otherwise a held lock means "open as is".
+ * `readOnly` (`records`, `verify`, `gc --dry-run`) never recovers and takes the lock only when also exclusive.
+ * After a clean shutdown (the mark its lock holder leaves) the per-file reconciliation is skipped.
  */
-export async function openStore(config: Config, log: Logger, options: { exclusive?: boolean } = {}): Promise<OpenStore> {
+export async function openStore(config: Config, log: Logger, options: { exclusive?: boolean; readOnly?: boolean } = {}): Promise<OpenStore> {
   const store = new BlobStore(config.storage);
   await store.ensureDirectories();
   let lock: StoreLock | undefined;
-  try {
-    lock = await lockStore(config.storage);
-  } catch (err) {
-    if (options.exclusive) throw err;
+  if (options.exclusive || !options.readOnly) {
+    try {
+      lock = await lockStore(config.storage);
+    } catch (err) {
+      if (options.exclusive) throw err;
+    }
   }
   const metadata = new Metadata(openDatabase(store.layout.databaseFile));
   const records = new PullRecords(metadata.db);
+  // Set once disk and rows are known to agree; only then may a clean close say so for the next start.
+  let consistent = false;
   const close = async (): Promise<void> => {
     metadata.close();
+    if (lock && consistent) await markCleanShutdown(config.storage);
     await lock?.release();
   };
-  if (!lock) return { store, metadata, records, lock, close };
+  if (!lock || options.readOnly) return { store, metadata, records, lock, close };
+  const clean = await takeCleanShutdownMark(config.storage);
   const { removedTempFiles } = await store.clearTemp();
-  const { droppedRows, strayFiles } = await reconcile(store, metadata);
+  const { droppedRows, strayFiles } = clean ? { droppedRows: 0, strayFiles: 0 } : await reconcile(store, metadata);
+  const usageDriftBytes = clean ? 0 : metadata.reconcileUsage();
   const recoveredIntents = records.recoverIntents();
-  if (removedTempFiles + droppedRows + strayFiles + recoveredIntents > 0) {
+  consistent = true;
+  if (removedTempFiles + droppedRows + strayFiles + recoveredIntents > 0 || usageDriftBytes !== 0) {
     log.warn(
-      { removedTempFiles, droppedRows, strayFiles, recoveredIntents },
+      { removedTempFiles, droppedRows, strayFiles, recoveredIntents, usageDriftBytes },
       'store reconciled after an unclean stop (pull intents left by a crash became records without credentials)',
     );
   }
@@ -140,8 +151,9 @@ export async function createServices(config: Config, log: Logger, options: { dis
     pulls,
     onFillEnd: (registry, bytes) => {
       metrics.bytesFetched.labels(registry).inc(bytes);
-      // New content may have pushed usage over the high mark: check now rather than at the next tick.
-      if (bytes > 0) scheduleCollect();
+      // New content may have pushed usage over the high mark: check now rather than at the next tick, but only
+      // once the store has grown by the headroom the last measurement left.
+      if (bytes > 0 && evictor.noteStored(bytes)) scheduleCollect();
     },
     ...(intents ? { intents } : {}),
   });
@@ -227,29 +239,42 @@ export async function createServices(config: Config, log: Logger, options: { dis
   };
 }
 
+/** Directories of blobs/ read at once during reconciliation. */
+const RECONCILE_CONCURRENCY = 32;
+
 /**
  * Makes disk and database agree: rows whose file is gone are dropped with their pull records; files without a row
  * (committed just before a crash, or left by an interrupted eviction) are removed, never adopted, so a crash
- * cannot turn pulled content into unrecorded, "preloaded" content.
+ * cannot turn pulled content into unrecorded, "preloaded" content. Existence comes from listing the 256 prefix
+ * directories (32 at once), not from one stat per row: 121k sequential stats took 4.1–4.7 s.
  */
 async function reconcile(store: BlobStore, metadata: Metadata): Promise<{ droppedRows: number; strayFiles: number }> {
   const known = new Set(metadata.allBlobDigests());
-  let droppedRows = 0;
-  for (const digest of known) {
-    if ((await store.size(digest)) === undefined) {
-      metadata.deleteBlob(digest);
-      droppedRows++;
-    }
+  const present = new Set<string>();
+  const dirs: { algorithm: string; dir: string }[] = [];
+  for (const algorithm of await readdir(store.layout.blobsDir)) {
+    for (const prefix of await readdir(join(store.layout.blobsDir, algorithm))) dirs.push({ algorithm, dir: join(store.layout.blobsDir, algorithm, prefix) });
   }
   let strayFiles = 0;
-  for (const algorithm of await readdir(store.layout.blobsDir)) {
-    for (const prefix of await readdir(join(store.layout.blobsDir, algorithm))) {
-      for (const name of await readdir(join(store.layout.blobsDir, algorithm, prefix))) {
-        if (known.has(`${algorithm}:${name}`)) continue;
-        await rm(join(store.layout.blobsDir, algorithm, prefix, name), { force: true });
-        strayFiles++;
-      }
-    }
-  }
-  return { droppedRows, strayFiles };
+  const limit = pLimit(RECONCILE_CONCURRENCY);
+  await Promise.all(
+    dirs.map(({ algorithm, dir }) =>
+      limit(async () => {
+        for (const name of await readdir(dir)) {
+          const digest = `${algorithm}:${name}`;
+          if (known.has(digest)) {
+            present.add(digest);
+            continue;
+          }
+          await rm(join(dir, name), { force: true });
+          strayFiles++;
+        }
+      }),
+    ),
+  );
+  const gone = [...known].filter((digest) => !present.has(digest));
+  metadata.db.transaction(() => {
+    for (const digest of gone) metadata.deleteBlob(digest);
+  })();
+  return { droppedRows: gone.length, strayFiles };
 }

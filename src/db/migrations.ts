@@ -91,4 +91,28 @@ export const MIGRATIONS: readonly { name: string; sql: string }[] = [
       ) STRICT;
     `,
   },
+  {
+    name: '003-store-usage-and-indexes',
+    sql: `
+      -- The store's size as a running total, kept by triggers in the same transaction as every insert and delete
+      -- of a blob row, so checking usage never sums the table (a SUM per download made filling quadratic).
+      CREATE TABLE store_usage (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        bytes INTEGER NOT NULL,
+        blobs INTEGER NOT NULL
+      ) STRICT;
+      INSERT INTO store_usage (id, bytes, blobs) SELECT 1, COALESCE(SUM(size), 0), COUNT(*) FROM blobs;
+      CREATE TRIGGER blobs_usage_insert AFTER INSERT ON blobs BEGIN
+        UPDATE store_usage SET bytes = bytes + new.size, blobs = blobs + 1 WHERE id = 1;
+      END;
+      CREATE TRIGGER blobs_usage_delete AFTER DELETE ON blobs BEGIN
+        UPDATE store_usage SET bytes = bytes - old.size, blobs = blobs - 1 WHERE id = 1;
+      END;
+      CREATE TRIGGER blobs_usage_resize AFTER UPDATE OF size ON blobs BEGIN
+        UPDATE store_usage SET bytes = bytes - old.size + new.size WHERE id = 1;
+      END;
+      -- Eviction deletes a digest's tags; without this each delete scanned every tag.
+      CREATE INDEX tags_digest ON tags(digest);
+    `,
+  },
 ];

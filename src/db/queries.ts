@@ -42,6 +42,7 @@ export class Metadata {
     refs: Statement<[string], { child: string; kind: 'manifest' | 'blob' }>;
     parents: Statement<[string, string, string], string>;
     isLinked: Statement<[string, string, string], number>;
+    usage: Statement<[], number>;
   };
   /** Digest → time of its latest access; the flush writes these times, not its own. */
   private pendingTouches = new Map<string, number>();
@@ -75,6 +76,7 @@ export class Metadata {
       isLinked: db
         .prepare<[string, string, string], number>('SELECT 1 FROM repository_digests WHERE registry = ? AND repository = ? AND digest = ?')
         .pluck(),
+      usage: db.prepare<[], number>('SELECT bytes FROM store_usage WHERE id = 1').pluck(),
     };
   }
 
@@ -167,9 +169,22 @@ export class Metadata {
     return this.db.prepare("SELECT registry || '/' || repository FROM repository_digests WHERE digest = ? ORDER BY 1").pluck().all(digest) as string[];
   }
 
-  /** Total bytes of stored content. */
+  /** Total bytes of stored content: the running total the blob triggers keep, never a sum over the table. */
   storedBytes(): number {
-    return (this.db.prepare('SELECT COALESCE(SUM(size), 0) FROM blobs').pluck().get() as number) ?? 0;
+    return this.stmt.usage.get() ?? 0;
+  }
+
+  /**
+   * Makes the running total agree with the rows (after a crash, or a database edited by hand); returns by how
+   * many bytes it was off. A whole-table pass: start-up recovery only.
+   */
+  reconcileUsage(): number {
+    return this.db.transaction(() => {
+      const actual = this.db.prepare('SELECT COALESCE(SUM(size), 0) AS bytes, COUNT(*) AS blobs FROM blobs').get() as { bytes: number; blobs: number };
+      const drift = actual.bytes - this.storedBytes();
+      this.db.prepare('UPDATE store_usage SET bytes = ?, blobs = ? WHERE id = 1').run(actual.bytes, actual.blobs);
+      return drift;
+    })();
   }
 
   /** Every stored digest (startup reconciliation). */

@@ -1,6 +1,9 @@
-import { rm, statfs } from 'node:fs/promises';
+import { statfs, unlink } from 'node:fs/promises';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import pLimit from 'p-limit';
 import type { Logger } from 'pino';
 import type { EvictionSettings } from '../config/load.js';
+import type { Statement } from 'better-sqlite3';
 import type { Metadata } from '../db/queries.js';
 import { parseImageReference } from '../oci/reference.js';
 import type { BlobStore } from '../store/blob-store.js';
@@ -27,6 +30,28 @@ interface Usage {
   bytesToFree: number;
 }
 
+/** Rows read per query while building the eviction list: the event loop gets a turn between pages. */
+const PAGE_ROWS = 2_000;
+/** Roots walked between two turns of the event loop. */
+const ROOTS_PER_TURN = 2_000;
+/** Units whose rows are deleted in one transaction. */
+const REMOVE_BATCH_UNITS = 100;
+/** Files removed at once after their rows are gone. */
+const REMOVE_CONCURRENCY = 16;
+
+function ignoreMissing(err: unknown): void {
+  if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+}
+
+/** The store's blobs and references as the eviction list needs them. */
+interface StoreGraph {
+  lastAccess: Map<string, number>;
+  sizes: Map<string, number>;
+  children: Map<string, string[]>;
+  isChild: Set<string>;
+  manifests: string[];
+}
+
 /**
  * Evicts least-recently-used images when usage crosses the high threshold, until under the low one. Content being
  * downloaded or served and pinned images are never evicted. Rows and pull records go in one transaction, files after:
@@ -34,6 +59,16 @@ interface Usage {
  */
 export class Evictor {
   private running: Promise<EvictionResult> | undefined;
+  /** Bytes that may still be stored before usage can reach the high threshold, as of the last measurement. */
+  private headroom = 0;
+  private readonly stmt: {
+    blobPage: Statement<[number, number], { rowid: number; digest: string; last_access: number; size: number }>;
+    refPage: Statement<[string, string, number], { manifest: string; child: string }>;
+    manifestPage: Statement<[string, number], string>;
+    delete: Statement<[string]>;
+    deleteLinks: Statement<[string]>;
+    deleteTags: Statement<[string]>;
+  };
 
   constructor(
     private readonly deps: {
@@ -44,7 +79,29 @@ export class Evictor {
       isBusy: (digest: string) => boolean;
       onEvict?: (units: number) => void;
     },
-  ) {}
+  ) {
+    const db = deps.metadata.db;
+    // Keyset pages over primary keys: each page is an index seek, however large the store.
+    this.stmt = {
+      // By rowid: pages follow the table's own order, not one index lookup per row.
+      blobPage: db.prepare('SELECT rowid, digest, last_access, size FROM blobs WHERE rowid > ? ORDER BY rowid LIMIT ?'),
+      refPage: db.prepare('SELECT manifest, child FROM manifest_refs WHERE (manifest, child) > (?, ?) ORDER BY manifest, child LIMIT ?'),
+      manifestPage: db.prepare<[string, number], string>('SELECT digest FROM manifests WHERE digest > ? ORDER BY digest LIMIT ?').pluck(),
+      delete: db.prepare('DELETE FROM blobs WHERE digest = ?'),
+      deleteLinks: db.prepare('DELETE FROM repository_digests WHERE digest = ?'),
+      deleteTags: db.prepare('DELETE FROM tags WHERE digest = ?'),
+    };
+  }
+
+  /**
+   * Notes `bytes` newly stored; true when usage may now have reached the high threshold, so a collection is worth
+   * running. Only the store's own growth is counted between measurements: other writers to the filesystem are
+   * seen by the next periodic collection.
+   */
+  noteStored(bytes: number): boolean {
+    this.headroom -= bytes;
+    return this.headroom <= 0;
+  }
 
   /**
    * How full the store is: against `maxStorageBytes` when set (so a bound is exact and testable), else against
@@ -57,12 +114,14 @@ export class Evictor {
     const low = settings.lowThresholdPercent;
     if (settings.maxStorageBytes !== undefined) {
       const percent = (stored / settings.maxStorageBytes) * 100;
+      this.headroom = (settings.maxStorageBytes * high) / 100 - stored;
       return { percent, bytesToFree: percent >= high ? Math.ceil(stored - (settings.maxStorageBytes * low) / 100) : 0 };
     }
     const fs = await statfs(store.layout.root);
     const used = (fs.blocks - fs.bfree) * fs.bsize;
     const capacity = used + fs.bavail * fs.bsize;
     const percent = capacity > 0 ? (used / capacity) * 100 : 0;
+    this.headroom = (capacity * high) / 100 - used;
     return { percent, bytesToFree: percent >= high ? Math.ceil(used - (capacity * low) / 100) : 0 };
   }
 
@@ -80,23 +139,56 @@ export class Evictor {
   }
 
   /** Evictable units in least-recently-used order. */
-  units(): EvictionUnit[] {
-    const db = this.deps.metadata.db;
-    const lastAccess = new Map(
-      (db.prepare('SELECT digest, last_access FROM blobs').all() as { digest: string; last_access: number }[]).map((r) => [r.digest, r.last_access]),
-    );
-    const refs = db.prepare('SELECT manifest, child FROM manifest_refs').all() as { manifest: string; child: string }[];
-    const children = new Map<string, string[]>();
-    const isChild = new Set<string>();
-    for (const r of refs) {
-      if (!children.has(r.manifest)) children.set(r.manifest, []);
-      children.get(r.manifest)?.push(r.child);
-      isChild.add(r.child);
+  async units(): Promise<EvictionUnit[]> {
+    return this.unitsOf(await this.readGraph());
+  }
+
+  /**
+   * Reads blobs, references and manifests in keyset pages, yielding between pages, so a large store never blocks
+   * the event loop for long (one read of 110k rows blocked it ~0.5 s). Pages are not one snapshot: rows written
+   * meanwhile may be missed, which only leaves new content out of this round (and a blob whose manifest arrived
+   * meanwhile looks unreferenced but was just used, so it sorts last).
+   */
+  private async readGraph(): Promise<StoreGraph> {
+    const graph: StoreGraph = { lastAccess: new Map(), sizes: new Map(), children: new Map(), isChild: new Set(), manifests: [] };
+    for (let after = 0; ; ) {
+      const rows = this.stmt.blobPage.all(after, PAGE_ROWS);
+      for (const r of rows) {
+        graph.lastAccess.set(r.digest, r.last_access);
+        graph.sizes.set(r.digest, r.size);
+      }
+      if (rows.length < PAGE_ROWS) break;
+      after = rows[rows.length - 1]?.rowid ?? after;
+      await nextTurn();
     }
-    const manifests = db.prepare('SELECT digest FROM manifests').pluck().all() as string[];
+    for (let after = { manifest: '', child: '' }; ; ) {
+      const rows = this.stmt.refPage.all(after.manifest, after.child, PAGE_ROWS);
+      for (const r of rows) {
+        let list = graph.children.get(r.manifest);
+        if (!list) graph.children.set(r.manifest, (list = []));
+        list.push(r.child);
+        graph.isChild.add(r.child);
+      }
+      if (rows.length < PAGE_ROWS) break;
+      after = rows[rows.length - 1] ?? after;
+      await nextTurn();
+    }
+    for (let after = ''; ; ) {
+      const rows = this.stmt.manifestPage.all(after, PAGE_ROWS);
+      graph.manifests.push(...rows);
+      if (rows.length < PAGE_ROWS) break;
+      after = rows[rows.length - 1] ?? after;
+      await nextTurn();
+    }
+    return graph;
+  }
+
+  private async unitsOf(graph: StoreGraph): Promise<EvictionUnit[]> {
+    const { lastAccess, children, isChild } = graph;
     const units: EvictionUnit[] = [];
     const covered = new Set<string>();
-    for (const root of manifests) {
+    let walked = 0;
+    for (const root of graph.manifests) {
       if (isChild.has(root)) continue;
       const members = new Set<string>();
       const walk = (d: string): void => {
@@ -105,8 +197,15 @@ export class Evictor {
         for (const c of children.get(d) ?? []) walk(c);
       };
       walk(root);
-      for (const m of members) covered.add(m);
-      units.push({ root, members: [...members], lastAccess: Math.max(...[...members].map((m) => lastAccess.get(m) ?? 0)) });
+      // A manifest stored after the blob pages were read: not part of this round.
+      if (members.size === 0) continue;
+      let newest = 0;
+      for (const m of members) {
+        covered.add(m);
+        newest = Math.max(newest, lastAccess.get(m) ?? 0);
+      }
+      units.push({ root, members: [...members], lastAccess: newest });
+      if (++walked % ROOTS_PER_TURN === 0) await nextTurn();
     }
     for (const [digest, at] of lastAccess) if (!covered.has(digest)) units.push({ root: digest, members: [digest], lastAccess: at });
     return units.sort((a, b) => a.lastAccess - b.lastAccess);
@@ -125,15 +224,21 @@ export class Evictor {
   }
 
   private async collectOnce(options: { dryRun?: boolean }): Promise<EvictionResult> {
-    this.deps.metadata.flushTouches();
     const usage = await this.usage();
     const result: EvictionResult = { usedPercentBefore: usage.percent, bytesToFree: usage.bytesToFree, freedBytes: 0, evicted: [], skippedBusy: 0, skippedPinned: 0 };
     if (usage.bytesToFree <= 0) return result;
-    const units = this.units();
+    // Least recently used needs the latest accesses, which are written in batches.
+    this.deps.metadata.flushTouches();
+    const graph = await this.readGraph();
+    const units = await this.unitsOf(graph);
+    const sizes = graph.sizes;
     const pinned = this.pinnedDigests();
     const holders = new Map<string, number>();
     for (const u of units) for (const m of u.members) holders.set(m, (holders.get(m) ?? 0) + 1);
-    const sizes = new Map(this.deps.metadata.db.prepare('SELECT digest, size FROM blobs').all().map((r) => [(r as { digest: string }).digest, (r as { size: number }).size]));
+    // Units' rows go in batches: one transaction per unit wrote the same index pages to the WAL again and again
+    // (912 units, 10k blobs: 3.8 CPU s). Each batch's busy checks and its delete run in one synchronous stretch.
+    let batch: string[] = [];
+    let batchUnits = 0;
     for (const unit of units) {
       if (result.freedBytes >= usage.bytesToFree) break;
       if (unit.members.some((m) => pinned.has(m))) {
@@ -148,10 +253,17 @@ export class Evictor {
       const doomed = unit.members.filter((m) => (holders.get(m) ?? 0) <= 1);
       for (const m of unit.members) holders.set(m, (holders.get(m) ?? 1) - 1);
       const bytes = doomed.reduce((n, d) => n + (sizes.get(d) ?? 0), 0);
-      if (!options.dryRun) await this.remove(doomed);
       result.freedBytes += bytes;
       result.evicted.push({ root: unit.root, bytes, lastAccess: unit.lastAccess });
+      if (options.dryRun) continue;
+      batch.push(...doomed);
+      if (++batchUnits >= REMOVE_BATCH_UNITS) {
+        await this.remove(batch);
+        batch = [];
+        batchUnits = 0;
+      }
     }
+    if (batch.length > 0) await this.remove(batch);
     if (!options.dryRun && result.evicted.length > 0) {
       this.deps.onEvict?.(result.evicted.length);
       this.deps.log.info({ images: result.evicted.length, freedBytes: result.freedBytes, usedPercent: Math.round(usage.percent) }, 'evicted least recently used images');
@@ -160,18 +272,17 @@ export class Evictor {
   }
 
   private async remove(digests: string[]): Promise<void> {
-    const db = this.deps.metadata.db;
-    const del = db.prepare('DELETE FROM blobs WHERE digest = ?');
-    const delLinks = db.prepare('DELETE FROM repository_digests WHERE digest = ?');
-    const delTags = db.prepare('DELETE FROM tags WHERE digest = ?');
+    const { delete: del, deleteLinks, deleteTags } = this.stmt;
     // Rows (and, by cascade, manifests, references, pull records, preloaded marks) first, in one transaction.
-    db.transaction(() => {
+    this.deps.metadata.db.transaction(() => {
       for (const d of digests) {
-        delTags.run(d);
-        delLinks.run(d);
+        deleteTags.run(d);
+        deleteLinks.run(d);
         del.run(d);
       }
     })();
-    for (const d of digests) await rm(this.deps.store.pathFor(d), { force: true });
+    const limit = pLimit(REMOVE_CONCURRENCY);
+    // unlink, not rm: rm's lstat and recursion handling cost ~5× as much per file, and these are plain files.
+    await Promise.all(digests.map((d) => limit(() => unlink(this.deps.store.pathFor(d)).catch(ignoreMissing))));
   }
 }

@@ -195,24 +195,53 @@ export class PullRecords {
 
   /** Every record (and every preloaded manifest without one), for `registry-cache records`. */
   list(): PullRecord[] {
-    const rows = this.db
+    // Records and their credential hashes in two ordered passes, not three queries per record (95k records took
+    // seconds). A record's digest has a pull record, so it is never preloaded (see isPreloaded).
+    const records = this.db
+      .prepare('SELECT registry, repository, digest, node_pods_accessible, created_at, last_verified FROM pull_records ORDER BY registry, repository, digest')
+      .all() as { registry: string; repository: string; digest: string; node_pods_accessible: number; created_at: number; last_verified: number | null }[];
+    const hashes = new Map<string, string[]>();
+    const hashRows = this.db.prepare('SELECT registry, repository, digest, credential_hash FROM pull_record_credentials').all() as {
+      registry: string;
+      repository: string;
+      digest: string;
+      credential_hash: string;
+    }[];
+    for (const h of hashRows) {
+      const key = `${h.registry}\0${h.repository}\0${h.digest}`;
+      let list = hashes.get(key);
+      if (!list) hashes.set(key, (list = []));
+      list.push(h.credential_hash);
+    }
+    const out: PullRecord[] = records.map((r) => ({
+      registry: r.registry,
+      repository: r.repository,
+      digest: r.digest,
+      nodePodsAccessible: r.node_pods_accessible === 1,
+      credentialHashes: hashes.get(`${r.registry}\0${r.repository}\0${r.digest}`) ?? [],
+      createdAt: r.created_at,
+      lastVerified: r.last_verified,
+      preloaded: false,
+    }));
+    const preloadedRows = this.db
       .prepare(
-        `SELECT registry, repository, digest FROM pull_records
-         UNION SELECT substr(p.image, 1, instr(p.image, '/') - 1), substr(p.image, instr(p.image, '/') + 1), p.digest
+        `SELECT substr(p.image, 1, instr(p.image, '/') - 1) AS registry, substr(p.image, instr(p.image, '/') + 1) AS repository, p.digest AS digest
            FROM preloaded p JOIN manifests m USING (digest) WHERE p.image != ''
          UNION SELECT d.registry, d.repository, p.digest
-           FROM preloaded p JOIN manifests m USING (digest) JOIN repository_digests d USING (digest) WHERE p.image = ''
-         ORDER BY 1, 2, 3`,
+           FROM preloaded p JOIN manifests m USING (digest) JOIN repository_digests d USING (digest) WHERE p.image = ''`,
       )
       .all() as { registry: string; repository: string; digest: string }[];
-    const out: PullRecord[] = [];
-    for (const r of rows) {
+    const recorded = new Set(records.map((r) => `${r.registry}\0${r.repository}\0${r.digest}`));
+    for (const r of preloadedRows) {
+      if (recorded.has(`${r.registry}\0${r.repository}\0${r.digest}`)) continue;
       const rec = this.get(r.registry, r.repository, r.digest);
       if (rec) out.push(rec);
       else if (this.stmt.anyPreloaded.get(r.digest) !== undefined) {
         out.push({ ...r, nodePodsAccessible: false, credentialHashes: [], createdAt: 0, lastVerified: null, preloaded: true });
       }
     }
-    return out;
+    const key = (r: PullRecord): string => `${r.registry}\0${r.repository}\0${r.digest}`;
+    return out.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
   }
+
 }

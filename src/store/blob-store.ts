@@ -116,7 +116,8 @@ export class BlobStore {
   }
 }
 
-async function syncDirectory(dir: string): Promise<void> {
+/** Makes a directory's entries (a rename, a new or removed file) durable. */
+export async function syncDirectory(dir: string): Promise<void> {
   const handle = await open(dir, 'r');
   try {
     await handle.sync();

@@ -10,6 +10,8 @@ import { parseDigest } from '../oci/digest.js';
  *       sha512/ab/<128 hex>
  *     tmp/<random>             downloads in progress; same filesystem so commit is a rename; wiped at start
  *     registry-cache.db        SQLite metadata (WAL mode: also -wal and -shm files)
+ *     registry-cache.lock      pid of the process that may recover and evict (the server, or gc/verify --repair/preload)
+ *     clean-shutdown           left by that process after a clean close; while present, start-up skips reconciliation
  *
  * Every directory is 0700 and every file 0600: the store holds private images and the node secret.
  *

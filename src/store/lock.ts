@@ -1,8 +1,39 @@
 import { open, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { syncDirectory } from './blob-store.js';
 
 /** The file a running server holds in its store root. */
 export const LOCK_FILE = 'registry-cache.lock';
+
+/** Written by the lock holder after it closed the database cleanly; removed by the next holder as it starts. */
+export const CLEAN_SHUTDOWN_FILE = 'clean-shutdown';
+
+/** Marks the store as closed cleanly (disk and database agree), durably. Only the lock holder may. */
+export async function markCleanShutdown(root: string): Promise<void> {
+  const handle = await open(join(root, CLEAN_SHUTDOWN_FILE), 'w', 0o600);
+  try {
+    await handle.write(`${new Date().toISOString()}\n`);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await syncDirectory(root);
+}
+
+/**
+ * Removes the clean-shutdown mark and says whether it was there. The removal is made durable before the caller
+ * writes anything, so a crash (or power cut) later in this run can never be mistaken for a clean stop.
+ */
+export async function takeCleanShutdownMark(root: string): Promise<boolean> {
+  try {
+    await rm(join(root, CLEAN_SHUTDOWN_FILE));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
+  await syncDirectory(root);
+  return true;
+}
 
 /** Held by whoever may run crash recovery and eviction on a store: the server, or a maintenance command. */
 export interface StoreLock {

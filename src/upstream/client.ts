@@ -188,7 +188,10 @@ export class UpstreamClient {
       const started = performance.now();
       try {
         const dispatcher = hop === 0 ? this.dispatcherFor(req.registry) : this.redirectDispatcherFor(req.registry, url);
-        res = await request(url, { dispatcher, method: req.method, headers, signal: req.signal });
+        // undici closes the connection after every HEAD (in case a server sends a body anyway), so each tag
+        // revalidation paid a new TCP and TLS handshake (measured against docker-registry with undici 8.13: 10
+        // revalidations, 10 connections). Registries answer HEAD per RFC 9110; keep the connection.
+        res = await request(url, { dispatcher, method: req.method, headers, signal: req.signal, ...(req.method === 'HEAD' ? { reset: false } : {}) });
       } catch (err) {
         this.observe?.(req.registry.host, req.method, 'error', (performance.now() - started) / 1000);
         throw errorForTransportFailure(err, this.contextFor(req.registry, url));

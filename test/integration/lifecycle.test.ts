@@ -79,7 +79,7 @@ describe('cache lifecycle', () => {
     const store = cache.services;
     await pullAll(cache, upstream, 'app/two', images['app/two'] as FakeImage);
     await pullAll(cache, upstream, 'app/four', images['app/four'] as FakeImage);
-    const units = store.evictor.units();
+    const units = await store.evictor.units();
     const sharedDigest = sha256(sharedLayer);
     expect(units.filter((u) => u.members.includes(sharedDigest))).toHaveLength(2);
     // Evicting app/two alone frees only what app/four does not also hold.

@@ -1,12 +1,13 @@
 import { spawn } from 'node:child_process';
-import { chmod, mkdir, mkdtemp, readdir, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startCache } from '../support/cache-server.js';
 import { FakeUpstream, makeImage, sha256 } from '../support/fake-upstream.js';
 import { call } from '../support/http-client.js';
 import { runCli } from '../support/cli.js';
+import { CLEAN_SHUTDOWN_FILE } from '../../src/store/lock.js';
 
 describe('store recovery and the CLI', () => {
   const cleanup: (() => Promise<void>)[] = [];
@@ -64,6 +65,8 @@ describe('store recovery and the CLI', () => {
     await first.services.blobs.settle();
     await first.stop({ keepStorage: true });
 
+    // What a crash leaves: no clean-shutdown mark (a clean stop writes one, and the next start then trusts the disk).
+    await unlink(join(storage, CLEAN_SHUTDOWN_FILE));
     await writeFile(join(storage, 'tmp', 'half-written'), 'partial');
     await unlink(first.services.store.pathFor(layer.digest));
 
@@ -76,6 +79,38 @@ describe('store recovery and the CLI', () => {
     const res = await call(`${second.url}/v2/app/blobs/${layer.digest}?ns=${upstream.host}`);
     expect(sha256(res.body)).toBe(layer.digest);
     expect(upstream.count('GET', /\/blobs\//)).toBe(3);
+  });
+
+  it('after a clean shutdown skips the per-file reconciliation (the mark is taken at start, rewritten at the next clean stop)', async () => {
+    const upstream = await new FakeUpstream().start();
+    cleanup.push(() => upstream.stop());
+    const image = makeImage([4096]);
+    upstream.push('app', '1', image);
+    const storage = await mkdtemp(join(tmpdir(), 'rc-clean-'));
+    cleanup.push(() => rm(storage, { recursive: true, force: true }));
+    const first = await startCache({ [upstream.host]: upstream.url }, {}, storage);
+    const [config] = image.blobs as unknown as [{ digest: string }];
+    await call(`${first.url}/v2/app/blobs/${config.digest}?ns=${upstream.host}`);
+    await first.services.blobs.settle();
+    await first.stop({ keepStorage: true });
+    expect(await readdir(storage)).toContain(CLEAN_SHUTDOWN_FILE);
+
+    // A file without a row would be removed by reconciliation; after a clean stop nothing looks at the files.
+    const stray = `sha256:${'ab'.repeat(32)}`;
+    await mkdir(dirname(first.services.store.pathFor(stray)), { recursive: true });
+    await writeFile(first.services.store.pathFor(stray), 'not in the database');
+    const second = await startCache({ [upstream.host]: upstream.url }, {}, storage);
+    expect(await readdir(storage)).not.toContain(CLEAN_SHUTDOWN_FILE);
+    expect(second.logs.find((l) => l.includes('store reconciled'))).toBeUndefined();
+    expect(await readFile(first.services.store.pathFor(stray), 'utf8')).toBe('not in the database');
+    expect(second.services.metadata.getBlob(config.digest)).toBeDefined();
+    // A stop that left no mark (a crash): the next start reconciles and removes the stray file.
+    await second.stop({ keepStorage: true });
+    await unlink(join(storage, CLEAN_SHUTDOWN_FILE));
+    const third = await startCache({ [upstream.host]: upstream.url }, {}, storage);
+    cleanup.push(() => third.stop());
+    expect(third.logs.find((l) => l.includes('store reconciled'))).toMatch(/"strayFiles":1/);
+    await expect(readFile(first.services.store.pathFor(stray))).rejects.toThrow(/ENOENT/);
   });
 
   it('runs `registry-cache serve --config FILE` and stops with a clear message on a bad key', async () => {

@@ -1,0 +1,436 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { loadavg } from 'node:os';
+import { dirname, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { startDaemon, tail, waitUntil, type Daemon } from '../../test/support/daemon.js';
+import { findFreePort } from '../../test/support/free-port.js';
+import { runCommand } from '../../test/support/command.js';
+import { makeTempDir, removeTempDir } from '../../test/support/temp-dir.js';
+import { MANIFEST_ACCEPT, forEachLimited, pullImage, runLoad, type LoadRequest } from '../clients.js';
+import { RowSet, type SystemName } from '../results.js';
+import type { StandaloneEnv, ScenarioOutput } from '../scenario.js';
+import { secondsSince } from '../stats.js';
+import { currentCacheCli } from '../systems.js';
+
+const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+const OCI_CONFIG = 'application/vnd.oci.image.config.v1+json';
+const OCI_LAYER = 'application/vnd.oci.image.layer.v1.tar';
+/** Blobs per image besides its manifest: a config and 9 layers (11 rows with the manifest). */
+const BLOBS_PER_IMAGE = 10;
+/** Rows in `blobs` per image: its blobs and its manifest. */
+const ROWS_PER_IMAGE = BLOBS_PER_IMAGE + 1;
+
+/** The store sizes measured, in rows of `blobs` (manifests included), and how many images each fills over HTTP. */
+const STEPS: Array<{ column: SystemName; blobs: number; fillImages: number }> = [
+  { column: '1k blobs', blobs: 1_000, fillImages: 40 },
+  { column: '10k blobs', blobs: 10_000, fillImages: 200 },
+  { column: '100k blobs', blobs: 100_000, fillImages: 200 },
+];
+/** Image pulls at once while filling, as in the issue's measurement. */
+const FILL_CLIENTS = 24;
+const HIT_REQUESTS = 3_000;
+const HIT_CONCURRENCY = 8;
+
+/** An image's parts, with its manifest's bytes and digest. */
+interface SyntheticImage {
+  repo: string;
+  manifest: Buffer;
+  manifestDigest: string;
+  blobs: Array<{ digest: string; bytes: Buffer; mediaType: string }>;
+}
+
+function sha256(bytes: Buffer): string {
+  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+}
+
+/** An image of one config and 9 layers of 1–4 KiB random bytes. */
+function makeImage(repo: string): SyntheticImage {
+  const blobs = Array.from({ length: BLOBS_PER_IMAGE }, (_, i) => {
+    const bytes = randomBytes(1024 + Math.floor(Math.random() * 3 * 1024));
+    return { digest: sha256(bytes), bytes, mediaType: i === 0 ? OCI_CONFIG : OCI_LAYER };
+  });
+  const [config, ...layers] = blobs;
+  if (!config) throw new Error('no config');
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      config: { mediaType: OCI_CONFIG, digest: config.digest, size: config.bytes.length },
+      layers: layers.map((l) => ({ mediaType: OCI_LAYER, digest: l.digest, size: l.bytes.length })),
+    }),
+  );
+  return { repo, manifest, manifestDigest: sha256(manifest), blobs };
+}
+
+/** A synthetic upstream registry serving images made on first request (by name); answers HEAD and GET. */
+async function startSyntheticUpstream(): Promise<{ url: string; host: string; made: Map<string, SyntheticImage>; close(): Promise<void> }> {
+  const images = new Map<string, SyntheticImage>();
+  const blobs = new Map<string, Buffer>();
+  const server: Server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0] ?? '/';
+    const send = (status: number, body: Buffer, headers: Record<string, string> = {}): void => {
+      res.writeHead(status, { 'content-length': String(body.length), ...headers });
+      res.end(req.method === 'HEAD' ? undefined : body);
+    };
+    if (path === '/v2/') return send(200, Buffer.from('{}'), { 'content-type': 'application/json' });
+    const m = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/.exec(path);
+    if (!m) return send(404, Buffer.from('{"errors":[{"code":"NAME_UNKNOWN","message":"no such route"}]}'));
+    const [, repo = '', kind, ref = ''] = m;
+    if (kind === 'manifests') {
+      let img = images.get(repo);
+      if (!img) {
+        img = makeImage(repo);
+        images.set(repo, img);
+        for (const b of img.blobs) blobs.set(b.digest, b.bytes);
+      }
+      if (ref !== 'latest' && ref !== img.manifestDigest) return send(404, Buffer.from('{"errors":[{"code":"MANIFEST_UNKNOWN","message":"unknown"}]}'));
+      return send(200, img.manifest, { 'content-type': OCI_MANIFEST, 'docker-content-digest': img.manifestDigest });
+    }
+    const blob = blobs.get(ref);
+    if (!blob) return send(404, Buffer.from('{"errors":[{"code":"BLOB_UNKNOWN","message":"unknown"}]}'));
+    return send(200, blob, { 'content-type': 'application/octet-stream', 'docker-content-digest': ref });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    host: `127.0.0.1:${port}`,
+    made: images,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** The parts of the build under test's own modules this scenario writes the store with (dist/, not src/). */
+interface StoreModules {
+  openDatabase(file: string): SqliteDb;
+  Metadata: new (db: SqliteDb) => {
+    insertBlob(digest: string, size: number, mediaType: string | null): void;
+    insertManifest(m: { digest: string; size: number; mediaType: string }, refs: Array<{ child: string; kind: 'blob' | 'manifest' }>, via: { registry: string; repository: string }): void;
+    linkRepository(registry: string, repository: string, digest: string): void;
+    putTag(registry: string, repository: string, tag: string, digest: string): void;
+    close(): void;
+  };
+  PullRecords: new (db: SqliteDb) => { recordSuccess(registry: string, repository: string, digest: string, puller: { kind: 'nodePodsAccessible' }): void };
+  BlobStore: new (root: string) => { ensureDirectories(): Promise<void>; pathFor(digest: string): string };
+}
+
+/** The little of better-sqlite3's Database this scenario uses. */
+interface SqliteDb {
+  transaction(fn: () => void): () => void;
+  prepare(sql: string): { get(): unknown; all(): unknown[] };
+  close(): void;
+}
+
+async function loadStoreModules(): Promise<StoreModules> {
+  const dist = dirname(currentCacheCli());
+  const load = async (rel: string): Promise<Record<string, unknown>> => (await import(pathToFileURL(join(dist, rel)).href)) as Record<string, unknown>;
+  const [database, queries, records, blobStore] = await Promise.all([load('db/database.js'), load('db/queries.js'), load('policy/records.js'), load('store/blob-store.js')]);
+  return {
+    openDatabase: database.openDatabase as StoreModules['openDatabase'],
+    Metadata: queries.Metadata as StoreModules['Metadata'],
+    PullRecords: records.PullRecords as StoreModules['PullRecords'],
+    BlobStore: blobStore.BlobStore as StoreModules['BlobStore'],
+  };
+}
+
+/**
+ * Adds images to a stopped server's store through the build's own Metadata, PullRecords and BlobStore modules:
+ * files written where BlobStore puts them (without the per-file fsync of a real fill, for speed), then the rows a
+ * pull through the server writes (blob rows, manifest with references, repository links, tag, a pull record per
+ * digest), 200 images per transaction.
+ */
+async function populate(mods: StoreModules, storage: string, registry: string, firstIndex: number, count: number): Promise<void> {
+  const store = new mods.BlobStore(storage);
+  await store.ensureDirectories();
+  const db = mods.openDatabase(join(storage, 'registry-cache.db'));
+  const metadata = new mods.Metadata(db);
+  const records = new mods.PullRecords(db);
+  const made = new Set<string>();
+  try {
+    for (let start = 0; start < count; start += 200) {
+      const batch = Array.from({ length: Math.min(200, count - start) }, (_, i) => makeImage(`sg/img-${firstIndex + start + i}`));
+      await forEachLimited(
+        batch.flatMap((img) => [...img.blobs.map((b) => ({ digest: b.digest, bytes: b.bytes })), { digest: img.manifestDigest, bytes: img.manifest }]),
+        16,
+        async (f) => {
+          const path = store.pathFor(f.digest);
+          const dir = dirname(path);
+          if (!made.has(dir)) {
+            await mkdir(dir, { recursive: true });
+            made.add(dir);
+          }
+          await writeFile(path, f.bytes);
+        },
+      );
+      db.transaction(() => {
+        for (const img of batch) {
+          for (const b of img.blobs) {
+            metadata.insertBlob(b.digest, b.bytes.length, null);
+            metadata.linkRepository(registry, img.repo, b.digest);
+          }
+          metadata.insertManifest(
+            { digest: img.manifestDigest, size: img.manifest.length, mediaType: OCI_MANIFEST },
+            img.blobs.map((b) => ({ child: b.digest, kind: 'blob' as const })),
+            { registry, repository: img.repo },
+          );
+          metadata.putTag(registry, img.repo, 'latest', img.manifestDigest);
+          for (const d of [img.manifestDigest, ...img.blobs.map((b) => b.digest)]) records.recordSuccess(registry, img.repo, d, { kind: 'nodePodsAccessible' });
+        }
+      })();
+    }
+  } finally {
+    metadata.close();
+  }
+}
+
+/** Rows, bytes and stored manifests (with a repository each) of a stopped server's store. */
+function storeFacts(mods: StoreModules, storage: string): { rows: number; bytes: number; manifests: Array<{ repo: string; digest: string }> } {
+  const db = mods.openDatabase(join(storage, 'registry-cache.db'));
+  try {
+    const { rows, bytes } = db.prepare('SELECT count(*) AS rows, COALESCE(SUM(size), 0) AS bytes FROM blobs').get() as { rows: number; bytes: number };
+    const manifests = db
+      .prepare('SELECT d.repository AS repo, m.digest AS digest FROM manifests m JOIN repository_digests d ON d.digest = m.digest')
+      .all() as Array<{ repo: string; digest: string }>;
+    return { rows, bytes, manifests };
+  } finally {
+    db.close();
+  }
+}
+
+/** One registry-cache process on a fixed port and storage; start() reports spawn → first answer on /v2/. */
+class CacheProcess {
+  private daemon: Daemon | undefined;
+  private starts = 0;
+
+  constructor(
+    private readonly dir: string,
+    readonly configFile: string,
+    readonly port: number,
+  ) {}
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  get pid(): number {
+    if (!this.daemon) throw new Error('registry-cache is not running');
+    return this.daemon.pid;
+  }
+
+  /** CPU seconds the server used until its first answer, for the last start(). */
+  startCpuSeconds = Number.NaN;
+
+  /** Starts it and resolves with the seconds until GET /v2/ first answered (polled every 5 ms). */
+  async start(): Promise<number> {
+    const t0 = process.hrtime.bigint();
+    this.daemon = await startDaemon(process.execPath, [currentCacheCli(), 'serve', '--config', this.configFile], join(this.dir, `serve-${++this.starts}.log`));
+    await waitUntil(
+      'registry-cache',
+      async () => {
+        const res = await fetch(`${this.url}/v2/`, { signal: AbortSignal.timeout(1_000) });
+        await res.body?.cancel();
+        return res.status === 200;
+      },
+      { daemon: this.daemon, timeoutMs: 120_000, intervalMs: 5 },
+    );
+    const seconds = secondsSince(t0);
+    this.startCpuSeconds = cpuSeconds(this.daemon.pid);
+    return seconds;
+  }
+
+  /** SIGTERM: the clean shutdown a rollout does. */
+  async stop(): Promise<void> {
+    await this.daemon?.stop(60_000);
+    this.daemon = undefined;
+  }
+
+  /** SIGKILL: a crash (OOM kill, node lost). */
+  async crash(): Promise<void> {
+    const d = this.daemon;
+    if (!d) return;
+    d.child.kill('SIGKILL');
+    await d.stop(1_000);
+    this.daemon = undefined;
+  }
+
+  async log(): Promise<string> {
+    return this.daemon ? tail(await this.daemon.readLog(), 20) : '';
+  }
+}
+
+function rssBytes(pid: number): number {
+  return Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? Number.NaN) * 1024;
+}
+
+/** Clock ticks per second of /proc/PID/stat's utime and stime (USER_HZ, 100 on Linux). */
+const USER_HZ = 100;
+
+/** CPU seconds (user + system) a process has used so far. */
+function cpuSeconds(pid: number): number {
+  // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / USER_HZ;
+}
+
+/**
+ * Runs a CLI command with the server stopped: wall seconds and, through GNU time, CPU seconds (user + system),
+ * which a machine shared with other work inflates far less than wall time.
+ */
+async function timedCli(args: string[], configFile: string): Promise<{ seconds: number; cpuSeconds: number; stdout: string }> {
+  const t0 = process.hrtime.bigint();
+  const r = await runCommand('/usr/bin/time', ['-f', '__cpu %U %S', process.execPath, currentCacheCli(), ...args, '--config', configFile], { timeoutMs: 900_000 });
+  const seconds = secondsSince(t0);
+  const cpu = /__cpu ([\d.]+) ([\d.]+)/.exec(r.stderr);
+  return { seconds, cpuSeconds: cpu ? Number(cpu[1]) + Number(cpu[2]) : Number.NaN, stdout: r.stdout.toString('utf8') };
+}
+
+/**
+ * Cost as the store grows (issue 17): stores of 1k, 10k and 100k blob rows (images of a manifest, a config and 9
+ * layers of 1–4 KiB); at each size the fill rate of new images through the server, warm manifest hits, idle RSS,
+ * start-up after a clean shutdown and after SIGKILL, and the maintenance commands with the server stopped.
+ */
+export async function storeGrowth(env: StandaloneEnv): Promise<ScenarioOutput> {
+  const { log, teardown } = env;
+  const mods = await loadStoreModules();
+  const dir = await makeTempDir('rc-bench-store-growth-');
+  const removeDir = teardown.add(`store-growth temp dir ${dir}`, () => removeTempDir(dir));
+  const upstream = await startSyntheticUpstream();
+  const removeUpstream = teardown.add('store-growth synthetic upstream', () => upstream.close());
+  const storage = join(dir, 'storage');
+  await mkdir(storage, { recursive: true });
+  const port = await findFreePort();
+  const baseConfig = {
+    listen: `127.0.0.1:${port}`,
+    storage,
+    registries: { [upstream.host]: { url: upstream.url } },
+    defaultRegistry: upstream.host,
+    imagePullCredentialsVerificationPolicy: 'NeverVerify',
+    logLevel: 'warn',
+    tagTtl: '0s',
+    // The machine's disk must not decide what is evicted while the store grows.
+    imageGCHighThresholdPercent: 100,
+    imageGCLowThresholdPercent: 99,
+  };
+  const configFile = join(dir, 'config.yml');
+  await writeFile(configFile, JSON.stringify(baseConfig, null, 2));
+  const cache = new CacheProcess(dir, configFile, port);
+  const removeCache = teardown.add('store-growth registry-cache', () => cache.crash());
+  const rows = new RowSet();
+  const notes: string[] = [];
+  const loads: string[] = [];
+  let populatedImages = 0;
+  let fillIndex = 0;
+  try {
+    const emptyStart = await cache.start();
+    notes.push(`Start-up on an empty store (the floor: Node and module loading): ${(emptyStart * 1000).toFixed(0)} ms, ${cache.startCpuSeconds.toFixed(2)} CPU s.`);
+    const noop = await timedCli(['records', '--image', 'none.invalid/none'], configFile);
+    notes.push(`A CLI command on an empty store (the floor of \`records\`, \`verify\`, \`gc\`): ${noop.seconds.toFixed(2)} s, ${noop.cpuSeconds.toFixed(2)} CPU s.`);
+    await cache.stop();
+    for (const step of STEPS) {
+      const col = step.column;
+      const before = storeFacts(mods, storage);
+      const toAdd = Math.max(0, Math.ceil((step.blobs - before.rows) / ROWS_PER_IMAGE) - step.fillImages);
+      let t0 = process.hrtime.bigint();
+      await populate(mods, storage, upstream.host, populatedImages, toAdd);
+      populatedImages += toAdd;
+      log(`  ${col}: populated ${toAdd} images directly in ${secondsSince(t0).toFixed(1)} s`);
+      loads.push(`${col}: ${loadavg()[0]?.toFixed(2)}`);
+      await cache.start();
+
+      // Fill: new images through the server, FILL_CLIENTS pulls at once; the rate of the last half is "at the end".
+      const names = Array.from({ length: step.fillImages }, () => `sg/fill-${fillIndex++}`);
+      const done: number[] = [];
+      t0 = process.hrtime.bigint();
+      await forEachLimited(names, FILL_CLIENTS, async (repo) => {
+        await pullImage(cache.url, repo, 'latest', { concurrency: 4 });
+        done.push(secondsSince(t0));
+      });
+      const half = Math.floor(done.length / 2);
+      const lastHalfRate = (done.length - half) / ((done[done.length - 1] ?? 0) - (done[half - 1] ?? 0));
+      rows.add('sg-fill-rate', { label: 'fill rate, last half of the fill', unit: 'images/s', better: 'higher', digits: 1 }, col, lastHalfRate);
+      for (const n of names) upstream.made.delete(n);
+
+      // Warm manifest hits by digest, over every stored image.
+      const facts = storeFacts(mods, storage);
+      const plan: LoadRequest[] = Array.from({ length: HIT_REQUESTS }, () => {
+        const m = facts.manifests[Math.floor(Math.random() * facts.manifests.length)] as { repo: string; digest: string };
+        return { kind: 'manifest', path: `/v2/${m.repo}/manifests/${m.digest}`, accept: MANIFEST_ACCEPT, digest: m.digest };
+      });
+      await runLoad(cache.url, plan.slice(0, 300), HIT_CONCURRENCY);
+      const hits = await runLoad(cache.url, plan, HIT_CONCURRENCY);
+      if (hits.errors > 0) notes.push(`${col}: ${hits.errors} manifest hits failed: ${hits.errorSamples.join('; ')}`);
+      rows.add('sg-hit-p99', { label: 'warm manifest hit p99', unit: 'ms', better: 'lower', digits: 2 }, col, hits.p99Ms);
+      rows.add('sg-hit-p50', { label: 'warm manifest hit p50', unit: 'ms', better: 'lower', digits: 2 }, col, hits.p50Ms);
+      await new Promise((resolve) => setTimeout(resolve, 2_000));
+      rows.add('sg-rss', { label: 'idle RSS after fill and hits', unit: 'MB', better: 'lower', digits: 0 }, col, rssBytes(cache.pid) / 1e6);
+
+      await cache.stop();
+      rows.add('sg-start-clean', { label: 'start-up after a clean shutdown', unit: 's', better: 'lower', digits: 2 }, col, await cache.start());
+      rows.add('sg-start-clean-cpu', { label: 'start-up after a clean shutdown, CPU', unit: 'CPU s', better: 'lower', digits: 2 }, col, cache.startCpuSeconds);
+      await cache.crash();
+      rows.add('sg-start-crash', { label: 'start-up after a crash (SIGKILL)', unit: 's', better: 'lower', digits: 2 }, col, await cache.start());
+      rows.add('sg-start-crash-cpu', { label: 'start-up after a crash (SIGKILL), CPU', unit: 'CPU s', better: 'lower', digits: 2 }, col, cache.startCpuSeconds);
+      await cache.stop();
+
+      rows.add('sg-rows', { label: 'rows in blobs (manifests included) when measured', unit: 'count', better: 'none', digits: 0 }, col, facts.rows);
+      const records = await timedCli(['records'], configFile);
+      rows.add('sg-records', { label: '`records`, server stopped', unit: 's', better: 'lower', digits: 2 }, col, records.seconds);
+      rows.add('sg-records-cpu', { label: '`records`, CPU', unit: 'CPU s', better: 'lower', digits: 2 }, col, records.cpuSeconds);
+      rows.add('sg-records-lines', { label: '`records` lines printed', unit: 'count', better: 'none', digits: 0 }, col, records.stdout.split('\n').length - 2);
+      const verify = await timedCli(['verify'], configFile);
+      const verified = /checked (\d+) files, (\d+) bytes; (\d+) problems/.exec(verify.stdout);
+      if (!verified || verified[3] !== '0') notes.push(`${col}: verify printed ${verify.stdout.slice(-200)}`);
+      rows.add('sg-verify', { label: '`verify`, server stopped', unit: 's', better: 'lower', digits: 2 }, col, verify.seconds);
+      rows.add('sg-verify-cpu', { label: '`verify`, CPU', unit: 'CPU s', better: 'lower', digits: 2 }, col, verify.cpuSeconds);
+      rows.add('sg-verify-mbps', { label: '`verify` throughput', unit: 'MB/s', better: 'higher', digits: 1 }, col, Number(verified?.[2] ?? Number.NaN) / verify.seconds / 1e6);
+
+      // gc with a bound of exactly the stored bytes, high 100 %, low 90 %: frees ~10 %.
+      const gcConfig = join(dir, 'gc.yml');
+      const stored = storeFacts(mods, storage).bytes;
+      await writeFile(gcConfig, JSON.stringify({ ...baseConfig, maxStorageBytes: stored, imageGCHighThresholdPercent: 100, imageGCLowThresholdPercent: 90 }, null, 2));
+      const gc = await timedCli(['gc'], gcConfig);
+      const freed = /evicted (\d+) images, (\d+) bytes/.exec(gc.stdout);
+      rows.add('sg-gc', { label: '`gc` freeing ~10 %, server stopped', unit: 's', better: 'lower', digits: 2 }, col, gc.seconds);
+      rows.add('sg-gc-cpu', { label: '`gc` freeing ~10 %, CPU', unit: 'CPU s', better: 'lower', digits: 2 }, col, gc.cpuSeconds);
+      rows.add('sg-gc-images', { label: '`gc` images evicted', unit: 'count', better: 'none', digits: 0 }, col, Number(freed?.[1] ?? Number.NaN));
+      log(
+        `  ${col}: ${facts.rows} rows; fill ${lastHalfRate.toFixed(1)} images/s; hit p99 ${hits.p99Ms.toFixed(2)} ms; records ${records.seconds.toFixed(2)} s; verify ${verify.seconds.toFixed(2)} s; gc ${gc.seconds.toFixed(2)} s (${freed?.[1] ?? '?'} images)`,
+      );
+    }
+  } catch (err) {
+    throw new Error(`${err instanceof Error ? err.message : String(err)}\n${await cache.log()}`);
+  } finally {
+    removeCache();
+    await cache.crash();
+    removeUpstream();
+    await upstream.close();
+    removeDir();
+    await removeTempDir(dir);
+  }
+  notes.push(`1-minute load average before each size: ${loads.join(', ')}.`);
+  return {
+    method:
+      `One registry-cache process (NeverVerify, tagTtl 0s, no maxStorageBytes, GC thresholds 100/99 %) in front of an in-process synthetic upstream serving images of a manifest, a config and 9 layers of 1–4 KiB random bytes. ` +
+      `For each size the store is first brought near the target by writing images directly with the build's own Metadata, PullRecords and BlobStore modules (server stopped; files without fsync; a nodePodsAccessible pull record per digest), because filling 100k blobs through HTTP takes longer than the run may; ` +
+      `then the server is started and the last ${STEPS.map((s) => s.fillImages).join('/')} images are pulled through it, ${FILL_CLIENTS} pulls at once (fill rate = images/s over the last half of them). ` +
+      'CPU rows: user + system seconds of the server until its first answer (/proc/PID/stat) or of the CLI process (GNU time); on a machine shared with other work they move far less than wall time. ' +
+      `Warm hits: ${HIT_REQUESTS} GETs of random stored manifests by digest, ${HIT_CONCURRENCY} at a time (after 300 to warm up). Idle RSS: VmRSS 2 s after that. ` +
+      'Start-up: spawn until GET /v2/ first answers, after SIGTERM and after SIGKILL. `records`, `verify` and `gc` (maxStorageBytes = stored bytes, thresholds 100/90 %: frees ~10 %) run as CLI processes with the server stopped, Node start-up included.',
+    columns: STEPS.map((s) => s.column),
+    ratios: [
+      { label: '100k / 10k', numerator: '100k blobs', denominator: '10k blobs' },
+      { label: '100k / 1k', numerator: '100k blobs', denominator: '1k blobs' },
+    ],
+    rows: rows.rows,
+    notes,
+  };
+}

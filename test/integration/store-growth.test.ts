@@ -1,0 +1,193 @@
+import { mkdir, mkdtemp, readdir, readFile, rm, unlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import Database from 'better-sqlite3';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { openDatabase } from '../../src/db/database.js';
+import { MIGRATIONS } from '../../src/db/migrations.js';
+import { Metadata } from '../../src/db/queries.js';
+import { Evictor } from '../../src/lifecycle/eviction.js';
+import { createLogger } from '../../src/log.js';
+import { BlobStore } from '../../src/store/blob-store.js';
+import { CLEAN_SHUTDOWN_FILE, LOCK_FILE } from '../../src/store/lock.js';
+import { startCache } from '../support/cache-server.js';
+import { runCli } from '../support/cli.js';
+import { FakeUpstream, makeImage, sha256, type FakeImage } from '../support/fake-upstream.js';
+import { call } from '../support/http-client.js';
+
+const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+const digestOf = (i: number): string => `sha256:${i.toString(16).padStart(64, '0')}`;
+
+describe('costs that stay flat as the store grows', () => {
+  const cleanup: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    vi.restoreAllMocks();
+    for (const fn of cleanup.splice(0).reverse()) await fn();
+  });
+
+  async function tempDir(prefix: string): Promise<string> {
+    const dir = await mkdtemp(join(tmpdir(), prefix));
+    cleanup.push(() => rm(dir, { recursive: true, force: true }));
+    return dir;
+  }
+
+  it('keeps the stored bytes as a running total through inserts, duplicates, manifests, deletes and eviction', async () => {
+    const dir = await tempDir('rc-usage-');
+    const metadata = new Metadata(openDatabase(join(dir, 'db')));
+    cleanup.push(async () => metadata.close());
+    const sum = (): number => metadata.db.prepare('SELECT COALESCE(SUM(size), 0) FROM blobs').pluck().get() as number;
+    metadata.insertBlob(digestOf(1), 1000, null);
+    metadata.insertBlob(digestOf(2), 2500, null);
+    // A second insert of the same digest changes nothing.
+    metadata.insertBlob(digestOf(2), 2500, null);
+    metadata.insertManifest({ digest: digestOf(3), size: 300, mediaType: OCI_MANIFEST }, [{ child: digestOf(1), kind: 'blob' }], { registry: 'r', repository: 'a' });
+    expect(metadata.storedBytes()).toBe(3800);
+    metadata.deleteBlob(digestOf(2));
+    expect(metadata.storedBytes()).toBe(1300);
+    expect(metadata.storedBytes()).toBe(sum());
+    // A rollback takes the total back with the rows.
+    expect(() =>
+      metadata.db.transaction(() => {
+        metadata.insertBlob(digestOf(4), 9999, null);
+        throw new Error('rolled back');
+      })(),
+    ).toThrow('rolled back');
+    expect(metadata.storedBytes()).toBe(1300);
+    const store = new BlobStore(dir);
+    const evictor = new Evictor({ store, metadata, settings: { highThresholdPercent: 1, lowThresholdPercent: 0, maxStorageBytes: 1000, pinnedImages: [] }, log: createLogger('silent'), isBusy: () => false });
+    await evictor.collect();
+    expect(metadata.storedBytes()).toBe(0);
+    expect(sum()).toBe(0);
+    // Drift (a database edited by hand) is put right by start-up reconciliation.
+    metadata.db.prepare('UPDATE store_usage SET bytes = 12345').run();
+    metadata.insertBlob(digestOf(5), 700, null);
+    expect(metadata.reconcileUsage()).toBe(-12345);
+    expect(metadata.storedBytes()).toBe(700);
+  });
+
+  it('starts the running total from the rows a store had before the migration', async () => {
+    const file = join(await tempDir('rc-usage-migrate-'), 'db');
+    const old = new Database(file);
+    for (const [i, m] of MIGRATIONS.slice(0, 2).entries()) {
+      old.exec(m.sql);
+      old.pragma(`user_version = ${i + 1}`);
+    }
+    old.prepare('INSERT INTO blobs (digest, size, created_at, last_access) VALUES (?, ?, 0, 0), (?, ?, 0, 0)').run(digestOf(1), 111, digestOf(2), 222);
+    old.close();
+    const metadata = new Metadata(openDatabase(file));
+    cleanup.push(async () => metadata.close());
+    expect(metadata.storedBytes()).toBe(333);
+  });
+
+  it('measures usage after a download only once the store can have reached the high threshold', async () => {
+    const images: Record<string, FakeImage> = {};
+    for (let i = 0; i < 4; i++) images[`app/i${i}`] = makeImage([2000, 3000, 4000]);
+    const upstream = await new FakeUpstream().start();
+    cleanup.push(() => upstream.stop());
+    for (const [repo, image] of Object.entries(images)) upstream.push(repo, 'v1', image);
+    // High mark at 40 % of 100 kB: the 36 kB these images hold stay below it, so one measurement suffices.
+    const cache = await startCache({ [upstream.host]: upstream.url }, { maxStorageBytes: 100_000, imageGCHighThresholdPercent: 40, imageGCLowThresholdPercent: 30, gcInterval: '1h' });
+    cleanup.push(() => cache.stop());
+    const usage = vi.spyOn(cache.services.evictor, 'usage');
+    const pull = async (repo: string, image: FakeImage): Promise<void> => {
+      expect((await call(`${cache.url}/v2/${repo}/manifests/v1?ns=${upstream.host}`)).status).toBe(200);
+      for (const b of image.blobs) expect(sha256((await call(`${cache.url}/v2/${repo}/blobs/${b.digest}?ns=${upstream.host}`)).body)).toBe(b.digest);
+      await cache.services.blobs.settle();
+      await new Promise((r) => setImmediate(r));
+      await cache.services.evictor.idle();
+    };
+    for (const repo of ['app/i0', 'app/i1', 'app/i2']) await pull(repo, images[repo] as FakeImage);
+    // 12 downloads, one measurement (the first: nothing was known yet).
+    expect(usage).toHaveBeenCalledTimes(1);
+    // Past the mark: the next download is measured, and evicts.
+    const big = makeImage([20_000]);
+    upstream.push('app/big', 'v1', big);
+    await pull('app/big', big);
+    expect(usage.mock.calls.length).toBeGreaterThan(1);
+    expect(cache.services.metadata.storedBytes()).toBeLessThanOrEqual(30_000);
+  });
+
+  it('builds the eviction list in pages, letting the event loop run between them', async () => {
+    const dir = await tempDir('rc-units-');
+    const metadata = new Metadata(openDatabase(join(dir, 'db')));
+    cleanup.push(async () => metadata.close());
+    metadata.db.transaction(() => {
+      for (let i = 0; i < 500; i++) {
+        const children = Array.from({ length: 10 }, (_, j) => digestOf(1_000_000 + i * 10 + j));
+        for (const c of children) metadata.insertBlob(c, 100, null);
+        metadata.insertManifest({ digest: digestOf(i + 1), size: 50, mediaType: OCI_MANIFEST }, children.map((child) => ({ child, kind: 'blob' as const })), { registry: 'r', repository: `a${i}` });
+      }
+    })();
+    const evictor = new Evictor({ store: new BlobStore(dir), metadata, settings: { highThresholdPercent: 85, lowThresholdPercent: 80, maxStorageBytes: undefined, pinnedImages: [] }, log: createLogger('silent'), isBusy: () => false });
+    let immediate = false;
+    setImmediate(() => (immediate = true));
+    const listing = evictor.units();
+    expect(immediate).toBe(false);
+    const units = await listing;
+    expect(immediate).toBe(true);
+    expect(units).toHaveLength(500);
+    expect(units.every((u) => u.members.length === 11)).toBe(true);
+  });
+
+  it('records, verify and gc --dry-run open a crashed store as is: no recovery, no lock', async () => {
+    const image = makeImage([4096]);
+    const upstream = await new FakeUpstream().start();
+    cleanup.push(() => upstream.stop());
+    upstream.push('app', 'v1', image);
+    const dir = await tempDir('rc-readonly-');
+    const storage = join(dir, 'store');
+    const cache = await startCache({ [upstream.host]: upstream.url }, { imagePullCredentialsVerificationPolicy: 'NeverVerifyPreloadedImages' }, storage);
+    expect((await call(`${cache.url}/v2/app/manifests/v1?ns=${upstream.host}`)).status).toBe(200);
+    await cache.stop({ keepStorage: true });
+    // What a crash leaves: no clean-shutdown mark, a partial download, a committed file without its row.
+    await unlink(join(storage, CLEAN_SHUTDOWN_FILE));
+    await writeFile(join(storage, 'tmp', 'partial'), 'half');
+    const stray = cache.services.store.pathFor(`sha256:${'cd'.repeat(32)}`);
+    await mkdir(dirname(stray), { recursive: true });
+    await writeFile(stray, 'no row');
+    const config = join(dir, 'config.yaml');
+    await writeFile(config, `storage: ${storage}\nregistries:\n  "${upstream.host}": { url: "${upstream.url}" }\ndefaultRegistry: "${upstream.host}"\n`);
+    for (const args of [['records'], ['verify'], ['gc', '--dry-run']]) {
+      const r = await runCli([...args, '--config', config]);
+      expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+      expect(await readdir(join(storage, 'tmp'))).toEqual(['partial']);
+      expect(await readFile(stray, 'utf8')).toBe('no row');
+      expect(await readdir(storage)).not.toContain(LOCK_FILE);
+      // Nor does a read-only command vouch for the store: the next server still recovers it.
+      expect(await readdir(storage)).not.toContain(CLEAN_SHUTDOWN_FILE);
+    }
+    const restarted = await startCache({ [upstream.host]: upstream.url }, {}, storage);
+    cleanup.push(() => restarted.stop());
+    expect(restarted.logs.find((l) => l.includes('store reconciled'))).toMatch(/"removedTempFiles":1,"droppedRows":0,"strayFiles":1/);
+  });
+
+  it('verify reports a small file that grew or shrank with its real size, and streams large files', async () => {
+    const dir = await tempDir('rc-verify-sizes-');
+    const store = new BlobStore(dir);
+    await store.ensureDirectories();
+    const metadata = new Metadata(openDatabase(join(dir, 'db')));
+    cleanup.push(async () => metadata.close());
+    const { verifyStore } = await import('../../src/lifecycle/integrity.js');
+    const put = async (bytes: Buffer, onDisk = bytes): Promise<string> => {
+      const digest = sha256(bytes);
+      await mkdir(dirname(store.pathFor(digest)), { recursive: true });
+      await writeFile(store.pathFor(digest), onDisk);
+      metadata.insertBlob(digest, bytes.length, null);
+      return digest;
+    };
+    const good = await put(Buffer.alloc(3000, 1));
+    const large = await put(Buffer.alloc(600_000, 2));
+    const grown = await put(Buffer.alloc(2000, 3), Buffer.alloc(2500, 3));
+    const shrunk = await put(Buffer.alloc(2000, 4), Buffer.alloc(1500, 4));
+    const flipped = await put(Buffer.alloc(2000, 5), Buffer.alloc(2000, 6));
+    const report = await verifyStore({ store, metadata }, false);
+    expect(report.checked).toBe(5);
+    expect(report.bytes).toBe(3000 + 600_000 + 2500 + 1500 + 2000);
+    const byDigest = new Map(report.problems.map((p) => [p.digest, p]));
+    expect(byDigest.has(good)).toBe(false);
+    expect(byDigest.has(large)).toBe(false);
+    expect(byDigest.get(grown)?.detail).toBe('2500 bytes on disk, 2000 recorded');
+    expect(byDigest.get(shrunk)?.detail).toBe('1500 bytes on disk, 2000 recorded');
+    expect(byDigest.get(flipped)?.problem).toBe('digest');
+  });
+});
