@@ -38,6 +38,8 @@ export default tseslint.config(
         'no-restricted-imports': [
           'error',
           {
+            // The connection stays private to db/: every statement is a named method of a db/ module.
+            ...(folder === 'db' ? {} : { paths: [{ name: 'better-sqlite3', message: 'SQL lives in src/db/ (one module per concern): call a named method there.' }] }),
             patterns: [
               ...(refused.length > 0
                 ? [{ regex: `^(\\.\\./)+(${refused.join('|')})/`, message: `src/${folder}/ may import only ${ALLOWED[folder].join(', ') || 'nothing else in the project'} (STYLE.md module map).` }]

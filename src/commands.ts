@@ -2,7 +2,7 @@ import { SingleBar } from 'cli-progress';
 import type { Config } from './config/load.js';
 import { createLogger } from './log.js';
 import { preloadImage, resolvePreloadName } from './preload/preload.js';
-import type { PullRecord } from './policy/records.js';
+import type { PullRecord } from './db/pull-records.js';
 import { parseImageReference } from './oci/reference.js';
 import { openStore } from './services.js';
 import { storeHolder } from './store/lock.js';

@@ -1,6 +1,4 @@
-import { access, readdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
-import pLimit from 'p-limit';
+import { access } from 'node:fs/promises';
 import { Evictor } from './lifecycle/eviction.js';
 import { lockStore, markCleanShutdown, takeCleanShutdownMark, type StoreLock } from './store/lock.js';
 import type { Logger } from 'pino';
@@ -11,8 +9,11 @@ import { ReferrerService } from './cache/referrers.js';
 import { TagService } from './cache/tags.js';
 import { ManifestCache } from './cache/manifests.js';
 import type { Config } from './config/load.js';
-import { openDatabase } from './db/database.js';
-import { Metadata } from './db/queries.js';
+import type { Metadata } from './db/content-index.js';
+import type { PullIntentLog } from './db/intents.js';
+import { openMetadata } from './db/open.js';
+import type { PullRecords } from './db/pull-records.js';
+import { recoverStore } from './store/recovery.js';
 import { BlobStore } from './store/blob-store.js';
 import { UpstreamClient } from './upstream/client.js';
 import type { AppDeps } from './app.js';
@@ -20,7 +21,6 @@ import type { Dispatcher } from 'undici';
 import { environmentProxy, redactedProxy, type DispatcherOptions } from './upstream/dispatchers.js';
 import { CredentialHasher } from './policy/credential-hash.js';
 import { NodeCredentials } from './policy/node-credentials.js';
-import { PullRecords } from './policy/records.js';
 import { TokenService } from './policy/tokens.js';
 import { CredentialVerifier } from './policy/verifier.js';
 import { Metrics } from './metrics.js';
@@ -34,6 +34,7 @@ export interface Services extends AppDeps {
   store: BlobStore;
   metadata: Metadata;
   records: PullRecords;
+  intents: PullIntentLog;
   metrics: Metrics;
   evictor: Evictor;
   pulls: UpstreamPulls;
@@ -45,6 +46,7 @@ export interface OpenStore {
   store: BlobStore;
   metadata: Metadata;
   records: PullRecords;
+  intents: PullIntentLog;
   /** Held when this process may recover and evict (nobody else serves the store). */
   lock: StoreLock | undefined;
   /** Closes the database and releases the lock. */
@@ -69,8 +71,7 @@ export async function openStore(config: Config, log: Logger, options: { exclusiv
       if (options.exclusive) throw err;
     }
   }
-  const metadata = new Metadata(openDatabase(store.layout.databaseFile));
-  const records = new PullRecords(metadata.db);
+  const { index: metadata, records, intents } = openMetadata(store.layout.databaseFile);
   // Set once disk and rows are known to agree; only then may a clean close say so for the next start.
   let consistent = false;
   const close = async (): Promise<void> => {
@@ -78,12 +79,9 @@ export async function openStore(config: Config, log: Logger, options: { exclusiv
     if (lock && consistent) await markCleanShutdown(config.storage);
     await lock?.release();
   };
-  if (!lock || options.readOnly) return { store, metadata, records, lock, close };
+  if (!lock || options.readOnly) return { store, metadata, records, intents, lock, close };
   const clean = await takeCleanShutdownMark(config.storage);
-  const { removedTempFiles } = await store.clearTemp();
-  const { droppedRows, strayFiles } = clean ? { droppedRows: 0, strayFiles: 0 } : await reconcile(store, metadata);
-  const usageDriftBytes = clean ? 0 : metadata.reconcileUsage();
-  const recoveredIntents = records.recoverIntents();
+  const { removedTempFiles, droppedRows, strayFiles, recoveredIntents, usageDriftBytes } = await recoverStore(store, metadata, intents, clean);
   consistent = true;
   if (removedTempFiles + droppedRows + strayFiles + recoveredIntents > 0 || usageDriftBytes !== 0) {
     log.warn(
@@ -91,13 +89,13 @@ export async function openStore(config: Config, log: Logger, options: { exclusiv
       'store reconciled after an unclean stop (pull intents left by a crash became records without credentials)',
     );
   }
-  return { store, metadata, records, lock, close };
+  return { store, metadata, records, intents, lock, close };
 }
 
 /** Opens the store and wires the caches, the credential policy and the upstream client. */
 export async function createServices(config: Config, log: Logger, options: { dispatcher?: Dispatcher; dispatcherOptions?: DispatcherOptions } = {}): Promise<Services> {
   const opened = await openStore(config, log, { exclusive: true });
-  const { store, metadata, records } = opened;
+  const { store, metadata, records, intents: intentLog } = opened;
   // Metrics read the caches lazily at scrape time; the holder is filled in once the caches exist.
   const live: { activeFills: () => number; queuedPulls: () => number } = { activeFills: () => 0, queuedPulls: () => 0 };
   const metrics = new Metrics({ activeFills: () => live.activeFills(), queuedPulls: () => live.queuedPulls(), storeBytes: () => metadata.storedBytes() });
@@ -141,7 +139,7 @@ export async function createServices(config: Config, log: Logger, options: { dis
     log,
   });
   // NeverVerify keeps no records (the kubelet with the feature off), so it writes no intents either.
-  const intents = policy === 'NeverVerify' ? undefined : { begin: records.beginIntent.bind(records), end: records.endIntent.bind(records) };
+  const intents = policy === 'NeverVerify' ? undefined : { begin: intentLog.begin.bind(intentLog), end: intentLog.end.bind(intentLog) };
   const blobs = new BlobCache({
     store,
     metadata,
@@ -214,6 +212,7 @@ export async function createServices(config: Config, log: Logger, options: { dis
     blobs,
     manifests,
     records,
+    intents: intentLog,
     metrics,
     evictor,
     pulls,
@@ -221,7 +220,7 @@ export async function createServices(config: Config, log: Logger, options: { dis
     tokens,
     hasher,
     ready: async () => {
-      metadata.db.prepare('SELECT 1').get();
+      metadata.ping();
       await access(store.layout.tmpDir);
       return true;
     },
@@ -237,44 +236,4 @@ export async function createServices(config: Config, log: Logger, options: { dis
       await opened.close();
     },
   };
-}
-
-/** Directories of blobs/ read at once during reconciliation. */
-const RECONCILE_CONCURRENCY = 32;
-
-/**
- * Makes disk and database agree: rows whose file is gone are dropped with their pull records; files without a row
- * (committed just before a crash, or left by an interrupted eviction) are removed, never adopted, so a crash
- * cannot turn pulled content into unrecorded, "preloaded" content. Existence comes from listing the 256 prefix
- * directories (32 at once), not from one stat per row: 121k sequential stats took 4.1–4.7 s.
- */
-async function reconcile(store: BlobStore, metadata: Metadata): Promise<{ droppedRows: number; strayFiles: number }> {
-  const known = new Set(metadata.allBlobDigests());
-  const present = new Set<string>();
-  const dirs: { algorithm: string; dir: string }[] = [];
-  for (const algorithm of await readdir(store.layout.blobsDir)) {
-    for (const prefix of await readdir(join(store.layout.blobsDir, algorithm))) dirs.push({ algorithm, dir: join(store.layout.blobsDir, algorithm, prefix) });
-  }
-  let strayFiles = 0;
-  const limit = pLimit(RECONCILE_CONCURRENCY);
-  await Promise.all(
-    dirs.map(({ algorithm, dir }) =>
-      limit(async () => {
-        for (const name of await readdir(dir)) {
-          const digest = `${algorithm}:${name}`;
-          if (known.has(digest)) {
-            present.add(digest);
-            continue;
-          }
-          await rm(join(dir, name), { force: true });
-          strayFiles++;
-        }
-      }),
-    ),
-  );
-  const gone = [...known].filter((digest) => !present.has(digest));
-  metadata.db.transaction(() => {
-    for (const digest of gone) metadata.deleteBlob(digest);
-  })();
-  return { droppedRows: gone.length, strayFiles };
 }

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -132,7 +132,17 @@ interface SqliteDb {
 async function loadStoreModules(): Promise<StoreModules> {
   const dist = dirname(currentCacheCli());
   const load = async (rel: string): Promise<Record<string, unknown>> => (await import(pathToFileURL(join(dist, rel)).href)) as Record<string, unknown>;
-  const [database, queries, records, blobStore] = await Promise.all([load('db/database.js'), load('db/queries.js'), load('policy/records.js'), load('store/blob-store.js')]);
+  // A build from before db/ was split per concern keeps these in db/queries.js and policy/records.js.
+  const loadFirst = async (...rels: string[]): Promise<Record<string, unknown>> => {
+    for (const rel of rels.slice(0, -1)) if (existsSync(join(dist, rel))) return load(rel);
+    return load(rels[rels.length - 1] ?? '');
+  };
+  const [database, queries, records, blobStore] = await Promise.all([
+    load('db/database.js'),
+    loadFirst('db/content-index.js', 'db/queries.js'),
+    loadFirst('db/pull-records.js', 'policy/records.js'),
+    load('store/blob-store.js'),
+  ]);
   return {
     openDatabase: database.openDatabase as StoreModules['openDatabase'],
     Metadata: queries.Metadata as StoreModules['Metadata'],

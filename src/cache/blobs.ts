@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { RegistryConfig } from '../config/load.js';
-import type { Metadata } from '../db/queries.js';
+import type { Metadata } from '../db/content-index.js';
 import { OciError, isOciError } from '../oci/errors.js';
 import type { ParsedManifestJson } from '../oci/media-types.js';
 import type { BlobStore } from '../store/blob-store.js';

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { RegistryConfig } from '../config/load.js';
-import type { Metadata } from '../db/queries.js';
+import type { Metadata } from '../db/content-index.js';
 import { digestOf, parseDigest } from '../oci/digest.js';
 import { OciError, isOciError } from '../oci/errors.js';
 import { MAX_MANIFEST_BYTES, assertManifest, manifestRefs, parseManifestJson } from '../oci/manifest.js';

@@ -1,4 +1,4 @@
-import type { Metadata } from '../db/queries.js';
+import type { Metadata } from '../db/content-index.js';
 import { countsForBackoff, type PullBackoff } from '../limiter/backoff.js';
 import type { BandwidthLimit } from '../limiter/bandwidth.js';
 import { createHash, randomBytes } from 'node:crypto';

@@ -5,8 +5,18 @@ import { MIGRATIONS } from './migrations.js';
 /** A better-sqlite3 connection. */
 export type Db = Database.Database;
 
+/** SQLite's name for a private in-memory database (contract tests). */
+const IN_MEMORY = ':memory:';
+
 /** Opens the metadata database with WAL and the pragmas a small, write-light cache wants; migrates it. */
 export function openDatabase(file: string): Db {
+  if (file === IN_MEMORY) {
+    // No file to protect, and an in-memory database has no WAL: the same pragmas otherwise.
+    const db = new Database(IN_MEMORY);
+    db.pragma('foreign_keys = ON');
+    migrate(db);
+    return db;
+  }
   // SQLite creates the -wal and -shm files with the database file's mode: create it 0600 first (and tighten an old one).
   closeSync(openSync(file, 'a', 0o600));
   for (const f of [file, `${file}-wal`, `${file}-shm`]) {

@@ -3,8 +3,7 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import pLimit from 'p-limit';
 import type { Logger } from 'pino';
 import type { EvictionSettings } from '../config/load.js';
-import type { Statement } from 'better-sqlite3';
-import type { Metadata } from '../db/queries.js';
+import type { Metadata } from '../db/content-index.js';
 import { parseImageReference } from '../oci/reference.js';
 import type { BlobStore } from '../store/blob-store.js';
 
@@ -61,14 +60,6 @@ export class Evictor {
   private running: Promise<EvictionResult> | undefined;
   /** Bytes that may still be stored before usage can reach the high threshold, as of the last measurement. */
   private headroom = 0;
-  private readonly stmt: {
-    blobPage: Statement<[number, number], { rowid: number; digest: string; last_access: number; size: number }>;
-    refPage: Statement<[string, string, number], { manifest: string; child: string }>;
-    manifestPage: Statement<[string, number], string>;
-    delete: Statement<[string]>;
-    deleteLinks: Statement<[string]>;
-    deleteTags: Statement<[string]>;
-  };
 
   constructor(
     private readonly deps: {
@@ -79,19 +70,7 @@ export class Evictor {
       isBusy: (digest: string) => boolean;
       onEvict?: (units: number) => void;
     },
-  ) {
-    const db = deps.metadata.db;
-    // Keyset pages over primary keys: each page is an index seek, however large the store.
-    this.stmt = {
-      // By rowid: pages follow the table's own order, not one index lookup per row.
-      blobPage: db.prepare('SELECT rowid, digest, last_access, size FROM blobs WHERE rowid > ? ORDER BY rowid LIMIT ?'),
-      refPage: db.prepare('SELECT manifest, child FROM manifest_refs WHERE (manifest, child) > (?, ?) ORDER BY manifest, child LIMIT ?'),
-      manifestPage: db.prepare<[string, number], string>('SELECT digest FROM manifests WHERE digest > ? ORDER BY digest LIMIT ?').pluck(),
-      delete: db.prepare('DELETE FROM blobs WHERE digest = ?'),
-      deleteLinks: db.prepare('DELETE FROM repository_digests WHERE digest = ?'),
-      deleteTags: db.prepare('DELETE FROM tags WHERE digest = ?'),
-    };
-  }
+  ) {}
 
   /**
    * Notes `bytes` newly stored; true when usage may now have reached the high threshold, so a collection is worth
@@ -152,7 +131,7 @@ export class Evictor {
   private async readGraph(): Promise<StoreGraph> {
     const graph: StoreGraph = { lastAccess: new Map(), sizes: new Map(), children: new Map(), isChild: new Set(), manifests: [] };
     for (let after = 0; ; ) {
-      const rows = this.stmt.blobPage.all(after, PAGE_ROWS);
+      const rows = this.deps.metadata.blobPage(after, PAGE_ROWS);
       for (const r of rows) {
         graph.lastAccess.set(r.digest, r.last_access);
         graph.sizes.set(r.digest, r.size);
@@ -162,7 +141,7 @@ export class Evictor {
       await nextTurn();
     }
     for (let after = { manifest: '', child: '' }; ; ) {
-      const rows = this.stmt.refPage.all(after.manifest, after.child, PAGE_ROWS);
+      const rows = this.deps.metadata.refPage(after, PAGE_ROWS);
       for (const r of rows) {
         let list = graph.children.get(r.manifest);
         if (!list) graph.children.set(r.manifest, (list = []));
@@ -174,7 +153,7 @@ export class Evictor {
       await nextTurn();
     }
     for (let after = ''; ; ) {
-      const rows = this.stmt.manifestPage.all(after, PAGE_ROWS);
+      const rows = this.deps.metadata.manifestPage(after, PAGE_ROWS);
       graph.manifests.push(...rows);
       if (rows.length < PAGE_ROWS) break;
       after = rows[rows.length - 1] ?? after;
@@ -272,15 +251,8 @@ export class Evictor {
   }
 
   private async remove(digests: string[]): Promise<void> {
-    const { delete: del, deleteLinks, deleteTags } = this.stmt;
     // Rows (and, by cascade, manifests, references, pull records, preloaded marks) first, in one transaction.
-    this.deps.metadata.db.transaction(() => {
-      for (const d of digests) {
-        deleteTags.run(d);
-        deleteLinks.run(d);
-        del.run(d);
-      }
-    })();
+    this.deps.metadata.deleteContent(digests);
     const limit = pLimit(REMOVE_CONCURRENCY);
     // unlink, not rm: rm's lstat and recursion handling cost ~5× as much per file, and these are plain files.
     await Promise.all(digests.map((d) => limit(() => unlink(this.deps.store.pathFor(d)).catch(ignoreMissing))));

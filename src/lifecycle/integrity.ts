@@ -3,7 +3,7 @@ import { rm } from 'node:fs/promises';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { pipeline } from 'node:stream/promises';
 import { Writable } from 'node:stream';
-import type { Metadata } from '../db/queries.js';
+import type { Metadata } from '../db/content-index.js';
 import { createDigester, parseDigest } from '../oci/digest.js';
 import type { BlobStore } from '../store/blob-store.js';
 

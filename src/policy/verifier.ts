@@ -2,11 +2,12 @@ import type { Logger } from 'pino';
 import type { Allowlist } from '../config/allowlist.js';
 import type { RegistryConfig } from '../config/load.js';
 import type { VerificationPolicy } from '../config/schema.js';
-import type { Metadata } from '../db/queries.js';
+import type { Metadata } from '../db/content-index.js';
 import { OciError, isOciError } from '../oci/errors.js';
 import type { Credential } from '../upstream/credentials.js';
 import type { NodeCredentials } from './node-credentials.js';
-import { PullRecords, type Puller } from './records.js';
+import type { PullRecords, Puller } from '../db/pull-records.js';
+import { recordIncludes } from './records.js';
 import type { Identity } from './tokens.js';
 
 /** A client asking for content of one repository. */
@@ -65,7 +66,7 @@ export class CredentialVerifier {
       if (policy === 'NeverVerifyAllowListedImages' && allowlist.matches({ registry: access.registry.host, repository: access.repository })) return true;
     }
     if (record?.nodePodsAccessible) return true;
-    return access.identity.kind === 'credential' && PullRecords.includes(record, access.identity.hash);
+    return access.identity.kind === 'credential' && recordIncludes(record, access.identity.hash);
   }
 
   /**

@@ -4,12 +4,12 @@ import { join } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { extract } from 'tar-stream';
-import type { Metadata } from '../db/queries.js';
+import type { Metadata } from '../db/content-index.js';
 import { digestOf, parseDigest } from '../oci/digest.js';
 import { MEDIA_TYPES, isIndexMediaType, manifestMediaType, type ParsedManifestJson } from '../oci/media-types.js';
 import { assertRepositoryName, assertTag, canonicalRegistry, canonicalRepository, looksLikeRegistryHost, parseImageReference, type ImageName } from '../oci/reference.js';
 import { manifestRefs, MAX_MANIFEST_BYTES } from '../oci/manifest.js';
-import type { PullRecords } from '../policy/records.js';
+import type { PullRecords } from '../db/pull-records.js';
 import type { BlobStore } from '../store/blob-store.js';
 import { importBlob } from './import-blob.js';
 
@@ -276,11 +276,7 @@ async function registerManifestTree(digest: string, deps: Deps): Promise<string>
     if (!deps.metadata.getBlob(ref.child)) throw new Error(`${digest} references ${ref.child}, which is not in the archive`);
     if (ref.kind === 'manifest') await registerManifestTree(ref.child, deps);
   }
-  deps.metadata.db.transaction(() => {
-    deps.metadata.db.prepare('INSERT INTO manifests (digest, media_type) VALUES (?, ?) ON CONFLICT DO NOTHING').run(digest, mediaType);
-    const insertRef = deps.metadata.db.prepare('INSERT INTO manifest_refs (manifest, child, kind) VALUES (?, ?, ?) ON CONFLICT DO NOTHING');
-    for (const ref of refs) insertRef.run(digest, ref.child, ref.kind);
-  })();
+  deps.metadata.registerManifest(digest, mediaType, refs);
   return mediaType;
 }
 

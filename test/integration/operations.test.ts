@@ -105,7 +105,7 @@ describe('operations endpoints', () => {
 
   it('reports not ready when the database is unusable', async () => {
     const { cache } = await setup();
-    cache.services.metadata.db.close();
+    cache.services.metadata.close();
     const res = await call(`${cache.url}/readyz`);
     expect(res.status).toBe(503);
     expect((await call(`${cache.url}/healthz`)).status).toBe(200);

@@ -5,7 +5,7 @@ import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { openDatabase } from '../../src/db/database.js';
 import { MIGRATIONS } from '../../src/db/migrations.js';
-import { Metadata } from '../../src/db/queries.js';
+import { Metadata } from '../../src/db/content-index.js';
 import { Evictor } from '../../src/lifecycle/eviction.js';
 import { createLogger } from '../../src/log.js';
 import { BlobStore } from '../../src/store/blob-store.js';
@@ -33,9 +33,11 @@ describe('costs that stay flat as the store grows', () => {
 
   it('keeps the stored bytes as a running total through inserts, duplicates, manifests, deletes and eviction', async () => {
     const dir = await tempDir('rc-usage-');
-    const metadata = new Metadata(openDatabase(join(dir, 'db')));
+    // The connection itself, to check the total against the rows, roll a transaction back and edit the total by hand.
+    const db = openDatabase(join(dir, 'db'));
+    const metadata = new Metadata(db);
     cleanup.push(async () => metadata.close());
-    const sum = (): number => metadata.db.prepare('SELECT COALESCE(SUM(size), 0) FROM blobs').pluck().get() as number;
+    const sum = (): number => db.prepare('SELECT COALESCE(SUM(size), 0) FROM blobs').pluck().get() as number;
     metadata.insertBlob(digestOf(1), 1000, null);
     metadata.insertBlob(digestOf(2), 2500, null);
     // A second insert of the same digest changes nothing.
@@ -47,7 +49,7 @@ describe('costs that stay flat as the store grows', () => {
     expect(metadata.storedBytes()).toBe(sum());
     // A rollback takes the total back with the rows.
     expect(() =>
-      metadata.db.transaction(() => {
+      db.transaction(() => {
         metadata.insertBlob(digestOf(4), 9999, null);
         throw new Error('rolled back');
       })(),
@@ -59,7 +61,7 @@ describe('costs that stay flat as the store grows', () => {
     expect(metadata.storedBytes()).toBe(0);
     expect(sum()).toBe(0);
     // Drift (a database edited by hand) is put right by start-up reconciliation.
-    metadata.db.prepare('UPDATE store_usage SET bytes = 12345').run();
+    db.prepare('UPDATE store_usage SET bytes = 12345').run();
     metadata.insertBlob(digestOf(5), 700, null);
     expect(metadata.reconcileUsage()).toBe(-12345);
     expect(metadata.storedBytes()).toBe(700);
@@ -109,9 +111,11 @@ describe('costs that stay flat as the store grows', () => {
 
   it('builds the eviction list in pages, letting the event loop run between them', async () => {
     const dir = await tempDir('rc-units-');
-    const metadata = new Metadata(openDatabase(join(dir, 'db')));
+    // The connection itself, to write 5,500 rows in one transaction rather than one each.
+    const db = openDatabase(join(dir, 'db'));
+    const metadata = new Metadata(db);
     cleanup.push(async () => metadata.close());
-    metadata.db.transaction(() => {
+    db.transaction(() => {
       for (let i = 0; i < 500; i++) {
         const children = Array.from({ length: 10 }, (_, j) => digestOf(1_000_000 + i * 10 + j));
         for (const c of children) metadata.insertBlob(c, 100, null);

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { openDatabase } from '../../src/db/database.js';
-import { Metadata } from '../../src/db/queries.js';
+import { Metadata } from '../../src/db/content-index.js';
 
 describe('metadata access times', () => {
   const dirs: string[] = [];

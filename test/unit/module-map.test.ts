@@ -24,4 +24,11 @@ describe('the module map is enforced by lint', () => {
     expect(await problems('src/cache/blobs.ts', "import { createServices } from '../services.js';\nexport const S = createServices;\n")).toHaveLength(1);
     expect(await problems('src/store/blob-store.ts', "import type { BlobCache } from '../cache/blobs.js';\nexport type B = BlobCache;\n")).toHaveLength(1);
   });
+
+  it('keeps the SQLite connection inside db/: no other folder imports better-sqlite3', async () => {
+    const code = "import type { Database } from 'better-sqlite3';\nexport type D = Database;\n";
+    expect(await problems('src/lifecycle/eviction.ts', code)).toEqual([expect.stringContaining('SQL lives in src/db/')]);
+    expect(await problems('src/policy/verifier.ts', code)).toHaveLength(1);
+    expect(await problems('src/db/content-index.ts', code)).toEqual([]);
+  });
 });

@@ -15,6 +15,14 @@ export interface ManifestRow {
   mediaType: string;
 }
 
+/** One row of a page of blobs, in table (rowid) order. */
+export interface BlobPageRow {
+  rowid: number;
+  digest: string;
+  last_access: number;
+  size: number;
+}
+
 /** A tag's last known digest. */
 export interface TagRow {
   digest: string;
@@ -43,12 +51,18 @@ export class Metadata {
     parents: Statement<[string, string, string], string>;
     isLinked: Statement<[string, string, string], number>;
     usage: Statement<[], number>;
+    blobPage: Statement<[number, number], BlobPageRow>;
+    refPage: Statement<[string, string, number], { manifest: string; child: string }>;
+    manifestPage: Statement<[string, number], string>;
+    deleteBlob: Statement<[string]>;
+    deleteLinks: Statement<[string]>;
+    deleteTags: Statement<[string]>;
   };
   /** Digest → time of its latest access; the flush writes these times, not its own. */
   private pendingTouches = new Map<string, number>();
   private touchTimer: NodeJS.Timeout | undefined;
 
-  constructor(readonly db: Db) {
+  constructor(private readonly db: Db) {
     this.stmt = {
       getBlob: db.prepare('SELECT digest, size, media_type FROM blobs WHERE digest = ?'),
       insertBlob: db.prepare(
@@ -77,6 +91,14 @@ export class Metadata {
         .prepare<[string, string, string], number>('SELECT 1 FROM repository_digests WHERE registry = ? AND repository = ? AND digest = ?')
         .pluck(),
       usage: db.prepare<[], number>('SELECT bytes FROM store_usage WHERE id = 1').pluck(),
+      // Keyset pages over primary keys: each page is an index seek, however large the store.
+      // By rowid: pages follow the table's own order, not one index lookup per row.
+      blobPage: db.prepare('SELECT rowid, digest, last_access, size FROM blobs WHERE rowid > ? ORDER BY rowid LIMIT ?'),
+      refPage: db.prepare('SELECT manifest, child FROM manifest_refs WHERE (manifest, child) > (?, ?) ORDER BY manifest, child LIMIT ?'),
+      manifestPage: db.prepare<[string, number], string>('SELECT digest FROM manifests WHERE digest > ? ORDER BY digest LIMIT ?').pluck(),
+      deleteBlob: db.prepare('DELETE FROM blobs WHERE digest = ?'),
+      deleteLinks: db.prepare('DELETE FROM repository_digests WHERE digest = ?'),
+      deleteTags: db.prepare('DELETE FROM tags WHERE digest = ?'),
     };
   }
 
@@ -106,6 +128,17 @@ export class Metadata {
       this.stmt.insertManifest.run(manifest.digest, manifest.mediaType);
       for (const ref of refs) this.stmt.insertRef.run(manifest.digest, ref.child, ref.kind);
       this.stmt.link.run(via.registry, via.repository, manifest.digest);
+    })();
+  }
+
+  /**
+   * Records the manifest row and references of content already stored as a blob (an imported archive), in one
+   * transaction.
+   */
+  registerManifest(digest: string, mediaType: string, refs: readonly ManifestRef[]): void {
+    this.db.transaction(() => {
+      this.stmt.insertManifest.run(digest, mediaType);
+      for (const ref of refs) this.stmt.insertRef.run(digest, ref.child, ref.kind);
     })();
   }
 
@@ -194,7 +227,48 @@ export class Metadata {
 
   /** Removes a blob row and, by cascade, its manifest row and references. */
   deleteBlob(digest: string): void {
-    this.db.prepare('DELETE FROM blobs WHERE digest = ?').run(digest);
+    this.stmt.deleteBlob.run(digest);
+  }
+
+  /** Removes blob rows (as `deleteBlob`) in one transaction. */
+  deleteBlobs(digests: readonly string[]): void {
+    this.db.transaction(() => {
+      for (const digest of digests) this.stmt.deleteBlob.run(digest);
+    })();
+  }
+
+  /**
+   * Evicts content's rows in one transaction: its tags, repository links and blob row (and, by cascade, manifest
+   * rows, references, pull records and preloaded marks).
+   */
+  deleteContent(digests: readonly string[]): void {
+    this.db.transaction(() => {
+      for (const d of digests) {
+        this.stmt.deleteTags.run(d);
+        this.stmt.deleteLinks.run(d);
+        this.stmt.deleteBlob.run(d);
+      }
+    })();
+  }
+
+  /** Up to `limit` blobs after rowid `after`, in rowid order (a keyset page for eviction's list). */
+  blobPage(after: number, limit: number): BlobPageRow[] {
+    return this.stmt.blobPage.all(after, limit);
+  }
+
+  /** Up to `limit` references after (`manifest`, `child`), in key order. */
+  refPage(after: { manifest: string; child: string }, limit: number): { manifest: string; child: string }[] {
+    return this.stmt.refPage.all(after.manifest, after.child, limit);
+  }
+
+  /** Up to `limit` manifest digests after `after`, in order. */
+  manifestPage(after: string, limit: number): string[] {
+    return this.stmt.manifestPage.all(after, limit);
+  }
+
+  /** Throws when the database cannot answer (closed, file gone): the readiness probe. */
+  ping(): void {
+    this.db.prepare('SELECT 1').get();
   }
 
   /** Flushes and closes the database. */

@@ -1,0 +1,200 @@
+import type { Db } from './database.js';
+
+/** Who a successful upstream pull or verification is recorded for. */
+export type Puller = { kind: 'nodePodsAccessible' } | { kind: 'credential'; hash: string };
+
+/** One pull record: an image digest pulled through one repository of one registry. */
+export interface PullRecord {
+  registry: string;
+  repository: string;
+  digest: string;
+  nodePodsAccessible: boolean;
+  credentialHashes: string[];
+  createdAt: number;
+  lastVerified: number | null;
+  preloaded: boolean;
+}
+
+const META_VERIFICATION_INITIALIZED = 'verification_initialized_at';
+
+/** The kubelet's pull records, kept in SQLite next to the content they describe (policy/ decides with them). */
+export class PullRecords {
+  private readonly stmt;
+
+  constructor(private readonly db: Db) {
+    this.stmt = {
+      get: db.prepare<[string, string, string], { node_pods_accessible: number; created_at: number; last_verified: number | null }>(
+        'SELECT node_pods_accessible, created_at, last_verified FROM pull_records WHERE registry = ? AND repository = ? AND digest = ?',
+      ),
+      hashes: db.prepare<[string, string, string], string>(
+        'SELECT credential_hash FROM pull_record_credentials WHERE registry = ? AND repository = ? AND digest = ?',
+      ),
+      upsert: db.prepare<[string, string, string, number, number, number]>(
+        `INSERT INTO pull_records (registry, repository, digest, node_pods_accessible, created_at, last_verified)
+         VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (registry, repository, digest) DO UPDATE SET
+           node_pods_accessible = max(node_pods_accessible, excluded.node_pods_accessible),
+           last_verified = excluded.last_verified`,
+      ),
+      addHash: db.prepare<[string, string, string, string, number]>(
+        `INSERT INTO pull_record_credentials (registry, repository, digest, credential_hash, verified_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT DO UPDATE SET verified_at = excluded.verified_at`,
+      ),
+      // Preloaded under this name (given at preload, or the name it was fetched through before verification was
+      // first enabled), and no pull record for the digest anywhere: one real pull ends "preloaded" for every name.
+      preloaded: db.prepare<[string, string, string, string, string], number>(
+        `SELECT 1 FROM preloaded p
+         WHERE p.digest = ?
+           AND (p.image = ? OR (p.image = '' AND EXISTS (
+                 SELECT 1 FROM repository_digests d WHERE d.registry = ? AND d.repository = ? AND d.digest = p.digest)))
+           AND NOT EXISTS (SELECT 1 FROM pull_records r WHERE r.digest = ?)
+         LIMIT 1`,
+      ),
+      anyPreloaded: db.prepare<[string], number>('SELECT 1 FROM preloaded WHERE digest = ? LIMIT 1'),
+      importedAs: db.prepare<[string, string], number>("SELECT 1 FROM preloaded WHERE digest = ? AND image = ? AND source = 'preload'"),
+      markPreloaded: db.prepare<[string, string, string, number]>(
+        'INSERT INTO preloaded (digest, source, image, imported_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING',
+      ),
+      blobExists: db.prepare<[string], number>('SELECT 1 FROM blobs WHERE digest = ?'),
+      openRepository: db.prepare<[string, string], number>(
+        'SELECT 1 FROM pull_records WHERE registry = ? AND repository = ? AND node_pods_accessible = 1 LIMIT 1',
+      ),
+      getMeta: db.prepare<[string], string>('SELECT value FROM meta WHERE key = ?'),
+      setMeta: db.prepare<[string, string]>('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
+    };
+    this.stmt.hashes.pluck();
+    this.stmt.preloaded.pluck();
+    this.stmt.anyPreloaded.pluck();
+    this.stmt.importedAs.pluck();
+    this.stmt.blobExists.pluck();
+    this.stmt.openRepository.pluck();
+    this.stmt.getMeta.pluck();
+  }
+
+  /** The record for a digest pulled through a repository, if any. */
+  get(registry: string, repository: string, digest: string): PullRecord | undefined {
+    const row = this.stmt.get.get(registry, repository, digest);
+    const preloaded = this.isPreloaded(registry, repository, digest);
+    if (!row) {
+      return preloaded
+        ? { registry, repository, digest, nodePodsAccessible: false, credentialHashes: [], createdAt: 0, lastVerified: null, preloaded }
+        : undefined;
+    }
+    return {
+      registry,
+      repository,
+      digest,
+      nodePodsAccessible: row.node_pods_accessible === 1,
+      credentialHashes: this.stmt.hashes.all(registry, repository, digest) as unknown as string[],
+      createdAt: row.created_at,
+      lastVerified: row.last_verified,
+      preloaded,
+    };
+  }
+
+  /** Whether anything of this repository was pulled anonymously or with node-wide credentials: any pod on the node may. */
+  hasNodePodsAccessible(registry: string, repository: string): boolean {
+    return this.stmt.openRepository.get(registry, repository) !== undefined;
+  }
+
+  /**
+   * Preloaded: content that entered the store without a pull (preload, or present when verification was first
+   * enabled) and has no pull record for this repository since.
+   */
+  isPreloaded(registry: string, repository: string, digest: string): boolean {
+    return this.stmt.preloaded.get(digest, `${registry}/${repository}`, registry, repository, digest) !== undefined;
+  }
+
+  /** Whether `preload` imported this digest under this image name (whatever pulls happened since). */
+  importedAs(registry: string, repository: string, digest: string): boolean {
+    return this.stmt.importedAs.get(digest, `${registry}/${repository}`) !== undefined;
+  }
+
+  /** Records a successful upstream pull or verification. The content must already be stored. */
+  recordSuccess(registry: string, repository: string, digest: string, puller: Puller): void {
+    const now = Date.now();
+    this.db.transaction(() => {
+      if (this.stmt.blobExists.get(digest) === undefined) return;
+      this.stmt.upsert.run(registry, repository, digest, puller.kind === 'nodePodsAccessible' ? 1 : 0, now, now);
+      if (puller.kind === 'credential') this.stmt.addHash.run(registry, repository, digest, puller.hash, now);
+    })();
+  }
+
+  /** Marks stored content as preloaded (imported outside a pull). */
+  markPreloaded(digest: string, source: 'preload' | 'first-enable', image?: string): void {
+    this.stmt.markPreloaded.run(digest, source, image ?? '', Date.now());
+  }
+
+  /**
+   * The first time verification is enabled on a store, everything already in it without a record counts as
+   * preloaded (the kubelet's rule). Returns how many digests were marked, or undefined if this ran before.
+   */
+  initializeVerification(): number | undefined {
+    if (this.stmt.getMeta.get(META_VERIFICATION_INITIALIZED) !== undefined) return undefined;
+    let marked = 0;
+    this.db.transaction(() => {
+      marked = this.db
+        .prepare(
+          `INSERT INTO preloaded (digest, source, image, imported_at)
+           SELECT b.digest, 'first-enable', '', ? FROM blobs b
+           WHERE NOT EXISTS (SELECT 1 FROM pull_records r WHERE r.digest = b.digest)
+           ON CONFLICT DO NOTHING`,
+        )
+        .run(Date.now()).changes;
+      this.stmt.setMeta.run(META_VERIFICATION_INITIALIZED, String(Date.now()));
+    })();
+    return marked;
+  }
+
+  /** Every record (and every preloaded manifest without one), for `registry-cache records`. */
+  list(): PullRecord[] {
+    // Records and their credential hashes in two ordered passes, not three queries per record (95k records took
+    // seconds). A record's digest has a pull record, so it is never preloaded (see isPreloaded).
+    const records = this.db
+      .prepare('SELECT registry, repository, digest, node_pods_accessible, created_at, last_verified FROM pull_records ORDER BY registry, repository, digest')
+      .all() as { registry: string; repository: string; digest: string; node_pods_accessible: number; created_at: number; last_verified: number | null }[];
+    const hashes = new Map<string, string[]>();
+    const hashRows = this.db.prepare('SELECT registry, repository, digest, credential_hash FROM pull_record_credentials').all() as {
+      registry: string;
+      repository: string;
+      digest: string;
+      credential_hash: string;
+    }[];
+    for (const h of hashRows) {
+      const key = `${h.registry}\0${h.repository}\0${h.digest}`;
+      let list = hashes.get(key);
+      if (!list) hashes.set(key, (list = []));
+      list.push(h.credential_hash);
+    }
+    const out: PullRecord[] = records.map((r) => ({
+      registry: r.registry,
+      repository: r.repository,
+      digest: r.digest,
+      nodePodsAccessible: r.node_pods_accessible === 1,
+      credentialHashes: hashes.get(`${r.registry}\0${r.repository}\0${r.digest}`) ?? [],
+      createdAt: r.created_at,
+      lastVerified: r.last_verified,
+      preloaded: false,
+    }));
+    const preloadedRows = this.db
+      .prepare(
+        `SELECT substr(p.image, 1, instr(p.image, '/') - 1) AS registry, substr(p.image, instr(p.image, '/') + 1) AS repository, p.digest AS digest
+           FROM preloaded p JOIN manifests m USING (digest) WHERE p.image != ''
+         UNION SELECT d.registry, d.repository, p.digest
+           FROM preloaded p JOIN manifests m USING (digest) JOIN repository_digests d USING (digest) WHERE p.image = ''`,
+      )
+      .all() as { registry: string; repository: string; digest: string }[];
+    const recorded = new Set(records.map((r) => `${r.registry}\0${r.repository}\0${r.digest}`));
+    for (const r of preloadedRows) {
+      if (recorded.has(`${r.registry}\0${r.repository}\0${r.digest}`)) continue;
+      const rec = this.get(r.registry, r.repository, r.digest);
+      if (rec) out.push(rec);
+      else if (this.stmt.anyPreloaded.get(r.digest) !== undefined) {
+        out.push({ ...r, nodePodsAccessible: false, credentialHashes: [], createdAt: 0, lastVerified: null, preloaded: true });
+      }
+    }
+    const key = (r: PullRecord): string => `${r.registry}\0${r.repository}\0${r.digest}`;
+    return out.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
+  }
+
+}

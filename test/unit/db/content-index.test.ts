@@ -1,0 +1,129 @@
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { openMetadata, type MetadataDatabase } from '../../../src/db/open.js';
+
+const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+const digest = (n: number): string => `sha256:${n.toString(16).padStart(64, '0')}`;
+
+describe('content index (db/content-index.ts) against an in-memory database', () => {
+  let opened: MetadataDatabase | undefined;
+  const open = (): MetadataDatabase => (opened = openMetadata(':memory:'));
+  afterEach(() => {
+    vi.restoreAllMocks();
+    opened?.index.close();
+    opened = undefined;
+  });
+
+  it('stores a blob once: a second insert of the same digest keeps the first row and the total', () => {
+    const { index } = open();
+    index.insertBlob(digest(1), 10, 'application/octet-stream');
+    index.insertBlob(digest(1), 99, null);
+    expect(index.getBlob(digest(1))).toEqual({ digest: digest(1), size: 10, mediaType: 'application/octet-stream' });
+    expect(index.getBlob(digest(2))).toBeUndefined();
+    expect(index.storedBytes()).toBe(10);
+    expect(index.allBlobDigests()).toEqual([digest(1)]);
+  });
+
+  it('records a manifest with its references and the repository it came through, and finds its parents there', () => {
+    const { index } = open();
+    index.insertBlob(digest(1), 5, null);
+    index.insertManifest({ digest: digest(2), size: 7, mediaType: OCI_MANIFEST }, [{ child: digest(1), kind: 'blob' }], { registry: 'r.io', repository: 'team/app' });
+    expect(index.getManifest(digest(2))).toEqual({ digest: digest(2), size: 7, mediaType: OCI_MANIFEST });
+    expect(index.getManifest(digest(1))).toBeUndefined();
+    expect(index.manifestRefs(digest(2))).toEqual([{ child: digest(1), kind: 'blob' }]);
+    expect(index.isLinked('r.io', 'team/app', digest(2))).toBe(true);
+    expect(index.isLinked('r.io', 'other', digest(2))).toBe(false);
+    expect(index.parentsInRepository('r.io', 'team/app', digest(1))).toEqual([digest(2)]);
+    expect(index.parentsInRepository('r.io', 'other', digest(1))).toEqual([]);
+    expect(index.storedBytes()).toBe(12);
+  });
+
+  it('registers an imported manifest (already a blob row) with its references, without a repository link', () => {
+    const { index } = open();
+    index.insertBlob(digest(1), 5, null);
+    index.insertBlob(digest(2), 7, OCI_MANIFEST);
+    index.registerManifest(digest(2), OCI_MANIFEST, [{ child: digest(1), kind: 'blob' }]);
+    index.registerManifest(digest(2), OCI_MANIFEST, [{ child: digest(1), kind: 'blob' }]);
+    expect(index.getManifest(digest(2))?.mediaType).toBe(OCI_MANIFEST);
+    expect(index.manifestRefs(digest(2))).toEqual([{ child: digest(1), kind: 'blob' }]);
+    expect(index.isLinked('r.io', 'team/app', digest(2))).toBe(false);
+  });
+
+  it('keeps a tag’s last digest and when it was confirmed, and names images by tag before repository', () => {
+    const { index } = open();
+    index.insertManifest({ digest: digest(2), size: 7, mediaType: OCI_MANIFEST }, [], { registry: 'r.io', repository: 'team/app' });
+    expect(index.imageNames(digest(2))).toEqual(['r.io/team/app']);
+    index.putTag('r.io', 'team/app', 'v1', digest(2), 1_000);
+    expect(index.getTag('r.io', 'team/app', 'v1')).toEqual({ digest: digest(2), fetchedAt: 1_000 });
+    index.putTag('r.io', 'team/app', 'v1', digest(3), 2_000);
+    expect(index.getTag('r.io', 'team/app', 'v1')).toEqual({ digest: digest(3), fetchedAt: 2_000 });
+    index.putTag('r.io', 'team/app', 'v2', digest(2), 3_000);
+    expect(index.imageNames(digest(2))).toEqual(['r.io/team/app:v2']);
+    expect(index.getTag('r.io', 'team/app', 'v3')).toBeUndefined();
+  });
+
+  it('writes batched touches with the time of each access, never moving an access time back', () => {
+    const { index } = open();
+    let now = 1_000;
+    vi.spyOn(Date, 'now').mockImplementation(() => now);
+    index.insertBlob(digest(1), 1, null);
+    index.insertBlob(digest(2), 1, null);
+    now = 5_000;
+    index.touch(digest(1));
+    now = 9_000;
+    index.flushTouches();
+    const lastAccess = new Map(index.blobPage(0, 10).map((r) => [r.digest, r.last_access]));
+    expect(lastAccess).toEqual(new Map([[digest(1), 5_000], [digest(2), 1_000]]));
+  });
+
+  it('pages blobs by rowid, references by key and manifests by digest, each page after the last one read', () => {
+    const { index } = open();
+    for (let i = 1; i <= 5; i++) index.insertBlob(digest(i), i, null);
+    index.insertManifest({ digest: digest(10), size: 1, mediaType: OCI_MANIFEST }, [1, 2, 3].map((i) => ({ child: digest(i), kind: 'blob' as const })), { registry: 'r', repository: 'a' });
+    index.insertManifest({ digest: digest(11), size: 1, mediaType: OCI_MANIFEST }, [{ child: digest(4), kind: 'blob' }], { registry: 'r', repository: 'a' });
+    const first = index.blobPage(0, 3);
+    expect(first.map((r) => r.digest)).toEqual([digest(1), digest(2), digest(3)]);
+    expect(first.map((r) => r.size)).toEqual([1, 2, 3]);
+    const rest = index.blobPage(first[2]?.rowid ?? 0, 10);
+    expect(rest.map((r) => r.digest)).toEqual([digest(4), digest(5), digest(10), digest(11)]);
+    const refs = index.refPage({ manifest: '', child: '' }, 2);
+    expect(refs).toEqual([{ manifest: digest(10), child: digest(1) }, { manifest: digest(10), child: digest(2) }]);
+    expect(index.refPage(refs[1] ?? { manifest: '', child: '' }, 10)).toEqual([{ manifest: digest(10), child: digest(3) }, { manifest: digest(11), child: digest(4) }]);
+    expect(index.manifestPage('', 1)).toEqual([digest(10)]);
+    expect(index.manifestPage(digest(10), 5)).toEqual([digest(11)]);
+  });
+
+  it('evicts content with its tags, repository links, manifest rows, references and pull records in one go', () => {
+    const { index, records } = open();
+    index.insertBlob(digest(1), 5, null);
+    index.insertManifest({ digest: digest(2), size: 7, mediaType: OCI_MANIFEST }, [{ child: digest(1), kind: 'blob' }], { registry: 'r.io', repository: 'team/app' });
+    index.putTag('r.io', 'team/app', 'v1', digest(2));
+    records.recordSuccess('r.io', 'team/app', digest(2), { kind: 'credential', hash: 'h1' });
+    index.deleteContent([digest(2), digest(1)]);
+    expect(index.getBlob(digest(2))).toBeUndefined();
+    expect(index.getManifest(digest(2))).toBeUndefined();
+    expect(index.manifestRefs(digest(2))).toEqual([]);
+    expect(index.getTag('r.io', 'team/app', 'v1')).toBeUndefined();
+    expect(index.isLinked('r.io', 'team/app', digest(2))).toBe(false);
+    expect(records.get('r.io', 'team/app', digest(2))).toBeUndefined();
+    expect(index.storedBytes()).toBe(0);
+  });
+
+  it('keeps the usage total with the rows through deletes, and reconciliation reports no drift when they agree', () => {
+    const { index } = open();
+    for (let i = 1; i <= 3; i++) index.insertBlob(digest(i), 100 * i, null);
+    index.deleteBlob(digest(1));
+    expect(index.storedBytes()).toBe(500);
+    index.deleteBlobs([digest(2), digest(9)]);
+    expect(index.storedBytes()).toBe(300);
+    expect(index.allBlobDigests()).toEqual([digest(3)]);
+    expect(index.reconcileUsage()).toBe(0);
+    expect(index.storedBytes()).toBe(300);
+  });
+
+  it('answers the readiness ping while open and throws once closed', () => {
+    const { index } = open();
+    expect(() => index.ping()).not.toThrow();
+    index.close();
+    expect(() => index.ping()).toThrow();
+  });
+});
