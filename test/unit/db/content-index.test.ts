@@ -1,16 +1,10 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { openMetadata, type MetadataDatabase } from '../../../src/db/open.js';
-
-const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
-const digest = (n: number): string => `sha256:${n.toString(16).padStart(64, '0')}`;
+import { digest, memoryDatabases, OCI_MANIFEST } from './memory-database.js';
 
 describe('content index (db/content-index.ts) against an in-memory database', () => {
-  let opened: MetadataDatabase | undefined;
-  const open = (): MetadataDatabase => (opened = openMetadata(':memory:'));
+  const open = memoryDatabases();
   afterEach(() => {
     vi.restoreAllMocks();
-    opened?.index.close();
-    opened = undefined;
   });
 
   it('stores a blob once: a second insert of the same digest keeps the first row and the total', () => {

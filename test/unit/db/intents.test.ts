@@ -1,16 +1,8 @@
-import { afterEach, describe, expect, it } from 'vitest';
-import { openMetadata, type MetadataDatabase } from '../../../src/db/open.js';
-
-const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
-const digest = (n: number): string => `sha256:${n.toString(16).padStart(64, '0')}`;
+import { describe, expect, it } from 'vitest';
+import { digest, memoryDatabases, OCI_MANIFEST } from './memory-database.js';
 
 describe('pull intents (db/intents.ts) against an in-memory database', () => {
-  let opened: MetadataDatabase | undefined;
-  const open = (): MetadataDatabase => (opened = openMetadata(':memory:'));
-  afterEach(() => {
-    opened?.index.close();
-    opened = undefined;
-  });
+  const open = memoryDatabases();
 
   it('counts an intent from its beginning to its end', () => {
     const { intents } = open();
