@@ -10,6 +10,12 @@ import { keyMatchesImage } from './image-match.js';
 /** Kubelet's timeout for one credential provider exec. */
 const PLUGIN_TIMEOUT_MS = 60_000;
 const MAX_PLUGIN_OUTPUT = 1024 * 1024;
+/**
+ * Plugin processes allowed at once. Clients choose repository names, and each name a plugin caches per image costs an
+ * exec: without a bound, one client's burst of made-up names is a burst of processes (and of calls to the cloud API
+ * behind the plugin). Further execs wait their turn.
+ */
+const MAX_CONCURRENT_EXECS = 4;
 
 /** A node-wide credential and where it came from (for logs; never the secret). */
 export interface NodeCredential {
@@ -96,6 +102,10 @@ interface CachedAuth {
  */
 export class NodeCredentials {
   private readonly cache = new Map<string, CachedAuth>();
+  /** Execs under way per (plugin, image): concurrent lookups of one image share one process, as in the kubelet. */
+  private readonly inflight = new Map<string, Promise<DockerConfigEntry[]>>();
+  private running = 0;
+  private readonly queue: (() => void)[] = [];
 
   private constructor(
     private readonly dockerConfig: DockerConfigEntry[],
@@ -133,12 +143,49 @@ export class NodeCredentials {
     return out;
   }
 
+  /** Cached plugin answers (live ones; expired ones are swept whenever an answer is added). */
+  get cachedAnswers(): number {
+    return this.cache.size;
+  }
+
   private async providerAuth(p: CredentialProviderSpec, image: string, signal?: AbortSignal): Promise<DockerConfigEntry[]> {
+    const hit = this.cached(p, image);
+    if (hit) return hit;
+    const key = `${p.name}\n${image}`;
+    let pending = this.inflight.get(key);
+    if (!pending) {
+      pending = this.execInTurn(p, image, signal).finally(() => this.inflight.delete(key));
+      this.inflight.set(key, pending);
+    }
+    return pending;
+  }
+
+  /** The cached answer for an image under any of the plugin's cache keys, if live. */
+  private cached(p: CredentialProviderSpec, image: string): DockerConfigEntry[] | undefined {
     const registry = image.split('/')[0] ?? '';
     for (const key of [`image:${p.name}:${image}`, `registry:${p.name}:${registry}`, `global:${p.name}`]) {
       const hit = this.cache.get(key);
       if (hit && hit.expiresAt > Date.now()) return hit.auth;
     }
+    return undefined;
+  }
+
+  /** Runs the plugin once a slot is free; an answer cached meanwhile (a Registry or Global key) spares the exec. */
+  private async execInTurn(p: CredentialProviderSpec, image: string, signal?: AbortSignal): Promise<DockerConfigEntry[]> {
+    // A finishing exec hands its slot straight to the next in line, so a newcomer cannot slip in between.
+    if (this.running >= MAX_CONCURRENT_EXECS) await new Promise<void>((resolve) => this.queue.push(resolve));
+    else this.running++;
+    try {
+      return this.cached(p, image) ?? (await this.execAndCache(p, image, signal));
+    } finally {
+      const next = this.queue.shift();
+      if (next) next();
+      else this.running--;
+    }
+  }
+
+  private async execAndCache(p: CredentialProviderSpec, image: string, signal?: AbortSignal): Promise<DockerConfigEntry[]> {
+    const registry = image.split('/')[0] ?? '';
     const response = await this.exec(p, image, signal);
     const auth: DockerConfigEntry[] = [];
     for (const [key, v] of Object.entries(response.auth ?? {})) {
@@ -149,7 +196,10 @@ export class NodeCredentials {
     if (duration > 0) {
       const type = response.cacheKeyType;
       const key = type === 'Registry' ? `registry:${p.name}:${registry}` : type === 'Global' ? `global:${p.name}` : `image:${p.name}:${image}`;
-      this.cache.set(key, { expiresAt: Date.now() + duration, auth });
+      // Image keys are client-chosen names: expired answers must not pile up. The sweep costs less than the exec.
+      const now = Date.now();
+      for (const [k, cached] of this.cache) if (cached.expiresAt <= now) this.cache.delete(k);
+      this.cache.set(key, { expiresAt: now + duration, auth });
     }
     return auth;
   }

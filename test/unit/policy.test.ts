@@ -1,8 +1,12 @@
-import { describe, expect, it } from 'vitest';
+import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { describe, expect, it, vi } from 'vitest';
 import { Allowlist, parseAllowlistEntry } from '../../src/config/allowlist.js';
 import { CredentialHasher } from '../../src/policy/credential-hash.js';
 import { keyMatchesImage } from '../../src/policy/image-match.js';
-import { parseCredentialProviderConfig, parseDockerConfig } from '../../src/policy/node-credentials.js';
+import { NodeCredentials, parseCredentialProviderConfig, parseDockerConfig } from '../../src/policy/node-credentials.js';
 
 describe('preloadedImagesVerificationAllowlist entries', () => {
   it.each([
@@ -152,5 +156,44 @@ describe('the token service', () => {
     for (let i = 0; i < 100_500; i++) tokens.issue({ kind: 'credential', credential: { username: `u${i}`, password: 'x' }, hash: 'ef' }, target);
     expect(tokens.resolve(tenant, target)).toEqual(identity);
     tokens.close();
+  });
+});
+
+describe('credential provider answers', () => {
+  it('expired answers cached per image are dropped, not kept for every name a client ever asked for', async () => {
+    const work = await mkdtemp(join(tmpdir(), 'rc-provider-'));
+    try {
+      const bin = join(work, 'bin');
+      await mkdir(bin);
+      await writeFile(
+        join(bin, 'image-keyed'),
+        `#!${process.execPath}
+process.stdout.write(JSON.stringify({ apiVersion: 'credentialprovider.kubelet.k8s.io/v1', kind: 'CredentialProviderResponse', cacheKeyType: 'Image', cacheDuration: '1m', auth: {} }));
+`,
+      );
+      await chmod(join(bin, 'image-keyed'), 0o755);
+      await writeFile(
+        join(work, 'providers.yaml'),
+        `apiVersion: kubelet.config.k8s.io/v1
+kind: CredentialProviderConfig
+providers:
+  - name: image-keyed
+    matchImages: ["registry.example"]
+    defaultCacheDuration: 1m
+    apiVersion: credentialprovider.kubelet.k8s.io/v1
+`,
+      );
+      const nodeCredentials = await NodeCredentials.load({ providerConfig: join(work, 'providers.yaml'), providerBinDir: bin, log: pino({ level: 'silent' }) });
+      vi.useFakeTimers({ toFake: ['Date'] });
+      for (const name of ['one', 'two', 'three']) {
+        await nodeCredentials.lookup(`registry.example/${name}`);
+        vi.setSystemTime(Date.now() + 2 * 60_000);
+      }
+      await nodeCredentials.lookup('registry.example/four');
+      expect(nodeCredentials.cachedAnswers).toBe(1);
+    } finally {
+      vi.useRealTimers();
+      await rm(work, { recursive: true, force: true });
+    }
   });
 });

@@ -1,0 +1,103 @@
+/**
+ * Adversarial review after issue 11's security fixes: attacks that found a defect. Each test fails on the code as
+ * reviewed and passes once the defect is fixed.
+ */
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startCache, type TestCache } from '../support/cache-server.js';
+import { FakeUpstream, makeImage } from '../support/fake-upstream.js';
+import { call } from '../support/http-client.js';
+
+describe('adversarial review', () => {
+  const cleanup: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    for (const fn of cleanup.splice(0).reverse()) await fn();
+  });
+
+  async function upstream(): Promise<FakeUpstream> {
+    const u = await new FakeUpstream().start();
+    cleanup.push(() => u.stop());
+    return u;
+  }
+
+  async function workDir(): Promise<string> {
+    const dir = await mkdtemp(join(tmpdir(), 'rc-review-'));
+    cleanup.push(() => rm(dir, { recursive: true, force: true }));
+    return dir;
+  }
+
+  /**
+   * A credential provider plugin (Image cache key, cached 5 minutes, no credentials) that notes each exec in
+   * `log` and, while it runs (1 s), how many execs run at once in `running/`.
+   */
+  async function countingProvider(work: string, host: string): Promise<{ overrides: Record<string, unknown>; execs: () => Promise<string[]> }> {
+    const bin = join(work, 'bin');
+    const running = join(work, 'running');
+    const log = join(work, 'execs.log');
+    await mkdir(bin, { recursive: true });
+    await mkdir(running, { recursive: true });
+    await writeFile(log, '');
+    const plugin = join(bin, 'counting-provider');
+    await writeFile(
+      plugin,
+      `#!${process.execPath}
+const fs = require('node:fs');
+const req = JSON.parse(fs.readFileSync(0, 'utf8'));
+const mine = ${JSON.stringify(running)} + '/' + process.pid;
+fs.writeFileSync(mine, '');
+const atOnce = fs.readdirSync(${JSON.stringify(running)}).length;
+fs.appendFileSync(${JSON.stringify(log)}, req.image + ' ' + atOnce + '\\n');
+setTimeout(() => {
+  fs.rmSync(mine);
+  process.stdout.write(JSON.stringify({
+    apiVersion: 'credentialprovider.kubelet.k8s.io/v1', kind: 'CredentialProviderResponse', cacheKeyType: 'Image', cacheDuration: '5m', auth: {},
+  }));
+}, 1000);
+`,
+    );
+    await chmod(plugin, 0o755);
+    const providerConfig = join(work, 'providers.yaml');
+    await writeFile(
+      providerConfig,
+      `apiVersion: kubelet.config.k8s.io/v1
+kind: CredentialProviderConfig
+providers:
+  - name: counting-provider
+    matchImages: ["${host}"]
+    defaultCacheDuration: 5m
+    apiVersion: credentialprovider.kubelet.k8s.io/v1
+`,
+    );
+    return {
+      overrides: { credentialProviderConfig: providerConfig, credentialProviderBinDir: bin },
+      execs: async () => (await readFile(log, 'utf8')).split('\n').filter(Boolean),
+    };
+  }
+
+  it('concurrent requests for one image run the credential provider once, as the kubelet does', async () => {
+    const u = await upstream();
+    u.push('app', 'v1', makeImage([100]));
+    const provider = await countingProvider(await workDir(), u.host);
+    const cache = await startCache({ [u.host]: u.url }, provider.overrides);
+    cleanup.push(() => cache.stop());
+    const answers = await Promise.all(Array.from({ length: 12 }, () => call(`${cache.url}/v2/app/manifests/v1`)));
+    for (const res of answers) expect(res.status).toBe(200);
+    expect((await provider.execs()).length, 'plugin execs for one image').toBe(1);
+  });
+
+  it('a client cannot make the cache run credential provider plugins without bound (one process per repository name)', async () => {
+    const u = await upstream();
+    const provider = await countingProvider(await workDir(), u.host);
+    const cache = await startCache({ [u.host]: u.url }, provider.overrides);
+    cleanup.push(() => cache.stop());
+    // 16 made-up repository names at once, as one anonymous client can send them.
+    const answers = await Promise.all(Array.from({ length: 16 }, (_, i) => call(`${cache.url}/v2/made-up-${i}/manifests/v1`)));
+    for (const res of answers) expect(res.status).toBe(404);
+    const execs = await provider.execs();
+    expect(execs.length).toBe(16);
+    const mostAtOnce = Math.max(...execs.map((line) => Number(line.split(' ')[1])));
+    expect(mostAtOnce, 'plugin processes running at once').toBeLessThanOrEqual(4);
+  });
+});
