@@ -152,6 +152,17 @@ export class UpstreamClient {
     const sent = authorization();
     let res = await this.follow(req, base, url, sent);
     if (res.status !== 401) return res;
+    if (res.url.origin !== base.origin) {
+      // Only the registry's own challenge is answered. A redirect target never gets the token (it goes to the
+      // endpoint's origin only), so answering could not help: it would only let the target pick the realm that gets
+      // the client's credentials (any host of the registry's domain: another customer's `<name>.azurecr.io`). Nor is
+      // it the client's credential that failed: the download is broken.
+      await drain(res.body);
+      throw new OciError('UNAVAILABLE', `upstream ${req.registry.host} redirected to a download that asks for credentials`, {
+        status: 502,
+        detail: { registry: req.registry.host, redirectHost: res.url.hostname.slice(0, 200) },
+      });
+    }
 
     const challenge = parseChallenge(res.headers['www-authenticate']);
     if (!challenge) return res;

@@ -3,12 +3,24 @@
  * reviewed and passes once the defect is fixed.
  */
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import type { LookupFunction } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startCache, type TestCache } from '../support/cache-server.js';
 import { FakeUpstream, makeImage } from '../support/fake-upstream.js';
-import { call } from '../support/http-client.js';
+import { call, errorCode } from '../support/http-client.js';
+
+const A = { username: 'tenant-a', password: 'pw-of-a-7f3c' };
+const basic = (u: { username: string; password: string }): Record<string, string> => ({
+  authorization: `Basic ${Buffer.from(`${u.username}:${u.password}`).toString('base64')}`,
+});
+
+/** Every name resolves to loopback: lets a test give fake upstreams real-world host names. */
+const loopbackLookup = ((_hostname: string, options: { all?: boolean }, cb: (...args: unknown[]) => void) => {
+  if (options?.all) cb(null, [{ address: '127.0.0.1', family: 4 }]);
+  else cb(null, '127.0.0.1', 4);
+}) as unknown as LookupFunction;
 
 describe('adversarial review', () => {
   const cleanup: (() => Promise<void>)[] = [];
@@ -100,4 +112,43 @@ providers:
     const mostAtOnce = Math.max(...execs.map((line) => Number(line.split(' ')[1])));
     expect(mostAtOnce, 'plugin processes running at once').toBeLessThanOrEqual(4);
   });
+
+  it("a redirect target's auth challenge cannot steer a client's credentials to another host of the registry's domain", async () => {
+    // A registry on a shared domain (ACR-like: every customer's registry is <name>.azurecr.io), a blob CDN it
+    // redirects to, and another customer's host on the same domain that collects credentials.
+    const registry = await upstream();
+    const cdn = await upstream();
+    const collector = await upstream();
+    collector.auth = { kind: 'bearer', users: {} };
+    const image = makeImage([2000]);
+    const layer = image.blobs[1] as { digest: string; bytes: Buffer };
+    registry.auth = { kind: 'basic', users: { [A.username]: A.password } };
+    registry.push('app', 'v1', image);
+    const port = (u: FakeUpstream): string => u.host.split(':')[1] as string;
+    registry.fault = (r) => (r.method === 'GET' && r.path.includes('/blobs/') ? { kind: 'redirect', to: `http://blobs.cdn-of-registry.test:${port(cdn)}/x` } : undefined);
+    cdn.fault = () => ({
+      kind: 'status',
+      status: 401,
+      headers: { 'www-authenticate': `Bearer realm="http://attacker.azurecr.io:${port(collector)}/token",service="x",scope="repository:app:pull"` },
+    });
+    const cache = await startCache(
+      {},
+      {
+        registries: { 'myreg.azurecr.io': { url: `http://myreg.azurecr.io:${port(registry)}`, redirectAllowlist: ['blobs.cdn-of-registry.test'] } },
+        defaultRegistry: 'myreg.azurecr.io',
+      },
+      undefined,
+      { dispatcherOptions: { lookup: loopbackLookup } },
+    );
+    cleanup.push(() => cache.stop());
+    expect((await call(`${cache.url}/v2/app/manifests/v1`, { headers: basic(A) })).status).toBe(200);
+    const res = await call(`${cache.url}/v2/app/blobs/${layer.digest}`, { headers: basic(A) });
+    // A download that asks for credentials is a broken upstream, not a refusal of the client's credential.
+    expect(res.status).toBe(502);
+    expect(errorCode(res)).toBe('UNAVAILABLE');
+    expect(cdn.requests.length).toBeGreaterThan(0);
+    const leaked = collector.tokenRequests.filter((r) => r.headers.authorization !== undefined);
+    expect(leaked.map((r) => r.headers.authorization), "tenant A's credential at another customer's host").toEqual([]);
+  });
 });
+
