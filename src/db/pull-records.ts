@@ -3,6 +3,14 @@ import type { Db } from './database.js';
 /** Who a successful upstream pull or verification is recorded for. */
 export type Puller = { kind: 'nodePodsAccessible' } | { kind: 'credential'; hash: string };
 
+/** What a pull record grants one client. */
+export interface RecordAccess {
+  preloaded: boolean;
+  nodePodsAccessible: boolean;
+  /** The client's credential is among the recorded pullers. */
+  credential: boolean;
+}
+
 /** One pull record: an image digest pulled through one repository of one registry. */
 export interface PullRecord {
   registry: string;
@@ -28,6 +36,9 @@ export class PullRecords {
       ),
       hashes: db.prepare<[string, string, string], string>(
         'SELECT credential_hash FROM pull_record_credentials WHERE registry = ? AND repository = ? AND digest = ?',
+      ),
+      hasHash: db.prepare<[string, string, string, string], number>(
+        'SELECT 1 FROM pull_record_credentials WHERE registry = ? AND repository = ? AND digest = ? AND credential_hash = ?',
       ),
       upsert: db.prepare<[string, string, string, number, number, number]>(
         `INSERT INTO pull_records (registry, repository, digest, node_pods_accessible, created_at, last_verified)
@@ -63,6 +74,7 @@ export class PullRecords {
       setMeta: db.prepare<[string, string]>('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
     };
     this.stmt.hashes.pluck();
+    this.stmt.hasHash.pluck();
     this.stmt.preloaded.pluck();
     this.stmt.anyPreloaded.pluck();
     this.stmt.importedAs.pluck();
@@ -89,6 +101,23 @@ export class PullRecords {
       createdAt: row.created_at,
       lastVerified: row.last_verified,
       preloaded,
+    };
+  }
+
+  /**
+   * What the record for a digest says about one client, without reading the credential hashes it holds: any client
+   * whose credential an upstream accepts adds one (a registry without auth accepts made-up ones), so a check that
+   * read them all would cost every client time in their number. The hash is looked up by the primary key; the lookup
+   * need not be constant-time, as a keyed hash tells nothing to a client that does not hold the node secret.
+   */
+  access(registry: string, repository: string, digest: string, hash: string | undefined): RecordAccess | undefined {
+    const row = this.stmt.get.get(registry, repository, digest);
+    const preloaded = this.isPreloaded(registry, repository, digest);
+    if (!row && !preloaded) return undefined;
+    return {
+      preloaded,
+      nodePodsAccessible: row?.node_pods_accessible === 1,
+      credential: row !== undefined && hash !== undefined && this.stmt.hasHash.get(registry, repository, digest, hash) !== undefined,
     };
   }
 

@@ -7,7 +7,6 @@ import { OciError, isOciError } from '../oci/errors.js';
 import type { Credential } from '../upstream/credentials.js';
 import type { NodeCredentials } from './node-credentials.js';
 import type { PullRecords, Puller } from '../db/pull-records.js';
-import { recordIncludes } from './records.js';
 import type { Identity } from './tokens.js';
 
 /** A client asking for content of one repository. */
@@ -60,13 +59,12 @@ export class CredentialVerifier {
   allowedLocally(access: Access, digest: string, preloadedExempt = true): boolean {
     const { policy, records, allowlist } = this.deps;
     if (policy === 'NeverVerify') return true;
-    const record = records.get(access.registry.host, access.repository, digest);
+    const record = records.access(access.registry.host, access.repository, digest, access.identity.kind === 'credential' ? access.identity.hash : undefined);
     if (record?.preloaded && preloadedExempt) {
       if (policy === 'NeverVerifyPreloadedImages') return true;
       if (policy === 'NeverVerifyAllowListedImages' && allowlist.matches({ registry: access.registry.host, repository: access.repository })) return true;
     }
-    if (record?.nodePodsAccessible) return true;
-    return access.identity.kind === 'credential' && recordIncludes(record, access.identity.hash);
+    return record?.nodePodsAccessible === true || record?.credential === true;
   }
 
   /**

@@ -6,6 +6,7 @@ import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises
 import type { LookupFunction } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startCache, type TestCache } from '../support/cache-server.js';
 import { FakeUpstream, makeImage } from '../support/fake-upstream.js';
@@ -111,6 +112,40 @@ providers:
     expect(execs.length).toBe(16);
     const mostAtOnce = Math.max(...execs.map((line) => Number(line.split(' ')[1])));
     expect(mostAtOnce, 'plugin processes running at once').toBeLessThanOrEqual(4);
+  });
+
+  it('credential hashes any client can add to a record do not make every later access check read them all', async () => {
+    // A registry that ignores credentials (an in-cluster registry without auth): every made-up credential proves
+    // itself with one small manifest GET, and each proof adds a credential hash to the record.
+    const u = await upstream();
+    const image = makeImage([100]);
+    u.push('app', 'v1', image);
+    const cache = await startCache({ [u.host]: u.url }, { imagePullCredentialsVerificationPolicy: 'AlwaysVerify' });
+    cleanup.push(() => cache.stop());
+    const url = `${cache.url}/v2/app/manifests/${image.manifestDigest}`;
+    for (let i = 0; i < 5; i++) expect((await call(url, { headers: basic({ username: `made-up-${i}`, password: 'x' }) })).status).toBe(200);
+    const db = new Database(join(cache.storage, 'registry-cache.db'));
+    cleanup.push(async () => void db.close());
+    const hashes = db.prepare('SELECT count(*) FROM pull_record_credentials WHERE digest = ?').pluck();
+    expect(hashes.get(image.manifestDigest)).toBe(5);
+    // What a longer run of the same leaves (~100,000 upstream GETs of a few hundred bytes), written directly.
+    db
+      .prepare(
+        `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
+         INSERT INTO pull_record_credentials (registry, repository, digest, credential_hash, verified_at)
+         SELECT ?, 'app', ?, lower(hex(randomblob(32))), 0 FROM n`,
+      )
+      .run(u.host, image.manifestDigest);
+    // A tenant whose record is there is served from the store: its access check must not scan 100,000 hashes
+    // (it blocked the event loop for every client, ~1 s per check on this box).
+    const tenant = basic({ username: 'made-up-0', password: 'x' });
+    for (let i = 0; i < 3; i++) {
+      const started = performance.now();
+      const res = await call(url, { headers: tenant });
+      expect(res.status).toBe(200);
+      expect(performance.now() - started, 'ms for a stored manifest').toBeLessThan(250);
+    }
+    expect(u.count('GET', /manifests/)).toBe(5);
   });
 
   it("a redirect target's auth challenge cannot steer a client's credentials to another host of the registry's domain", async () => {
