@@ -75,6 +75,9 @@ export function resolveTarget(name: string, ns: string | undefined, knownRegistr
     if (!knownRegistries.has(registry)) {
       throw new OciError('DENIED', `registry ${registry.slice(0, 200)} is not configured on this cache`, { detail: { registry: registry.slice(0, 200) } });
     }
+    // With ns the whole name is the repository: a host-like first component (`EVIL:1/app`) is no repository name, and
+    // its ':' would reach the upstream's path and token scope (`repository:EVIL:1/app:pull`).
+    assertRepositoryName(name);
     return { registry, repository: canonicalRepository(registry, name) };
   }
   const slash = name.indexOf('/');

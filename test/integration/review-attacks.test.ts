@@ -148,6 +148,22 @@ providers:
     expect(u.count('GET', /manifests/)).toBe(5);
   });
 
+  it('with ns, a host-like first path component is not passed upstream as part of a repository name', async () => {
+    const u = await upstream();
+    u.push('app', 'v1', makeImage([100]));
+    const cache = await startCache({ [u.host]: u.url });
+    cleanup.push(() => cache.stop());
+    for (const name of ['EVIL:1/app', `${u.host}/app`]) {
+      const res = await call(`${cache.url}/v2/${name}/manifests/v1?ns=${u.host}`, { headers: basic(A) });
+      expect(res.status, name).toBe(400);
+      expect(errorCode(res)).toBe('NAME_INVALID');
+    }
+    expect(u.requests).toEqual([]);
+    // The plain forms still work.
+    expect((await call(`${cache.url}/v2/app/manifests/v1?ns=${u.host}`)).status).toBe(200);
+    expect((await call(`${cache.url}/v2/${u.host}/app/manifests/v1`)).status).toBe(200);
+  });
+
   it("a redirect target's auth challenge cannot steer a client's credentials to another host of the registry's domain", async () => {
     // A registry on a shared domain (ACR-like: every customer's registry is <name>.azurecr.io), a blob CDN it
     // redirects to, and another customer's host on the same domain that collects credentials.
