@@ -128,23 +128,26 @@ providers:
     cleanup.push(async () => void db.close());
     const hashes = db.prepare('SELECT count(*) FROM pull_record_credentials WHERE digest = ?').pluck();
     expect(hashes.get(image.manifestDigest)).toBe(5);
-    // What a longer run of the same leaves (~100,000 upstream GETs of a few hundred bytes), written directly.
+    // What a longer run of the same leaves (~200,000 upstream GETs of a few hundred bytes), written directly.
     db
       .prepare(
-        `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
+        `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000)
          INSERT INTO pull_record_credentials (registry, repository, digest, credential_hash, verified_at)
          SELECT ?, 'app', ?, lower(hex(randomblob(32))), 0 FROM n`,
       )
       .run(u.host, image.manifestDigest);
-    // A tenant whose record is there is served from the store: its access check must not scan 100,000 hashes
-    // (it blocked the event loop for every client, ~1 s per check on this box).
+    // A tenant whose record is there is served from the store: its access check must not scan 200,000 hashes
+    // (it blocked the event loop for every client: 0.3-1.8 s per request on this box).
+    // The fastest of 5 answers, so that a load spike or the WAL checkpoint after the bulk insert does not count.
     const tenant = basic({ username: 'made-up-0', password: 'x' });
-    for (let i = 0; i < 3; i++) {
+    const times: number[] = [];
+    for (let i = 0; i < 5; i++) {
       const started = performance.now();
       const res = await call(url, { headers: tenant });
       expect(res.status).toBe(200);
-      expect(performance.now() - started, 'ms for a stored manifest').toBeLessThan(250);
+      times.push(performance.now() - started);
     }
+    expect(Math.min(...times), 'ms for a stored manifest').toBeLessThan(100);
     expect(u.count('GET', /manifests/)).toBe(5);
   });
 
