@@ -7,7 +7,7 @@ import type { LookupFunction } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { startCache, type TestCache } from '../support/cache-server.js';
 import { FakeUpstream, makeImage } from '../support/fake-upstream.js';
 import { call, errorCode } from '../support/http-client.js';
@@ -114,6 +114,20 @@ providers:
     expect(mostAtOnce, 'plugin processes running at once').toBeLessThanOrEqual(4);
   });
 
+  it('an ns given twice is refused, never routed to the default registry with the client\'s credentials', async () => {
+    const def = await upstream();
+    def.auth = { kind: 'basic', users: { x: 'y' } };
+    const cache = await startCache({ [def.host]: def.url });
+    cleanup.push(() => cache.stop());
+    const victim = basic({ username: 'victim', password: 'ghcr-token' });
+    const res = await call(`${cache.url}/v2/acme/app/manifests/latest?ns=ghcr.io&ns=ghcr.io`, { headers: victim });
+    expect(res.status).toBe(400);
+    expect(errorCode(res)).toBe('UNSUPPORTED');
+    const token = await call(`${cache.url}/auth/token?ns=ghcr.io&ns=${def.host}&scope=repository:acme/app:pull`, { headers: victim });
+    expect(token.status).toBe(400);
+    expect(def.requests).toEqual([]);
+  });
+
   it('credential hashes any client can add to a record do not make every later access check read them all', async () => {
     // A registry that ignores credentials (an in-cluster registry without auth): every made-up credential proves
     // itself with one small manifest GET, and each proof adds a credential hash to the record.
@@ -136,18 +150,13 @@ providers:
          SELECT ?, 'app', ?, lower(hex(randomblob(32))), 0 FROM n`,
       )
       .run(u.host, image.manifestDigest);
-    // A tenant whose record is there is served from the store: its access check must not scan 200,000 hashes
-    // (it blocked the event loop for every client: 0.3-1.8 s per request on this box).
-    // The fastest of 5 answers, so that a load spike or the WAL checkpoint after the bulk insert does not count.
+    // A tenant whose record is there is served from the store, and its access check must not read the 200,000 hashes
+    // (it blocked the event loop for every client: 0.3-1.8 s per request on this box). What is checked is the path,
+    // not a time: the record lookup that reads every hash is never used by an access check.
     const tenant = basic({ username: 'made-up-0', password: 'x' });
-    const times: number[] = [];
-    for (let i = 0; i < 5; i++) {
-      const started = performance.now();
-      const res = await call(url, { headers: tenant });
-      expect(res.status).toBe(200);
-      times.push(performance.now() - started);
-    }
-    expect(Math.min(...times), 'ms for a stored manifest').toBeLessThan(100);
+    const readsEveryHash = vi.spyOn(cache.services.records, 'get');
+    for (let i = 0; i < 5; i++) expect((await call(url, { headers: tenant })).status).toBe(200);
+    expect(readsEveryHash).not.toHaveBeenCalled();
     expect(u.count('GET', /manifests/)).toBe(5);
   });
 

@@ -37,7 +37,10 @@ export function registerTokenRoutes(app: FastifyInstance, deps: TokenDeps): void
       if (!credential) throw new OciError('UNAUTHORIZED', 'malformed Basic credentials');
     }
     const scopes = [...query.getAll('scope'), ...form.getAll('scope')].flatMap((s) => s.split(' '));
-    const ns = query.get('ns') ?? undefined;
+    const given = query.getAll('ns');
+    // As on /v2/: a repeated ns is refused, so the token's scope and the request it is for name the same registry.
+    if (given.length > 1) throw new OciError('UNSUPPORTED', 'query parameter ns may be given once', { status: 400 });
+    const ns = given[0];
     let target: Target | undefined;
     for (const scope of scopes) {
       const m = /^repository:(.+):([a-z,*]+)$/.exec(scope);

@@ -29,9 +29,9 @@ export function registerV2Routes(app: FastifyInstance, deps: V2Deps): void {
 
   const handler = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
     const route = parseV2Path((request.url.split('?')[0] ?? '').replace(/^\/v2\/?/, ''));
-    const query = request.query as Record<string, string | undefined>;
+    const query = request.query as Record<string, string | string[] | undefined>;
     const method = request.method === 'HEAD' ? 'HEAD' : 'GET';
-    const ns = typeof query.ns === 'string' ? query.ns : undefined;
+    const ns = singleNs(query.ns);
     if (route.kind === 'base') {
       // Clients such as skopeo learn the auth scheme from this ping; they send credentials only after a challenge.
       const identity = identify(request, undefined, deps, () => challengeFor(request, undefined, ns));
@@ -53,11 +53,11 @@ export function registerV2Routes(app: FastifyInstance, deps: V2Deps): void {
         break;
       case 'tags':
         if (method === 'HEAD') throw new OciError('UNSUPPORTED', 'HEAD is not supported on tags/list', { status: 405 });
-        answer = await deps.tagService.tags(access, { n: query.n, last: query.last, selfPath: request.url.split('?')[0] ?? '', ns, signal });
+        answer = await deps.tagService.tags(access, { n: single(query.n, 'n'), last: single(query.last, 'last'), selfPath: request.url.split('?')[0] ?? '', ns, signal });
         break;
       case 'referrers':
         if (method === 'HEAD') throw new OciError('UNSUPPORTED', 'HEAD is not supported on referrers', { status: 405 });
-        answer = await deps.referrerService.referrers(access, route.digest, { artifactType: query.artifactType, signal });
+        answer = await deps.referrerService.referrers(access, route.digest, { artifactType: single(query.artifactType, 'artifactType'), signal });
         break;
     }
     request.cacheStatus = answer.cacheStatus;
@@ -86,4 +86,17 @@ function clientGone(reply: FastifyReply): AbortSignal {
     if (!reply.raw.writableFinished) controller.abort(new Error('client disconnected'));
   });
   return controller.signal;
+}
+
+/**
+ * containerd's `ns=`, given once. A repeated parameter is refused, never read as absent: absent routes to the default
+ * registry, which would then receive credentials the client meant for the named one.
+ */
+export function singleNs(value: string | string[] | undefined): string | undefined {
+  return single(value, 'ns');
+}
+
+function single(value: string | string[] | undefined, name: string): string | undefined {
+  if (Array.isArray(value)) throw new OciError('UNSUPPORTED', `query parameter ${name} may be given once`, { status: 400 });
+  return value;
 }
