@@ -12,6 +12,7 @@ import { firstHeader } from '../oci/content-headers.js';
 import { BlobFill } from './fill.js';
 import { imageKeys, type PullIntents, type UpstreamPulls } from './upstream-pulls.js';
 import { countsForBackoff } from '../limiter/backoff.js';
+import { digestKey } from '../limiter/keys.js';
 import type { PullLease } from '../limiter/pull-limiter.js';
 import { withIdleTimeout } from '../upstream/idle-timeout.js';
 
@@ -246,7 +247,7 @@ export class BlobCache {
     const flog = log.child({ registry: req.registry.host, repository: req.repository, digest: req.digest });
     const intent = this.deps.intents?.begin(req.registry.host, req.repository, req.digest);
     const pulls = this.deps.pulls;
-    const backoffKey = `${req.registry.host}/${req.repository}@${req.digest}`;
+    const backoffKey = digestKey(req.registry.host, req.repository, req.digest);
     const credentialClass = credentialKey(req.credential);
     // The image's pull slot is held for the whole transfer, not just until the upstream answers.
     let lease: PullLease | undefined;

@@ -14,6 +14,7 @@ import { errorForUpstreamStatus } from '../upstream/errors.js';
 import { Singleflight } from './inflight.js';
 import { imageKeys, underPullLimit, type PullIntents, type UpstreamPulls } from './upstream-pulls.js';
 import { countsForBackoff } from '../limiter/backoff.js';
+import { digestKey, referenceKey, tagKey } from '../limiter/keys.js';
 
 /** Manifests are small documents; anything bigger is refused rather than buffered. */
 
@@ -166,7 +167,7 @@ export class ManifestCache {
     const tagRow = metadata.getTag(req.registry.host, req.repository, req.reference);
     const known = tagRow && metadata.getManifest(tagRow.digest);
     if (!known) return this.fetchTag(req);
-    const backoffKey = `${req.registry.host}/${req.repository}:${req.reference}`;
+    const backoffKey = tagKey(req.registry.host, req.repository, req.reference);
     const credentialClass = credentialKey(req.credential);
     try {
       // While the tag backs off, the stored answer is served as usual, without asking the upstream again.
@@ -229,15 +230,15 @@ export class ManifestCache {
     const byDigest = reference.includes(':');
     // A fetch with a client's own Accept is a different question from the tag's: it backs off on its own.
     const variant = accept === UPSTREAM_ACCEPT ? '' : `#${accept}`;
-    const backoffKey = `${host}/${req.repository}${byDigest ? '@' : ':'}${forBlob?.digest ?? reference}${variant}`;
-    const keys = byDigest ? imageKeys(this.deps.metadata, host, req.repository, reference) : [`${host}/${req.repository}:${reference}`];
+    const backoffKey = `${referenceKey(host, req.repository, forBlob?.digest ?? reference)}${variant}`;
+    const keys = byDigest ? imageKeys(this.deps.metadata, host, req.repository, reference) : [tagKey(host, req.repository, reference)];
     return underPullLimit(this.deps.pulls, backoffKey, credentialKey(req.credential), keys, this.shutdownController.signal, async (lease) => {
       const intent = this.deps.intents?.begin(host, req.repository, reference);
       try {
         const answer = await this.fetchVerified(req, reference, accept, expectedDigest, forBlob ? 'blob' : 'manifest');
         // The tag's pull and the digest's are the same image pull; its child manifests and blobs find it by the digest,
         // and it keeps its slot until what it names is stored.
-        lease?.alias(`${host}/${req.repository}@${answer.digest}`);
+        lease?.alias(digestKey(host, req.repository, answer.digest));
         lease?.noteManifest(answer.digest);
         return answer;
       } finally {

@@ -2,6 +2,7 @@ import type { Metadata } from '../db/content-index.js';
 import { countsForBackoff, type PullBackoff } from '../limiter/backoff.js';
 import type { BandwidthLimit } from '../limiter/bandwidth.js';
 import { createHash, randomBytes } from 'node:crypto';
+import { digestKey, imageOfKey } from '../limiter/keys.js';
 import type { PullLease, PullLimiter, PullLimiterState } from '../limiter/pull-limiter.js';
 
 /** Hooks around an upstream pull, so a crash mid-pull leaves a trace (the kubelet's pull intents). */
@@ -33,18 +34,10 @@ export function imageKeys(metadata: Metadata, registry: string, repository: stri
     for (const p of parents) climb(p);
   };
   climb(digest);
-  const keys = [...tops].map((t) => `${registry}/${repository}@${t}`);
-  return keys.length > 0 ? keys : [`${registry}/${repository}@${digest}`];
+  const keys = [...tops].map((t) => digestKey(registry, repository, t));
+  return keys.length > 0 ? keys : [digestKey(registry, repository, digest)];
 }
 
-/** The registry and repository a limiter key names (`registry/repository@digest` or `registry/repository:tag`). */
-export function imageOfKey(key: string): { registry: string; repository: string } | undefined {
-  const slash = key.indexOf('/');
-  const rest = key.slice(slash + 1);
-  const end = rest.includes('@') ? rest.indexOf('@') : rest.lastIndexOf(':');
-  if (slash <= 0 || end <= 0) return undefined;
-  return { registry: key.slice(0, slash), repository: rest.slice(0, end) };
-}
 
 /**
  * Whether a pull's manifests are complete: an image manifest when all its blobs are stored; an index when one of its
