@@ -2,7 +2,9 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { startCache, type TestCache } from '../support/cache-server.js';
-import { FakeUpstream, makeImage, sha256, sleep } from '../support/fake-upstream.js';
+import { controlDate, waitOutRetryAfter } from '../support/clock.js';
+import { waitUntil } from '../support/daemon.js';
+import { FakeUpstream, makeImage, sha256 } from '../support/fake-upstream.js';
 import { call, errorCode } from '../support/http-client.js';
 
 describe('blobs through the cache', () => {
@@ -15,11 +17,13 @@ describe('blobs through the cache', () => {
   beforeEach(async () => {
     upstream = await new FakeUpstream().start();
     upstream.push('team/app', '1.0', image);
+    controlDate();
     cache = await startCache({ [upstream.host]: upstream.url });
     blobUrl = `${cache.url}/v2/team/app/blobs/${layer.digest}?ns=${upstream.host}`;
   });
 
   afterEach(async () => {
+    vi.useRealTimers();
     await cache.stop();
     await upstream.stop();
   });
@@ -69,7 +73,7 @@ describe('blobs through the cache', () => {
     expect(errorCode(backingOff)).toBe('DIGEST_INVALID');
     expect(backingOff.headers['retry-after']).toBe('10');
     expect(upstream.count('GET', /\/blobs\//)).toBe(1);
-    cache.services.pulls.backoff.success(`${upstream.host}/team/app@${layer.digest}`);
+    waitOutRetryAfter(backingOff);
     const retry = await call(blobUrl);
     expect(sha256(retry.body)).toBe(layer.digest);
     expect(upstream.count('GET', /\/blobs\//)).toBe(2);
@@ -89,7 +93,6 @@ describe('blobs through the cache', () => {
     upstream.fault = (r) => (r.path.includes('/blobs/') ? { kind: 'slow', chunkBytes: 100_000, delayMs: 5 } : undefined);
     const res = await call(blobUrl, { abortAfterBytes: 100_000 });
     expect(res.error?.message).toBe('aborted by test');
-    await sleep(20);
     await cache.services.blobs.settle();
     expect(cache.services.metadata.getBlob(layer.digest)?.size).toBe(layer.bytes.length);
     const again = await call(blobUrl);
@@ -134,7 +137,8 @@ describe('blobs through the cache', () => {
   it('serves Range requests from a blob that is still downloading', async () => {
     upstream.fault = (r) => (r.path.includes('/blobs/') ? { kind: 'slow', chunkBytes: 100_000, delayMs: 15 } : undefined);
     const full = call(blobUrl);
-    await sleep(30);
+    // The fill is running (it asked the upstream) before the ranges are asked for.
+    await waitUntil('the fill started', async () => upstream.count('GET', /\/blobs\//) === 1, { intervalMs: 2 });
     const [head, tail] = await Promise.all([
       call(blobUrl, { headers: { range: 'bytes=0-99999' } }),
       call(blobUrl, { headers: { range: 'bytes=1500000-1999999' } }),
@@ -149,7 +153,6 @@ describe('blobs through the cache', () => {
   });
 
   it('maps upstream failures to OCI errors', async () => {
-    const clearBackoff = (): void => cache.services.pulls.backoff.success(`${upstream.host}/team/app@${layer.digest}`);
     const missing = await call(`${cache.url}/v2/team/app/blobs/sha256:${'0'.repeat(64)}?ns=${upstream.host}`);
     expect(missing.status).toBe(404);
     expect(errorCode(missing)).toBe('BLOB_UNKNOWN');
@@ -160,14 +163,18 @@ describe('blobs through the cache', () => {
     expect(errorCode(limited)).toBe('TOOMANYREQUESTS');
     expect(limited.headers['retry-after']).toBe('17');
 
-    clearBackoff();
+    waitOutRetryAfter(limited);
     upstream.fault = () => ({ kind: 'status', status: 500 });
     const broken = await call(blobUrl);
     expect(broken.status).toBe(502);
     expect(errorCode(broken)).toBe('UNAVAILABLE');
+    // The failure backs off: the next answer says when to come back.
+    const backingOff = await call(blobUrl);
+    expect(backingOff.status).toBe(502);
+    expect(errorCode(backingOff)).toBe('UNAVAILABLE');
 
     // Refused anonymously: the client is asked for credentials; refused with them: DENIED.
-    clearBackoff();
+    waitOutRetryAfter(backingOff);
     upstream.fault = () => ({ kind: 'status', status: 403 });
     const challenged = await call(blobUrl);
     expect(challenged.status).toBe(401);

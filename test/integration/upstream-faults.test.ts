@@ -1,5 +1,6 @@
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { startCache, type TestCache } from '../support/cache-server.js';
+import { controlDate, waitOutRetryAfter } from '../support/clock.js';
 import { FakeUpstream, makeImage, sha256, type Fault } from '../support/fake-upstream.js';
 import { call, errorCode } from '../support/http-client.js';
 
@@ -21,6 +22,7 @@ describe('upstream body faults', () => {
   beforeEach(async () => {
     upstream = await new FakeUpstream().start();
     upstream.push('team/app', '1.0', image);
+    controlDate();
     // A short idle limit makes a stalled body fail in the test's time.
     cache = await startCache({}, { registries: { [upstream.host]: { url: upstream.url, idleTimeout: '300ms' } }, defaultRegistry: upstream.host });
     blobUrl = `${cache.url}/v2/team/app/blobs/${layer.digest}?ns=${upstream.host}`;
@@ -28,6 +30,7 @@ describe('upstream body faults', () => {
   });
 
   afterEach(async () => {
+    vi.useRealTimers();
     await cache.stop();
     await upstream.stop();
   });
@@ -66,7 +69,7 @@ describe('upstream body faults', () => {
       expect(errorCode(again)).toBe('UNAVAILABLE');
       expect(again.headers['retry-after']).toBe('10');
       expect(upstream.count('GET', /\/blobs\//)).toBe(1);
-      cache.services.pulls.backoff.success(`${upstream.host}/team/app@${layer.digest}`);
+      waitOutRetryAfter(again);
       expect(sha256((await call(blobUrl)).body)).toBe(layer.digest);
     });
   });
@@ -117,7 +120,10 @@ describe('upstream body faults', () => {
       expect(res.headers['content-range']).toBeUndefined();
       upstream.fault = () => undefined;
       await cache.services.blobs.settle();
-      cache.services.pulls.backoff.success(`${upstream.host}/team/app@${layer.digest}`);
+      const backingOff = await call(blobUrl, { headers: { range: 'bytes=1500000-1500099' } });
+      expect(backingOff.status).toBe(502);
+      expect(backingOff.headers['content-range']).toBeUndefined();
+      waitOutRetryAfter(backingOff);
       const ok = await call(blobUrl, { headers: { range: 'bytes=1500000-1500099' } });
       expect(ok.status).toBe(206);
       expect(ok.headers['content-range']).toBe(`bytes 1500000-1500099/${layer.bytes.length}`);
