@@ -2,14 +2,15 @@
  * Review findings (credential verification). Every test here describes the behaviour the issue / the kubelet
  * semantics require; each one FAILS on the code as reviewed and passes once the finding is fixed.
  */
-import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { preloadImage } from '../../src/preload/preload.js';
 import { startCache, type TestCache } from '../support/cache-server.js';
-import { FakeUpstream, makeImage, sha256, sleep, type FakeImage } from '../support/fake-upstream.js';
-import { call } from '../support/http-client.js';
+import { waitUntil } from '../support/daemon.js';
+import { FakeUpstream, makeImage, sha256, type FakeImage } from '../support/fake-upstream.js';
+import { call, errorCode, type TestResponse } from '../support/http-client.js';
 import { writeOciLayout } from '../support/oci-layout.js';
 import { cacheToken } from '../support/registry-auth.js';
 
@@ -43,9 +44,11 @@ describe('credential bypass attempts', () => {
 
   /**
    * A kubelet credential provider that is slow (as cloud providers are on a cache miss) for images whose name
-   * contains "attacker", fast otherwise, and never has credentials for anything. Not cached (0s).
+   * contains "attacker", fast otherwise, and never has credentials for anything. Not cached (0s). Each call appends
+   * the image it was asked about to `calls`, so a test can wait until a request is inside the provider.
    */
-  async function slowProvider(work: string, host: string, delayMs: number): Promise<Record<string, unknown>> {
+  async function slowProvider(work: string, host: string, delayMs: number): Promise<{ config: Record<string, unknown>; calls: string }> {
+    const calls = join(work, 'provider-calls');
     const bin = join(work, 'bin');
     await mkdir(bin, { recursive: true });
     const plugin = join(bin, 'slow-provider');
@@ -54,6 +57,7 @@ describe('credential bypass attempts', () => {
       `#!${process.execPath}
 const fs = require('node:fs');
 const req = JSON.parse(fs.readFileSync(0, 'utf8'));
+fs.appendFileSync(${JSON.stringify(calls)}, req.image + '\\n');
 const answer = () => process.stdout.write(JSON.stringify({
   apiVersion: 'credentialprovider.kubelet.k8s.io/v1', kind: 'CredentialProviderResponse', cacheKeyType: 'Image', cacheDuration: '0s', auth: {},
 }));
@@ -73,7 +77,14 @@ providers:
     apiVersion: credentialprovider.kubelet.k8s.io/v1
 `,
     );
-    return { credentialProviderConfig: providerConfig, credentialProviderBinDir: bin };
+    return { config: { credentialProviderConfig: providerConfig, credentialProviderBinDir: bin }, calls };
+  }
+
+  /** An anonymous client that must prove access is asked for credentials: 401 UNAUTHORIZED with a challenge. */
+  function expectChallenge(res: TestResponse, what: string): void {
+    expect.soft(res.status, what).toBe(401);
+    expect.soft(errorCode(res), what).toBe('UNAUTHORIZED');
+    expect.soft(res.headers['www-authenticate'], what).toMatch(/^Bearer realm="http:\/\/127\.0\.0\.1:\d+\/auth\/token\?ns=/);
   }
 
   // ---------------------------------------------------------------------------------------------------------
@@ -89,7 +100,8 @@ providers:
     // Tenant A's layer download is slow (a big layer): 5000 bytes at 250 bytes / 100 ms, ~2 s.
     upstream.fault = (r) => (r.method === 'GET' && r.path === `/v2/private/app/blobs/${layer.digest}` ? { kind: 'slow', chunkBytes: 250, delayMs: 100 } : undefined);
     const work = await workDir();
-    const cache = await cacheFor(upstream, await slowProvider(work, upstream.host, 1200));
+    const provider = await slowProvider(work, upstream.host, 1200);
+    const cache = await cacheFor(upstream, provider.config);
 
     const tokenA = await cacheToken(cache.url, upstream.host, 'private/app', A);
     const auth = { authorization: `Bearer ${tokenA}` };
@@ -98,21 +110,21 @@ providers:
     // t=0: an attacker with no credentials at all asks for the layer through a repository of its choosing.
     const attackerUrl = `${cache.url}/v2/attacker/repo/blobs/${layer.digest}?ns=${upstream.host}`;
     const attacker = call(attackerUrl);
-    await sleep(200);
-    // t=200ms: tenant A pulls its layer (authorized: A pulled the manifest that references it).
+    await waitUntil('the attacker\'s request is in the credential provider', async () => (await readFile(provider.calls, 'utf8')).includes('attacker/repo'), { intervalMs: 5 });
+    // While the provider works on it: tenant A pulls its layer (authorized: A pulled the manifest that references it).
     const tenant = await call(`${cache.url}/v2/private/app/blobs/${layer.digest}?ns=${upstream.host}`, { headers: auth });
     expect(tenant.status).toBe(200);
     const stolen = await attacker;
     await cache.services.blobs.settle();
 
     // The upstream would never give the attacker this blob (not in attacker/repo, and no credentials).
-    expect.soft(stolen.status, 'private layer handed to an unauthenticated client').not.toBe(200);
+    expectChallenge(stolen, 'private layer handed to an unauthenticated client');
     expect.soft(stolen.body.equals(layer.bytes), 'the bytes are the private layer').toBe(false);
     // And nothing may have been recorded for it: a later plain request must not be served from the store.
     expect.soft(cache.services.records.get(upstream.host, 'attacker/repo', layer.digest)?.nodePodsAccessible ?? false, 'attacker recorded nodePodsAccessible').toBe(false);
     const before = upstream.requests.length;
     const again = await call(attackerUrl);
-    expect.soft(again.status, 'later plain anonymous request served').not.toBe(200);
+    expectChallenge(again, 'later plain anonymous request served');
     expect.soft(upstream.requests.length, 'the cache must at least ask the upstream').toBeGreaterThan(before);
   }, 20_000);
 
@@ -133,9 +145,12 @@ providers:
 
     upstream.delayMs = 800; // an ordinary internet round trip, a bit long
     const attacker = call(`${cache.url}/v2/public/app/blobs/${layer.digest}?ns=${upstream.host}`);
-    await sleep(150);
+    // The anonymous fill has reached the upstream (which takes 800 ms to answer) before the tenant asks.
+    await waitUntil('the anonymous request reached the upstream', async () => upstream.requests.some((r) => r.path === `/v2/public/app/blobs/${layer.digest}`), { intervalMs: 5 });
     const tenant = await call(`${cache.url}/v2/private/app/blobs/${layer.digest}?ns=${upstream.host}`, { headers: auth });
-    expect((await attacker).status).toBe(404);
+    const refused = await attacker;
+    expect(refused.status).toBe(404);
+    expect(errorCode(refused)).toBe('BLOB_UNKNOWN');
     expect(tenant.status, 'tenant A got the anonymous starter\'s 404').toBe(200);
     expect(sha256(tenant.body)).toBe(layer.digest);
   }, 20_000);
@@ -162,8 +177,8 @@ providers:
     const manifest = await call(`${cache.url}/v2/public/anything/manifests/${image.manifestDigest}?ns=${upstream.host}`);
     const layer = image.blobs[1] as { digest: string };
     const blob = await call(`${cache.url}/v2/public/anything/blobs/${layer.digest}?ns=${upstream.host}`);
-    expect.soft(manifest.status, 'non-allowlisted preloaded manifest served via an allowlisted name').not.toBe(200);
-    expect.soft(blob.status, 'non-allowlisted preloaded layer served via an allowlisted name').not.toBe(200);
+    expectChallenge(manifest, 'non-allowlisted preloaded manifest served via an allowlisted name');
+    expectChallenge(blob, 'non-allowlisted preloaded layer served via an allowlisted name');
   });
 
   // ---------------------------------------------------------------------------------------------------------
@@ -190,8 +205,8 @@ providers:
     const layer = image.blobs[1] as { digest: string };
     const blob = await call(`${cache.url}/v2/private/app/blobs/${layer.digest}?ns=${upstream.host}`);
     const otherName = await call(`${cache.url}/v2/other/name/manifests/${image.manifestDigest}?ns=${upstream.host}`);
-    expect.soft(blob.status, 'layer of a no-longer-preloaded image served to an anonymous client').not.toBe(200);
-    expect.soft(otherName.status, 'no-longer-preloaded manifest served under another name').not.toBe(200);
+    expectChallenge(blob, 'layer of a no-longer-preloaded image served to an anonymous client');
+    expectChallenge(otherName, 'no-longer-preloaded manifest served under another name');
   });
 
   // ---------------------------------------------------------------------------------------------------------
@@ -225,6 +240,8 @@ providers:
     const direct = await fetch(`${upstream.url}/v2/attacker/pub/blobs/${layer.digest}`);
     expect(direct.status).toBe(404);
     const stolen = await call(`${cache.url}/v2/attacker/pub/blobs/${layer.digest}?ns=${upstream.host}`);
-    expect(stolen.status, 'private layer served on the strength of an attacker-written manifest').not.toBe(200);
+    // The upstream's own answer for that repository: the blob is not there.
+    expect(stolen.status, 'private layer served on the strength of an attacker-written manifest').toBe(404);
+    expect(errorCode(stolen)).toBe('BLOB_UNKNOWN');
   });
 });
