@@ -1,5 +1,7 @@
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { INITIAL_BACKOFF_MS } from '../../src/limiter/backoff.js';
 import { startCache, type TestCache } from '../support/cache-server.js';
+import { controlDate } from '../support/clock.js';
 import { FakeUpstream, makeImage, sha256 } from '../support/fake-upstream.js';
 import { call, errorCode } from '../support/http-client.js';
 
@@ -25,6 +27,7 @@ describe('manifests through the cache', () => {
   });
 
   afterEach(async () => {
+    vi.useRealTimers();
     await cache?.stop();
     await upstream.stop();
   });
@@ -90,6 +93,7 @@ describe('manifests through the cache', () => {
   });
 
   it('serves the last known digest of a tag when the upstream is down, and logs a warning', async () => {
+    controlDate();
     await startWith();
     await call(`${base}/1.0?ns=${upstream.host}`);
     upstream.fault = () => ({ kind: 'status', status: 503 });
@@ -105,7 +109,7 @@ describe('manifests through the cache', () => {
     expect(upstream.requests.length).toBe(requestsBefore);
     expect(cache.logs.filter((l) => l.includes('serving last known digest'))).toHaveLength(1);
     // Once the back-off is over, an unreachable upstream also gets the last known digest, with a warning.
-    cache.services.pulls.backoff.success(`${upstream.host}/team/app:1.0`);
+    vi.advanceTimersByTime(INITIAL_BACKOFF_MS);
     const unreachable = await call(`${base}/1.0?ns=${upstream.host}`);
     expect(unreachable.status).toBe(200);
     expect(cache.logs.filter((l) => l.includes('serving last known digest'))).toHaveLength(2);
