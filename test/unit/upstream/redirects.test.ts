@@ -1,7 +1,7 @@
 import type { LookupFunction } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { loadConfig, type RegistryConfig } from '../../src/config/load.js';
-import { checkRedirectTarget, isPublicAddress, publicOnlyLookup, redirectExempt } from '../../src/upstream/redirects.js';
+import { loadConfig, type RegistryConfig } from '../../../src/config/load.js';
+import { checkRedirectTarget, isPublicAddress, publicOnlyLookup, redirectExempt } from '../../../src/upstream/redirects.js';
 
 /** A resolver that answers from a table (no DNS). */
 function tableLookup(table: Record<string, string[]>): LookupFunction {
