@@ -7,7 +7,7 @@ import { ConfigError, loadConfig } from '../../src/config/load.js';
 import { startCache, type TestCache } from '../support/cache-server.js';
 import { ConnectProxy } from '../support/connect-proxy.js';
 import { FakeUpstream, makeImage, sha256 } from '../support/fake-upstream.js';
-import { call, errorCode } from '../support/http-client.js';
+import { call, errorCode, errorDetail } from '../support/http-client.js';
 import { makeTestPki, type TestPki } from '../support/test-pki.js';
 
 describe('upstream connectivity', () => {
@@ -50,8 +50,9 @@ describe('upstream connectivity', () => {
   it('trusts an HTTPS upstream only with its CA (file or inline, on top of the system roots), or with insecureSkipVerify said loudly', async () => {
     const upstream = await httpsUpstream();
     const untrusted = await manifest(await cacheFor(upstream, {}), upstream);
-    expect(untrusted.status).toBeGreaterThanOrEqual(500);
+    expect(untrusted.status).toBe(502);
     expect(errorCode(untrusted)).toBe('UNAVAILABLE');
+    expect(errorDetail(untrusted)).toMatchObject({ class: 'tls-unknown-ca', reason: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' });
     expect((await manifest(await cacheFor(upstream, { ca: join(work, 'ca.pem') }), upstream)).status).toBe(200);
     expect((await manifest(await cacheFor(upstream, { ca: pki.caPem }), upstream)).status).toBe(200);
     const insecure = await cacheFor(upstream, { insecureSkipVerify: true });
@@ -61,7 +62,10 @@ describe('upstream connectivity', () => {
 
   it('presents a client certificate to an upstream that requires mTLS', async () => {
     const upstream = await httpsUpstream(true);
-    expect((await manifest(await cacheFor(upstream, { ca: pki.caPem }), upstream)).status).toBeGreaterThanOrEqual(500);
+    const withoutCert = await manifest(await cacheFor(upstream, { ca: pki.caPem }), upstream);
+    expect(withoutCert.status).toBe(502);
+    expect(errorCode(withoutCert)).toBe('UNAVAILABLE');
+    expect(errorDetail(withoutCert)).toMatchObject({ class: 'client-cert' });
     const mtls = await cacheFor(upstream, { ca: pki.caPem, clientCert: join(work, 'client.pem'), clientKey: join(work, 'client-key.pem') });
     expect((await manifest(mtls, upstream)).status).toBe(200);
   });

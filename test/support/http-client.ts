@@ -55,3 +55,12 @@ export function errorCode(res: TestResponse): string | undefined {
     return undefined;
   }
 }
+
+/** The `detail` of a JSON OCI error body (what the cache says about the cause: registry, class, reason). */
+export function errorDetail(res: TestResponse): Record<string, unknown> | undefined {
+  try {
+    return (JSON.parse(res.body.toString('utf8')) as { errors?: { detail?: Record<string, unknown> }[] }).errors?.[0]?.detail;
+  } catch {
+    return undefined;
+  }
+}
