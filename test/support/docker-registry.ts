@@ -50,6 +50,11 @@ export interface DockerRegistry {
   requests(): Promise<AccessLogEntry[]>;
   /** Polls the access log until `done(entries)` holds (default 5 s), because lines land just after their responses. */
   waitForRequests(done: (entries: AccessLogEntry[]) => boolean, timeoutMs?: number): Promise<AccessLogEntry[]>;
+  /**
+   * Requests served so far, once every response already received has its line: sends a marker request of its own
+   * and waits for that line (HTTP registries only). Markers never appear in any listing.
+   */
+  settledRequests(): Promise<AccessLogEntry[]>;
   /** Stops the process (SIGTERM, then SIGKILL) and deletes rootDir. */
   stop(): Promise<void>;
 }
@@ -132,28 +137,39 @@ function tlsHandshakes(port: number): Promise<boolean> {
   });
 }
 
+/** The path of settledRequests' markers; any answer (404, or 401 with htpasswd) gets an access-log line. */
+const MARKER_PREFIX = '/v2/settled-marker-';
+
 function runningRegistry(daemon: Daemon, rootDir: string, port: number, tls: boolean): DockerRegistry {
+  const url = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
+  const served = async (): Promise<AccessLogEntry[]> => parseAccessLog(await daemon.readLog()).filter((e) => !e.uri.startsWith(MARKER_PREFIX));
+  let markers = 0;
   return {
-    url: `${tls ? 'https' : 'http'}://127.0.0.1:${port}`,
+    url,
     host: `127.0.0.1:${port}`,
     port,
     rootDir,
     logFile: daemon.logFile,
     readLog: () => daemon.readLog(),
-    async requests() {
-      return parseAccessLog(await daemon.readLog());
-    },
+    requests: served,
     async waitForRequests(done, timeoutMs = 5_000) {
       let entries: AccessLogEntry[] = [];
       await waitUntil(
         'registry access log',
         async () => {
-          entries = parseAccessLog(await daemon.readLog());
+          entries = await served();
           return done(entries);
         },
         { timeoutMs, intervalMs: 20 },
       );
       return entries;
+    },
+    async settledRequests() {
+      if (tls) throw new Error('settledRequests: HTTP registries only');
+      const marker = `${MARKER_PREFIX}${++markers}/tags/list`;
+      await (await fetch(`${url}${marker}`)).arrayBuffer();
+      await waitUntil('the marker in the registry access log', async () => parseAccessLog(await daemon.readLog()).some((e) => e.uri === marker), { timeoutMs: 5_000, intervalMs: 20 });
+      return served();
     },
     async stop() {
       await daemon.stop();
