@@ -1,9 +1,9 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { ConfigError, loadConfig } from '../../src/config/load.js';
-import { INITIAL_BACKOFF_MS, MAX_BACKOFF_MS, PullBackoff } from '../../src/limiter/backoff.js';
-import { OciError } from '../../src/oci/errors.js';
+import { INITIAL_BACKOFF_MS } from '../../src/limiter/backoff.js';
 import { startCache, type TestCache } from '../support/cache-server.js';
-import { FakeUpstream, makeImage, sha256, sleep, type FakeImage } from '../support/fake-upstream.js';
+import { controlDate } from '../support/clock.js';
+import { waitUntil } from '../support/daemon.js';
+import { FakeUpstream, makeImage, sha256, type FakeImage } from '../support/fake-upstream.js';
 import { call, errorCode } from '../support/http-client.js';
 import { imageWindows, peakOverlap } from '../support/transfer-windows.js';
 
@@ -27,6 +27,12 @@ describe('parallel-pull limit', () => {
     return { upstream, cache, images };
   }
 
+  /** Images the cache has taken in: queued for a slot, or already asking the upstream. */
+  function seen(cache: TestCache, upstream: FakeUpstream): number {
+    const asked = new Set(upstream.requests.map((r) => /^\/v2\/(img\/n\d+)\//.exec(r.path)?.[1]).filter((name) => name !== undefined));
+    return cache.services.pulls.limiter.queued + asked.size;
+  }
+
   /** What containerd does for one image: the manifest by tag, then every blob in parallel. */
   async function pullImage(cache: TestCache, upstream: FakeUpstream, repo: string, image: FakeImage): Promise<void> {
     const m = await call(`${cache.url}/v2/${repo}/manifests/v1?ns=${upstream.host}`);
@@ -40,7 +46,8 @@ describe('parallel-pull limit', () => {
     const pulls: Promise<void>[] = [];
     for (let i = 0; i < images.length; i++) {
       pulls.push(pullImage(cache, upstream, `img/n${i}`, images[i] as FakeImage));
-      await sleep(5); // a defined arrival order
+      // A defined arrival order: the next pull starts once the cache has taken this one in.
+      await waitUntil(`pull ${i} arrived`, async () => seen(cache, upstream) > i, { intervalMs: 1 });
     }
     await Promise.all(pulls);
     const windows = imageWindows(upstream.requests);
@@ -54,7 +61,9 @@ describe('parallel-pull limit', () => {
 
   it('transfers the layers of one image in parallel within its single slot (serializeImagePulls)', async () => {
     const { upstream, cache, images } = await setup(2, { serializeImagePulls: true });
-    await Promise.all([pullImage(cache, upstream, 'img/n0', images[0] as FakeImage), sleep(5).then(() => pullImage(cache, upstream, 'img/n1', images[1] as FakeImage))]);
+    const first = pullImage(cache, upstream, 'img/n0', images[0] as FakeImage);
+    await waitUntil('the first pull reached the upstream', async () => seen(cache, upstream) > 0, { intervalMs: 1 });
+    await Promise.all([first, pullImage(cache, upstream, 'img/n1', images[1] as FakeImage)]);
     const blobs = upstream.requests.filter((r) => r.path.startsWith('/v2/img/n0/blobs/'));
     expect(blobs).toHaveLength(3);
     expect(peakOverlap(blobs.map((r) => ({ start: r.startedAt, end: r.endedAt ?? Number.POSITIVE_INFINITY })))).toBeGreaterThanOrEqual(2);
@@ -67,10 +76,9 @@ describe('parallel-pull limit', () => {
     upstream.fault = (r) => (r.path.includes('/blobs/') ? { kind: 'slow', chunkBytes: 10_000, delayMs: 60 } : undefined);
     const slowImage = images[1] as FakeImage;
     const holder = call(`${cache.url}/v2/img/n1/blobs/${slowImage.blobs[1]?.digest}?ns=${upstream.host}`);
-    await sleep(50);
+    await waitUntil('n1 holds the slot', async () => upstream.requests.some((r) => r.path.startsWith('/v2/img/n1/blobs/')), { intervalMs: 2 });
     const waiter = call(`${cache.url}/v2/img/n2/manifests/v1?ns=${upstream.host}`);
-    await sleep(50);
-    expect(cache.services.pulls.limiter.queued).toBe(1);
+    await waitUntil('n2 is queued', async () => cache.services.pulls.limiter.queued === 1, { intervalMs: 2 });
     const hit = await call(`${cache.url}/v2/img/n0/blobs/${images[0]?.blobs[1]?.digest}?ns=${upstream.host}`);
     expect(hit.status).toBe(200);
     expect(cache.services.pulls.limiter.queued).toBe(1);
@@ -81,24 +89,6 @@ describe('parallel-pull limit', () => {
     expect(upstream.requests.some((r) => r.path.startsWith('/v2/img/n2/'))).toBe(false);
     expect(sha256((await holder).body)).toBe(slowImage.blobs[1]?.digest);
   });
-
-  it('stops at start on invalid serializeImagePulls / maxParallelImagePulls combinations, naming both keys', () => {
-    const fail = (overrides: Record<string, unknown>): string => {
-      try {
-        loadConfig({ env: {}, overrides });
-      } catch (err) {
-        if (err instanceof ConfigError) return err.key;
-      }
-      return 'accepted';
-    };
-    expect(fail({ serializeImagePulls: true, maxParallelImagePulls: 2 })).toBe('serializeImagePulls/maxParallelImagePulls');
-    expect(fail({ serializeImagePulls: true, maxParallelImagePulls: null })).toBe('serializeImagePulls/maxParallelImagePulls');
-    expect(fail({ maxParallelImagePulls: 0 })).toBe('maxParallelImagePulls');
-    expect(loadConfig({ env: {}, overrides: { serializeImagePulls: true, maxParallelImagePulls: 1 } }).maxParallelImagePulls).toBe(1);
-    expect(loadConfig({ env: {}, overrides: { serializeImagePulls: true } }).maxParallelImagePulls).toBe(1);
-    expect(loadConfig({ env: {}, overrides: { maxParallelImagePulls: null } }).maxParallelImagePulls).toBeUndefined();
-    expect(loadConfig({ env: {} }).maxParallelImagePulls).toBe(5);
-  });
 });
 
 describe('pull back-off', () => {
@@ -106,37 +96,11 @@ describe('pull back-off', () => {
     vi.useRealTimers();
   });
 
-  it('starts at 10 s, doubles to the 300 s cap, honours Retry-After as a floor, and resets on success', () => {
-    vi.useFakeTimers();
-    const backoff = new PullBackoff(() => Date.now());
-    const notFound = new OciError('MANIFEST_UNKNOWN', 'nope');
-    const delays: number[] = [];
-    for (let i = 0; i < 8; i++) {
-      backoff.failure('r/app:1', notFound);
-      delays.push(backoff.delayFor('r/app:1') as number);
-    }
-    expect(delays).toEqual([10_000, 20_000, 40_000, 80_000, 160_000, 300_000, 300_000, 300_000]);
-    expect(delays[0]).toBe(INITIAL_BACKOFF_MS);
-    expect(delays.at(-1)).toBe(MAX_BACKOFF_MS);
-    const answer = backoff.check('r/app:1');
-    expect(answer?.code).toBe('MANIFEST_UNKNOWN');
-    expect(answer?.headers['retry-after']).toBe('300');
-    vi.advanceTimersByTime(299_000);
-    expect(backoff.check('r/app:1')?.headers['retry-after']).toBe('1');
-    vi.advanceTimersByTime(1_000);
-    expect(backoff.check('r/app:1')).toBeUndefined();
-    backoff.success('r/app:1');
-    backoff.failure('r/app:1', notFound);
-    expect(backoff.delayFor('r/app:1')).toBe(10_000);
-    backoff.success('r/app:1');
-    backoff.failure('r/app:1', new OciError('TOOMANYREQUESTS', 'slow down', { headers: { 'retry-after': '45' } }));
-    expect(backoff.delayFor('r/app:1')).toBe(45_000);
-  });
-
   it('answers from the negative cache during back-off, serves stored content as usual, and resets on success', async () => {
     const upstream = await new FakeUpstream().start();
     const image = makeImage([1000]);
     upstream.push('app', 'v1', image);
+    controlDate();
     const cache = await startCache({ [upstream.host]: upstream.url });
     try {
       const missing = `${cache.url}/v2/app/manifests/nope?ns=${upstream.host}`;
@@ -154,11 +118,18 @@ describe('pull back-off', () => {
       const before = upstream.requests.length;
       for (let i = 0; i < 3; i++) expect((await call(`${cache.url}/v2/app/manifests/v1?ns=${upstream.host}`)).status).toBe(200);
       expect(upstream.requests.length).toBe(before + 1);
-      // Success resets: once the upstream is back and the back-off is over, it is asked again.
+      // Once the upstream is back and the back-off is over, it is asked again.
       upstream.fault = () => undefined;
-      cache.services.pulls.backoff.success(`${upstream.host}/app:v1`);
+      vi.advanceTimersByTime(INITIAL_BACKOFF_MS);
       expect((await call(`${cache.url}/v2/app/manifests/v1?ns=${upstream.host}`)).status).toBe(200);
-      expect(cache.services.pulls.backoff.delayFor(`${upstream.host}/app:v1`)).toBeUndefined();
+      expect(upstream.requests.length).toBe(before + 2);
+      // Success resets: the next failure backs off for 10 s again, not 20 s.
+      upstream.fault = () => ({ kind: 'status', status: 503 });
+      expect((await call(`${cache.url}/v2/app/manifests/v1?ns=${upstream.host}`)).status).toBe(200);
+      expect(upstream.requests.length).toBe(before + 3);
+      vi.advanceTimersByTime(INITIAL_BACKOFF_MS);
+      expect((await call(`${cache.url}/v2/app/manifests/v1?ns=${upstream.host}`)).status).toBe(200);
+      expect(upstream.requests.length).toBe(before + 4);
     } finally {
       await cache.stop();
       await upstream.stop();

@@ -120,6 +120,24 @@ describe('configuration errors', () => {
 });
 
 describe('pull limits in the configuration', () => {
+  it('stops at start on invalid serializeImagePulls / maxParallelImagePulls combinations, naming both keys', () => {
+    const fail = (overrides: Record<string, unknown>): string => {
+      try {
+        loadConfig({ env: {}, overrides });
+      } catch (err) {
+        if (err instanceof ConfigError) return err.key;
+      }
+      return 'accepted';
+    };
+    expect(fail({ serializeImagePulls: true, maxParallelImagePulls: 2 })).toBe('serializeImagePulls/maxParallelImagePulls');
+    expect(fail({ serializeImagePulls: true, maxParallelImagePulls: null })).toBe('serializeImagePulls/maxParallelImagePulls');
+    expect(fail({ maxParallelImagePulls: 0 })).toBe('maxParallelImagePulls');
+    expect(loadConfig({ env: {}, overrides: { serializeImagePulls: true, maxParallelImagePulls: 1 } }).maxParallelImagePulls).toBe(1);
+    expect(loadConfig({ env: {}, overrides: { serializeImagePulls: true } }).maxParallelImagePulls).toBe(1);
+    expect(loadConfig({ env: {}, overrides: { maxParallelImagePulls: null } }).maxParallelImagePulls).toBeUndefined();
+    expect(loadConfig({ env: {} }).maxParallelImagePulls).toBe(5);
+  });
+
   it('serializeImagePulls: false without maxParallelImagePulls means no limit (the kubelet rule)', () => {
     expect(loadConfig({ env: {}, overrides: { serializeImagePulls: false } }).maxParallelImagePulls).toBeUndefined();
   });
