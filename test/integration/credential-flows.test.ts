@@ -1,8 +1,7 @@
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { loadConfig, ConfigError } from '../../src/config/load.js';
 import { preloadImage } from '../../src/preload/preload.js';
 import { startCache, type TestCache } from '../support/cache-server.js';
@@ -20,6 +19,7 @@ const ALL_SECRETS = [A.password, A2.password, B.password, C.password];
 describe('credential verification flows', () => {
   const cleanup: (() => Promise<void>)[] = [];
   afterEach(async () => {
+    vi.restoreAllMocks();
     for (const fn of cleanup.splice(0).reverse()) await fn();
   });
 
@@ -137,14 +137,15 @@ describe('credential verification flows', () => {
     const storage = await mkdtemp(join(tmpdir(), 'rc-intent-'));
     cleanup.push(() => rm(storage, { recursive: true, force: true }));
     const first = await startCache({ [upstream.host]: upstream.url }, {}, storage);
+    // A crash between the content commit and the record: the pull stores its content but never records it, and its
+    // intent is still open when the process goes.
+    const recordSuccess = vi.spyOn(first.services.records, 'recordSuccess').mockImplementation(() => undefined);
     const tokenA = await cacheToken(first.url, upstream.host, 'private/app', A);
     expect((await call(`${first.url}/v2/private/app/manifests/${image.manifestDigest}?ns=${upstream.host}`, { headers: { authorization: `Bearer ${tokenA}` } })).status).toBe(200);
+    expect(recordSuccess).toHaveBeenCalled();
+    first.services.records.beginIntent(upstream.host, 'private/app', image.manifestDigest);
+    expect(first.services.records.get(upstream.host, 'private/app', image.manifestDigest)).toBeUndefined();
     await first.stop({ keepStorage: true });
-    // Simulate a crash between the content commit and the record: the record is gone, the intent is still there.
-    const db = new Database(join(storage, 'registry-cache.db'));
-    db.prepare('DELETE FROM pull_records').run();
-    db.prepare('INSERT INTO pull_intents (registry, repository, reference, started_at) VALUES (?, ?, ?, ?)').run(upstream.host, 'private/app', image.manifestDigest, Date.now());
-    db.close();
     const second = await cacheFor(upstream, {}, storage);
     expect(second.logs.some((l) => l.includes('pull intents left by a crash'))).toBe(true);
     expect(second.services.records.get(upstream.host, 'private/app', image.manifestDigest)).toMatchObject({ nodePodsAccessible: false, credentialHashes: [], preloaded: false });
