@@ -55,10 +55,10 @@ describe.runIf(gate.run)('credential-bound cache hits with real containerd and a
     return d;
   }
 
+  /** The registry's access log once every request the cache made so far is in it. */
   async function settledLog(registry: DockerRegistry): Promise<AccessLogEntry[]> {
     await cache.services.blobs.settle();
-    await new Promise((r) => setTimeout(r, 300));
-    return registry.requests();
+    return registry.settledRequests();
   }
 
   const describeRequests = (entries: AccessLogEntry[]): string => entries.map((e) => `${e.method} ${e.uri.replace(/sha256:[a-f0-9]{58}/, '…')} ${e.status}`).join(', ') || 'none';
