@@ -131,7 +131,7 @@ describe('registry-cache preload', () => {
     expect(table.stdout.split('\n')[0]).toMatch(/^IMAGE\s+DIGEST\s+PULLED BY\s+PRELOADED\s+LAST VERIFIED/);
     expect(table.stdout).toContain('yes');
     const bad = await runCli(['preload', join(work, 'nope'), '--config', configFile]);
-    expect(bad.code).not.toBe(0);
+    expect(bad.code).toBe(1);
     expect(bad.stderr).toContain('nope');
   });
   it('serves a tag given by preload --name while the upstream is up and does not know that tag (air-gapped preload)', async () => {
@@ -161,7 +161,7 @@ describe('registry-cache preload', () => {
     // defaultRegistry is not docker.io here: a short name must land where the server routes it.
     await writeFile(configFile, `storage: ${join(work, 'store')}\nregistries:\n  "${upstream.host}": { url: "${upstream.url}" }\ndefaultRegistry: "${upstream.host}"\n`);
     const refused = await runCli(['preload', join(work, 'layout'), '--name', 'example.com/x:1', '--config', configFile]);
-    expect(refused.code).not.toBe(0);
+    expect(refused.code).toBe(1);
     expect(refused.stderr).toContain('example.com is not configured');
     expect(refused.stderr).toContain(upstream.host);
     const short = await runCli(['preload', join(work, 'layout'), '--name', 'tools/short:1', '--config', configFile]);

@@ -50,12 +50,12 @@ describe('what the commands tell an operator', () => {
     const cache = await startCache({ [upstream.host]: upstream.url }, { maxStorageBytes: 1000, gcInterval: '1h' }, storage);
     cleanup.push(() => cache.stop({ keepStorage: true }));
     const refused = await runCli(['gc', '--config', configFile]);
-    expect(refused.code).not.toBe(0);
+    expect(refused.code).toBe(1);
     expect(refused.stderr).toContain(`in use by registry-cache (pid ${process.pid})`);
     expect(refused.stderr).toContain('the running server evicts on its own');
     expect(refused.stderr).toContain('gc --dry-run');
     const repair = await runCli(['verify', '--repair', '--config', configFile]);
-    expect(repair.code).not.toBe(0);
+    expect(repair.code).toBe(1);
     expect(repair.stderr).toContain('run `verify` without --repair next to it to see the problems, or stop the server to repair');
     // What it would do can still be seen next to the server.
     const beside = await runCli(['gc', '--dry-run', '--config', configFile]);
@@ -67,11 +67,11 @@ describe('what the commands tell an operator', () => {
     const { work, configFile } = await workspace();
     await writeFile(join(work, 'junk.bin'), randomBytes(5000));
     const junk = await runCli(['preload', join(work, 'junk.bin'), '--config', configFile]);
-    expect(junk.code).not.toBe(0);
+    expect(junk.code).toBe(1);
     expect(junk.stderr).toContain('junk.bin is not an image archive: expected an OCI layout directory, an OCI archive (.tar) or a docker save .tar');
     await writeFile(join(work, 'image.tar.gz'), gzipSync(randomBytes(2000)));
     const gz = await runCli(['preload', join(work, 'image.tar.gz'), '--config', configFile]);
-    expect(gz.code).not.toBe(0);
+    expect(gz.code).toBe(1);
     expect(gz.stderr).toContain('image.tar.gz is gzip-compressed: preload reads an uncompressed tar (gunzip it first)');
   });
 
