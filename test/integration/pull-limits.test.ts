@@ -73,6 +73,9 @@ describe('parallel-pull limit', () => {
   it('serves cache hits at once while the queue is full, and answers 429 with Retry-After after the queue timeout', async () => {
     const { upstream, cache, images } = await setup(3, { serializeImagePulls: true, pullQueueTimeout: '300ms' });
     await pullImage(cache, upstream, 'img/n0', images[0] as FakeImage);
+    // n0 is stored and has let go of the only slot (at once when complete, else after pullLinger).
+    await cache.services.blobs.settle();
+    await waitUntil('n0 let go of the slot', async () => cache.services.pulls.limiter.state().active.length === 0, { intervalMs: 2 });
     upstream.fault = (r) => (r.path.includes('/blobs/') ? { kind: 'slow', chunkBytes: 10_000, delayMs: 60 } : undefined);
     const slowImage = images[1] as FakeImage;
     const holder = call(`${cache.url}/v2/img/n1/blobs/${slowImage.blobs[1]?.digest}?ns=${upstream.host}`);
