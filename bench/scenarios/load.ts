@@ -1,20 +1,9 @@
 import { MANIFEST_ACCEPT, runLoad, type LoadRequest } from '../clients.js';
 import type { BenchImages, PushedImage } from '../context.js';
+import { prng } from '../prng.js';
 import { RowSet, type SystemName } from '../results.js';
 import type { Scenario } from '../scenario.js';
 import type { ManagedServer } from '../systems.js';
-
-/** A small deterministic PRNG (mulberry32), so both systems get the very same request sequence. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function manifestByTag(img: PushedImage): LoadRequest {
   return { kind: 'manifest-tag', path: `/v2/${img.repo}/manifests/${img.tag}`, accept: MANIFEST_ACCEPT, digest: img.image.digest };
@@ -52,6 +41,7 @@ function warmPools(images: BenchImages): { tag: LoadRequest[]; digest: LoadReque
  * hashing) — with the cold image's manifest and blobs (each twice) among them.
  */
 export function loadPlan(images: BenchImages, cold: PushedImage, total: number, seed: number): LoadRequest[] {
+  // Deterministic, so both systems get the very same request sequence.
   const random = prng(seed);
   const pools = warmPools(images);
   const coldItems = [{ ...manifestByTag(cold), kind: 'cold-manifest' }, ...blobs(cold, 'cold-blob'), ...blobs(cold, 'cold-blob')];

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { afterEach, describe, expect, it, onTestFailed, vi } from 'vitest';
 import { openMetadata } from '../../src/db/open.js';
+import { prng } from '../../bench/prng.js';
 import { startCache, type TestCache } from '../support/cache-server.js';
 import { controlDate } from '../support/clock.js';
 import { waitUntil } from '../support/daemon.js';
@@ -212,7 +213,7 @@ describe('cache lifecycle', () => {
     // The kill moments come from a seeded generator: a failure prints its seed, and RC_KILL9_SEED=<seed> replays them.
     const seed = process.env.RC_KILL9_SEED ? Number(process.env.RC_KILL9_SEED) : randomInt(2 ** 31);
     onTestFailed(() => console.error(`[kill-9] failed with seed ${seed}; replay with RC_KILL9_SEED=${seed}`));
-    const random = mulberry32(seed);
+    const random = prng(seed);
     const images: Record<string, FakeImage> = {};
     for (let i = 0; i < 4; i++) images[`app/k${i}`] = makeImage([400_000, 900_000]);
     const upstream = await upstreamWith(images);
@@ -331,18 +332,6 @@ async function crashLeftovers(dir: string): Promise<{ tempFiles: number; rowsWit
   };
 }
 
-/** A small seeded PRNG (mulberry32): the same seed gives the same sequence in [0, 1). */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 async function spawnServer(dir: string, upstream: FakeUpstream, policy: string): Promise<{ child: ChildProcess; url: string }> {
   const config = join(dir, 'config.yaml');
   await writeFile(
@@ -361,4 +350,3 @@ async function spawnServer(dir: string, upstream: FakeUpstream, policy: string):
   });
   return { child, url };
 }
-
