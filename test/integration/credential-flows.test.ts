@@ -143,7 +143,7 @@ describe('credential verification flows', () => {
     const tokenA = await cacheToken(first.url, upstream.host, 'private/app', A);
     expect((await call(`${first.url}/v2/private/app/manifests/${image.manifestDigest}?ns=${upstream.host}`, { headers: { authorization: `Bearer ${tokenA}` } })).status).toBe(200);
     expect(recordSuccess).toHaveBeenCalled();
-    first.services.records.beginIntent(upstream.host, 'private/app', image.manifestDigest);
+    first.services.intents.begin(upstream.host, 'private/app', image.manifestDigest);
     expect(first.services.records.get(upstream.host, 'private/app', image.manifestDigest)).toBeUndefined();
     await first.stop({ keepStorage: true });
     const second = await cacheFor(upstream, {}, storage);
