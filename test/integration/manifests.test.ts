@@ -86,8 +86,22 @@ describe('manifests through the cache', () => {
   it('shares one upstream HEAD among concurrent revalidations of a tag', async () => {
     await startWith();
     await call(`${base}/1.0?ns=${upstream.host}`);
-    upstream.delayMs = 100;
-    const all = await Promise.all(Array.from({ length: 8 }, () => call(`${base}/1.0?ns=${upstream.host}`)));
+    // The upstream holds its answer until all 8 requests are inside the cache and the first HEAD has gone out.
+    let open = (): void => undefined;
+    upstream.gate = new Promise((resolve) => (open = resolve));
+    let arrived = 0;
+    const allArrived = new Promise<void>((resolve) => {
+      cache.app.server.on('request', (req: { url?: string }) => {
+        if (req.url?.includes('/manifests/1.0') && ++arrived === 8) resolve();
+      });
+    });
+    const pending = Promise.all(Array.from({ length: 8 }, () => call(`${base}/1.0?ns=${upstream.host}`)));
+    await allArrived;
+    await vi.waitFor(() => expect(upstream.count('HEAD', /\/manifests\/1\.0/)).toBe(1));
+    // Let the handlers that arrived last finish joining the revalidation (no I/O between arrival and joining).
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+    open();
+    const all = await pending;
     for (const r of all) expect(r.headers['docker-content-digest']).toBe(image.manifestDigest);
     expect(upstream.count('HEAD', /\/manifests\/1\.0/)).toBe(1);
   });

@@ -126,6 +126,8 @@ export class FakeUpstream {
   evil: EvilMode | undefined = undefined;
   /** Delay before answering manifest and blob requests, to widen race windows. */
   delayMs = 0;
+  /** Set: answers wait until it resolves (a test opens it once the race it needs is set up; no timing involved). */
+  gate: Promise<void> | undefined = undefined;
   url = '';
   host = '';
 
@@ -205,6 +207,7 @@ export class FakeUpstream {
     }
     if (fault?.kind === 'hang') return; // never answer
     if (this.delayMs > 0) await sleep(this.delayMs);
+    if (this.gate) await this.gate;
     if (this.evil && this.answerEvil(url.pathname, req, res, this.evil)) return;
 
     if (url.pathname === '/v2/' || url.pathname === '/v2') {
