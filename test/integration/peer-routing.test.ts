@@ -1,9 +1,11 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { PassThrough, Readable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
 import { afterEach, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import type { FastifyInstance } from 'fastify';
+import { sha256 } from '../support/fake-upstream.js';
 import { PeerClient } from '../../src/peers/client.js';
 import { DigestCoordinator } from '../../src/peers/coordinator.js';
 import { buildPeerListener, type SharedBlob } from '../../src/peers/listener.js';
@@ -14,7 +16,6 @@ import { PeerSigner } from '../../src/peers/signature.js';
 
 const SECRET = 'peer secret for the routing tests';
 const log = pino({ level: 'silent' });
-const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 /** A membership whose list the test sets. */
 class ListMembership implements Membership {
@@ -35,12 +36,6 @@ interface Node {
   membership: ListMembership;
   events: PeerEvent[];
   app: FastifyInstance;
-}
-
-async function collect(body: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of body) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
 }
 
 describe('peer routing between nodes', () => {
@@ -74,7 +69,7 @@ describe('peer routing between nodes', () => {
   it('one node gets the lease, every other streams from it while it fills, later nodes from a holder', async () => {
     const nodes = await cluster(4);
     const data = randomBytes(2 * 1024 * 1024);
-    const d = sha(data);
+    const d = sha256(data);
     const [first, ...others] = nodes as [Node, ...Node[]];
     const plan = await first.routing.plan(d);
     expect(plan.kind).toBe('lease');
@@ -82,21 +77,21 @@ describe('peer routing between nodes', () => {
     first.shared.set(d, { size: undefined, open: () => growing });
     const plans = await Promise.all(others.slice(0, 2).map((n) => n.routing.plan(d)));
     for (const p of plans) expect(p).toMatchObject({ kind: 'peer', source: first.address });
-    const bodies = plans.map((p) => collect((p as Extract<PeerPlan, { kind: 'peer' }>).body));
+    const bodies = plans.map((p) => buffer((p as Extract<PeerPlan, { kind: 'peer' }>).body));
     for (let i = 0; i < data.length; i += 256 * 1024) growing.write(data.subarray(i, i + 256 * 1024));
     growing.end();
-    for (const b of await Promise.all(bodies)) expect(sha(b)).toBe(d);
+    for (const b of await Promise.all(bodies)) expect(sha256(b)).toBe(d);
     first.shared.set(d, { size: data.length, open: (s, e) => Readable.from([data.subarray(s, e === undefined ? undefined : e + 1)]) });
     (plan as Extract<PeerPlan, { kind: 'lease' }>).lease.end('committed');
     const last = nodes[3] as Node;
     const later = await last.routing.plan(d, 1024);
     expect(later).toMatchObject({ kind: 'peer', source: first.address, size: data.length });
-    expect((await collect((later as Extract<PeerPlan, { kind: 'peer' }>).body)).equals(data.subarray(1024))).toBe(true);
+    expect((await buffer((later as Extract<PeerPlan, { kind: 'peer' }>).body)).equals(data.subarray(1024))).toBe(true);
   });
 
   it('a failed fill frees the digest: the next node gets the lease', async () => {
     const [a, b] = await cluster(2) as [Node, Node];
-    const d = sha(Buffer.from('failing'));
+    const d = sha256(Buffer.from('failing'));
     const plan = await a.routing.plan(d);
     expect(plan.kind).toBe('lease');
     (plan as Extract<PeerPlan, { kind: 'lease' }>).lease.end('failed');
@@ -107,7 +102,7 @@ describe('peer routing between nodes', () => {
     const nodes = await cluster(3);
     const [x, y, z] = nodes as [Node, Node, Node];
     const ring = nodes.map((n) => n.address);
-    const coordinatedByZ = Array.from({ length: 200 }, (_, i) => sha(Buffer.from(`digest ${i}`))).filter((d) => coordinatorOf(d, ring) === z.address);
+    const coordinatedByZ = Array.from({ length: 200 }, (_, i) => sha256(Buffer.from(`digest ${i}`))).filter((d) => coordinatorOf(d, ring) === z.address);
     expect(coordinatedByZ.length).toBeGreaterThan(2);
     await z.app.close();
     const first = await y.routing.plan(coordinatedByZ[0] as string);
@@ -121,15 +116,15 @@ describe('peer routing between nodes', () => {
 
     // A holder that serves a blob it then fails on is reported and avoided: the next plan is a lease.
     // (x has not noticed z is gone: use a blob that z does not coordinate.)
-    const data = Array.from({ length: 50 }, (_, i) => Buffer.from(`holder content ${i}`)).find((b) => coordinatorOf(sha(b), ring) !== z.address) as Buffer;
-    const hd = sha(data);
+    const data = Array.from({ length: 50 }, (_, i) => Buffer.from(`holder content ${i}`)).find((b) => coordinatorOf(sha256(b), ring) !== z.address) as Buffer;
+    const hd = sha256(data);
     const p1 = await x.routing.plan(hd);
     expect(p1.kind).toBe('lease');
     x.shared.set(hd, { size: data.length, open: () => Readable.from([data]) });
     (p1 as Extract<PeerPlan, { kind: 'lease' }>).lease.end('committed');
     const p2 = await y.routing.plan(hd);
     expect(p2).toMatchObject({ kind: 'peer', source: x.address });
-    await collect((p2 as Extract<PeerPlan, { kind: 'peer' }>).body);
+    await buffer((p2 as Extract<PeerPlan, { kind: 'peer' }>).body);
     y.routing.reportFailed(hd, x.address, new Error('digest mismatch'));
     const p3 = await y.routing.plan(hd);
     expect(p3.kind).toBe('lease');

@@ -1,11 +1,13 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { createServer, type Server } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { PassThrough, Readable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
 import { afterEach, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import { request } from 'undici';
 import type { FastifyInstance } from 'fastify';
+import { sha256 } from '../support/fake-upstream.js';
 import { PeerClient, PeerError } from '../../src/peers/client.js';
 import { DigestCoordinator } from '../../src/peers/coordinator.js';
 import { buildPeerListener, type SharedBlob } from '../../src/peers/listener.js';
@@ -13,13 +15,6 @@ import { PEER_SIGNATURE_HEADER, PeerSigner } from '../../src/peers/signature.js'
 
 const SECRET = 'peer secret for the transfer tests';
 const log = pino({ level: 'silent' });
-const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-
-async function collect(body: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of body) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
-}
 
 describe('peer listener and client', () => {
   const closers: (() => Promise<unknown>)[] = [];
@@ -46,33 +41,33 @@ describe('peer listener and client', () => {
     const growing = new PassThrough();
     const growingData = randomBytes(300_000);
     const blobs = new Map<string, SharedBlob>([
-      [sha(data), { size: data.length, open: (start, end) => Readable.from([data.subarray(start, end === undefined ? undefined : end + 1)]) }],
-      [sha(growingData), { size: undefined, open: () => growing }],
+      [sha256(data), { size: data.length, open: (start, end) => Readable.from([data.subarray(start, end === undefined ? undefined : end + 1)]) }],
+      [sha256(growingData), { size: undefined, open: () => growing }],
     ]);
     const node = await startNode(blobs);
     const c = client('127.0.0.1:1');
-    const whole = await c.fetchBlob(node.address, sha(data));
+    const whole = await c.fetchBlob(node.address, sha256(data));
     expect(whole.status).toBe(200);
     expect(whole.size).toBe(data.length);
-    expect(sha(await collect(whole.body))).toBe(sha(data));
-    const tail = await c.fetchBlob(node.address, sha(data), 1000);
+    expect(sha256(await buffer(whole.body))).toBe(sha256(data));
+    const tail = await c.fetchBlob(node.address, sha256(data), 1000);
     expect(tail.status).toBe(206);
     expect(tail.size).toBe(data.length);
-    expect((await collect(tail.body)).equals(data.subarray(1000))).toBe(true);
+    expect((await buffer(tail.body)).equals(data.subarray(1000))).toBe(true);
 
-    const filling = await c.fetchBlob(node.address, sha(growingData));
+    const filling = await c.fetchBlob(node.address, sha256(growingData));
     expect(filling.size).toBeUndefined();
-    const received = collect(filling.body);
+    const received = buffer(filling.body);
     for (let i = 0; i < growingData.length; i += 65_536) growing.write(growingData.subarray(i, i + 65_536));
     growing.end();
-    expect(sha(await received)).toBe(sha(growingData));
+    expect(sha256(await received)).toBe(sha256(growingData));
   });
 
   it('coordinates through the listener: a lease for the first claimant, the filler for the next, a holder after commit', async () => {
     const coordinatorNode = await startNode(new Map());
     const a = client('127.0.0.1:1001');
     const b = client('127.0.0.1:1002');
-    const d = sha(Buffer.from('x'));
+    const d = sha256(Buffer.from('x'));
     expect(await a.claim(coordinatorNode.address, d)).toEqual({ kind: 'lease', ttlMs: 15_000 });
     expect(await b.claim(coordinatorNode.address, d)).toEqual({ kind: 'peer', source: '127.0.0.1:1001' });
     expect(await a.renew(coordinatorNode.address, d)).toBe(true);
@@ -84,8 +79,8 @@ describe('peer listener and client', () => {
 
   it('answers unsigned, wrongly signed, stale and replayed requests with 401 and nothing else', async () => {
     const data = Buffer.from('secret layer');
-    const node = await startNode(new Map([[sha(data), { size: data.length, open: () => Readable.from([data]) }]]));
-    const path = `/peer/v1/blobs/${sha(data)}`;
+    const node = await startNode(new Map([[sha256(data), { size: data.length, open: () => Readable.from([data]) }]]));
+    const path = `/peer/v1/blobs/${sha256(data)}`;
     const url = `http://${node.address}${path}`;
     const unsigned = await request(url);
     expect(unsigned.statusCode).toBe(401);
@@ -105,7 +100,7 @@ describe('peer listener and client', () => {
     expect(replay.statusCode).toBe(401);
     await replay.body.dump();
     // A signature for one blob does not open another path.
-    const other = await request(`http://${node.address}/peer/v1/blobs/${sha(Buffer.from('y'))}`, { headers: { [PEER_SIGNATURE_HEADER]: new PeerSigner(SECRET).sign({ method: 'GET', path }) } });
+    const other = await request(`http://${node.address}/peer/v1/blobs/${sha256(Buffer.from('y'))}`, { headers: { [PEER_SIGNATURE_HEADER]: new PeerSigner(SECRET).sign({ method: 'GET', path }) } });
     expect(other.statusCode).toBe(401);
     await other.body.dump();
     expect(node.refused).toEqual(['missing', 'bad-signature', 'expired', 'replayed', 'bad-signature']);
@@ -114,12 +109,12 @@ describe('peer listener and client', () => {
   it('serves no manifests, tags or unknown digests, even to signed requests', async () => {
     const node = await startNode(new Map());
     const signer = new PeerSigner(SECRET);
-    for (const path of ['/v2/library/alpine/manifests/latest', '/peer/v1/manifests/latest', `/peer/v1/blobs/${sha(Buffer.from('nope'))}`, '/peer/v1/blobs/sha256:..%2F..%2Fetc']) {
+    for (const path of ['/v2/library/alpine/manifests/latest', '/peer/v1/manifests/latest', `/peer/v1/blobs/${sha256(Buffer.from('nope'))}`, '/peer/v1/blobs/sha256:..%2F..%2Fetc']) {
       const res = await request(`http://${node.address}${path}`, { headers: { [PEER_SIGNATURE_HEADER]: signer.sign({ method: 'GET', path }) } });
       expect(res.statusCode, path).toBe(404);
       await res.body.dump();
     }
-    await expect(client('127.0.0.1:1').fetchBlob(node.address, sha(Buffer.from('nope')))).rejects.toMatchObject({ reason: 'not-found' });
+    await expect(client('127.0.0.1:1').fetchBlob(node.address, sha256(Buffer.from('nope')))).rejects.toMatchObject({ reason: 'not-found' });
   });
 
   it('gives up quickly on a dead or hung peer', async () => {
@@ -129,7 +124,7 @@ describe('peer listener and client', () => {
     const openSockets: import('node:net').Socket[] = [];
     hung.on('connection', (s) => openSockets.push(s));
     const c = client('127.0.0.1:1', { connectMs: 200, answerMs: 300, idleMs: 1000 });
-    const d = sha(Buffer.from('z'));
+    const d = sha256(Buffer.from('z'));
     const hungErr = await c.claim(`127.0.0.1:${(hung.address() as AddressInfo).port}`, d).catch((e: unknown) => e);
     expect(hungErr).toBeInstanceOf(PeerError);
     expect((hungErr as PeerError).reason).toBe('timeout');
