@@ -390,6 +390,12 @@ function finalize(raw: RawConfig, pullLimit: PullLimit, problems: Problems): Con
 /** Minimum length of the peer secret: it is an HMAC key shared by every node. */
 const MIN_PEER_SECRET_BYTES = 32;
 
+/**
+ * The value deploy/peer-secret.yaml ships with. Long enough to pass the length check, and the same in every copy
+ * of the manifests, so a cluster that kept it would sign with a key anyone can read: the server refuses it.
+ */
+export const PEER_SECRET_PLACEHOLDER = 'REPLACE-ME-with-at-least-32-random-bytes-openssl-rand-base64-48';
+
 /** Peer sharing is on when members are listed or discovered; then it needs a listener and a secret. */
 function resolvePeers(raw: RawConfig, problems: Problems, duration: (key: string, value: string) => number): PeerSettings | undefined {
   if (raw.peers.length === 0 && raw.peerDiscovery !== 'kubernetes') {
@@ -411,6 +417,12 @@ function resolvePeers(raw: RawConfig, problems: Problems, duration: (key: string
     try {
       secret = Buffer.from(readFileSync(resolve(raw.peerSecret), 'utf8').trim(), 'utf8');
       if (secret.length < MIN_PEER_SECRET_BYTES) problems.add('peerSecret', `the secret in ${raw.peerSecret} is ${secret.length} bytes; at least ${MIN_PEER_SECRET_BYTES} are required`);
+      else if (secret.equals(Buffer.from(PEER_SECRET_PLACEHOLDER))) {
+        problems.add(
+          'peerSecret',
+          `${raw.peerSecret} holds the placeholder of deploy/peer-secret.yaml, which every copy of the manifests shares: put at least ${MIN_PEER_SECRET_BYTES} random bytes in the Secret registry-cache-peer (e.g. openssl rand -base64 48)`,
+        );
+      }
     } catch (err) {
       problems.add('peerSecret', `cannot read ${raw.peerSecret}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
     }

@@ -2,7 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig } from '../../../src/config/load.js';
+import { ConfigError, PEER_SECRET_PLACEHOLDER, loadConfig } from '../../../src/config/load.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rc-peer-config-'));
 const secretFile = join(dir, 'secret');
@@ -64,5 +64,16 @@ describe('peer sharing configuration', () => {
     const messages = problems({ peers: ['127.0.0.1:1'], peerListen: 'bad', peerSecret: withSecret });
     expect(messages.join('\n')).not.toContain('x'.repeat(64));
     expect(messages).toEqual(['peerListen: "bad" is not host:port']);
+  });
+
+  it('refuses to start on the placeholder secret the shipped Secret carries, naming the key and how to fix it', () => {
+    const placeholder = join(dir, 'placeholder');
+    // As the Secret volume writes it (no newline), and as an editor might (with one).
+    for (const text of [PEER_SECRET_PLACEHOLDER, `${PEER_SECRET_PLACEHOLDER}\n`]) {
+      writeFileSync(placeholder, text);
+      expect(problems({ peerDiscovery: 'kubernetes', peerService: 'registry-cache-peers', peerListen: '10.0.0.1:5002', peerSecret: placeholder })).toEqual([
+        `peerSecret: ${placeholder} holds the placeholder of deploy/peer-secret.yaml, which every copy of the manifests shares: put at least 32 random bytes in the Secret registry-cache-peer (e.g. openssl rand -base64 48)`,
+      ]);
+    }
   });
 });
