@@ -64,6 +64,8 @@ export interface PullResult {
   seconds: number;
   bytes: number;
   requests: number;
+  /** From the start of the pull to the first byte of any blob body (NaN when there was none). */
+  firstBlobByteSeconds: number;
 }
 
 /** Options for pullImage. */
@@ -92,6 +94,7 @@ export async function pullImage(baseUrl: string, repo: string, reference: string
   const headers = opts.headers ?? {};
   let bytes = 0;
   let requests = 0;
+  let firstBlobByteSeconds = Number.NaN;
   const get = async (path: string, accept: string | undefined, expectDigest: string | undefined): Promise<{ body: Buffer; size: number }> => {
     requests++;
     const res = await request(`${baseUrl}${path}`, {
@@ -109,6 +112,7 @@ export async function pullImage(baseUrl: string, repo: string, reference: string
     let size = 0;
     const keep = accept !== undefined;
     for await (const chunk of res.body as AsyncIterable<Buffer>) {
+      if (!keep && Number.isNaN(firstBlobByteSeconds)) firstBlobByteSeconds = secondsSince(start);
       hash.update(chunk);
       size += chunk.length;
       if (keep) chunks.push(chunk);
@@ -135,7 +139,7 @@ export async function pullImage(baseUrl: string, repo: string, reference: string
       const { size } = await get(`/v2/${repo}/blobs/${blob.digest}`, undefined, blob.digest);
       if (size !== blob.size) throw new Error(`blob ${blob.digest}: ${size} bytes, expected ${blob.size}`);
     });
-    return { seconds: secondsSince(start), bytes, requests };
+    return { seconds: secondsSince(start), bytes, requests, firstBlobByteSeconds };
   } finally {
     await dispatcher.close();
   }

@@ -29,6 +29,8 @@ export interface BenchImages {
   cold: PushedImage[];
   /** The pull-limit scenario's 20 images (empty unless it is selected). */
   pullLimit: PushedImage[];
+  /** The rollout scenario's image (undefined unless it is selected). */
+  rollout: PushedImage | undefined;
 }
 
 /** Everything a scenario may use. Scenarios warm what they need themselves, so any subset can run alone. */
@@ -52,6 +54,7 @@ export interface BenchContext {
 /** What is selected, so setup only builds what will be used. */
 export interface SetupNeeds {
   pullLimit: boolean;
+  rollout: boolean;
 }
 
 /** Credentials of the htpasswd upstream of the credentials scenario. */
@@ -103,6 +106,10 @@ export async function synthesizeImages(dir: string, settings: BenchSettings, nee
       });
     }
   }
+  if (needs.rollout) {
+    const r = settings.rollout;
+    specs.push({ role: 'rollout', repo: 'rollout', tag: 'rollout', layers: Array.from({ length: r.layers }, (_, i) => ({ sizeBytes: r.layer, seed: `rollout-${i}` })) });
+  }
   const layout = await makeOciLayout(dir, { mediaTypes: 'oci', images: specs.map(({ tag, platforms, layers }) => ({ tag, layers, ...(platforms ? { platforms } : {}) })) });
   const pushed = (spec: { repo: string; tag: string }): PushedImage => ({
     repo: `${REPO_PREFIX}/${spec.repo}`,
@@ -124,12 +131,13 @@ export async function synthesizeImages(dir: string, settings: BenchSettings, nee
     multi: one('multi'),
     cold: specs.filter((x) => x.role === 'cold').map(pushed),
     pullLimit: specs.filter((x) => x.role === 'pullLimit').map(pushed),
+    rollout: needs.rollout ? one('rollout') : undefined,
   };
 }
 
 /** Every image of `images`, for pushing. */
 export function allImages(images: BenchImages): PushedImage[] {
-  return [images.small, images.medium, images.herd, images.warm, images.manyLayers, images.multi, ...images.cold, ...images.pullLimit];
+  return [images.small, images.medium, images.herd, images.warm, images.manyLayers, images.multi, ...images.cold, ...images.pullLimit, ...(images.rollout ? [images.rollout] : [])];
 }
 
 /** Pushes images to a registry, three at a time (the big ones dominate; more would only contend for the disk). */

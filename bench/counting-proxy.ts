@@ -1,6 +1,8 @@
 import { Agent, createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { throttled, type SharedBandwidth } from './bandwidth.js';
 import { own, type Teardown } from './teardown.js';
 
 /** What the proxy saw so far. */
@@ -12,6 +14,8 @@ export interface ProxyCounts {
   /** Most distinct repositories with a request in flight at once: images transferring in parallel. */
   peakRepositoriesInFlight: number;
   total: number;
+  /** Response body bytes sent to clients (what crossed the modelled link). */
+  responseBytes: number;
 }
 
 /** A pass-through HTTP proxy in front of the upstream that counts requests and measures concurrency. */
@@ -26,11 +30,17 @@ export interface CountingProxy {
 
 const REPOSITORY = /^\/v2\/(.+)\/(?:manifests|blobs|tags|referrers)\//;
 
+/** Options of the counting proxy. */
+export interface CountingProxyOptions {
+  /** Every response body shares this bandwidth: a registry (or an egress link) slower than loopback. */
+  bandwidth?: SharedBandwidth;
+}
+
 /**
  * Starts the proxy on 127.0.0.1 in this process. It forwards every request verbatim (headers included, so auth works)
  * and streams bodies both ways; a request is "in flight" from its arrival until its response body has been sent.
  */
-export async function startCountingProxy(targetUrl: string, teardown: Teardown): Promise<CountingProxy> {
+export async function startCountingProxy(targetUrl: string, teardown: Teardown, options: CountingProxyOptions = {}): Promise<CountingProxy> {
   const target = new URL(targetUrl);
   const agent = new Agent({ keepAlive: true, maxSockets: 256 });
   let byRequest = new Map<string, number>();
@@ -38,6 +48,7 @@ export async function startCountingProxy(targetUrl: string, teardown: Teardown):
   let peakInFlight = 0;
   let total = 0;
   let peakRepositories = 0;
+  let responseBytes = 0;
   const repositories = new Map<string, number>();
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
@@ -69,7 +80,14 @@ export async function startCountingProxy(targetUrl: string, teardown: Teardown):
       { host: target.hostname, port: target.port, method: req.method, path: req.url, headers, agent },
       (upRes) => {
         res.writeHead(upRes.statusCode ?? 502, upRes.headers);
-        pipeline(upRes, res).catch(() => res.destroy());
+        const counter = new Transform({
+          transform(chunk: Buffer, _encoding, done) {
+            responseBytes += chunk.length;
+            done(null, chunk);
+          },
+        });
+        const stages = options.bandwidth ? [throttled(options.bandwidth), counter] : [counter];
+        pipeline([upRes, ...stages, res]).catch(() => res.destroy());
       },
     );
     upstream.once('error', () => {
@@ -98,9 +116,10 @@ export async function startCountingProxy(targetUrl: string, teardown: Teardown):
   const removeFromTeardown = await own(teardown, `counting proxy on ${port}`, close);
   return {
     url: `http://127.0.0.1:${port}`,
-    counts: () => ({ byRequest: new Map(byRequest), peakInFlight, peakRepositoriesInFlight: peakRepositories, total }),
+    counts: () => ({ byRequest: new Map(byRequest), peakInFlight, peakRepositoriesInFlight: peakRepositories, total, responseBytes }),
     reset() {
       byRequest = new Map();
+      responseBytes = 0;
       peakInFlight = inFlight;
       peakRepositories = repositories.size;
       total = 0;

@@ -122,6 +122,7 @@ export function evaluateTargets(results: ScenarioResult[]): TargetOutcome[] {
     ratio: Number.isFinite(peak) ? `${fmt(peak / 200, 2)}× the limit` : '–',
     met: Number.isFinite(peak) ? peak <= 200 && Math.max(...hwm) <= 200 : undefined,
   });
+  out.push(...rolloutTargets(results));
   for (const [rowId, label, scenario] of [
     ['herd-bad-bodies', 'Herd: every body’s sha256 matches (0 bad)', '4'],
     ['load-errors', 'Load test: 0 errors', '7'],
@@ -139,6 +140,54 @@ export function evaluateTargets(results: ScenarioResult[]): TargetOutcome[] {
     });
   }
   return out;
+}
+
+/** The rollout's targets (#13), judged at the K values the run measured (1, 2, 4, 8 in a full run). */
+function rolloutTargets(results: ScenarioResult[]): TargetOutcome[] {
+  const upstream = results
+    .flatMap((r) => r.rows)
+    .map((row) => ({ row, k: Number(/^rollout-k(\d+)-upstream$/.exec(row.id)?.[1]) }))
+    .filter((x) => Number.isInteger(x.k))
+    .sort((a, b) => a.k - b.k);
+  if (upstream.length === 0) {
+    return ['Rollout, sharing: upstream bytes ≤ 1.1× the image at every K', 'Rollout, sharing: wall at K = 8 ≤ 1.3× K = 1', 'Rollout, no sharing: upstream bytes K× the image'].map((target) => ({
+      target,
+      scenario: '10',
+      measured: '–',
+      ratio: '–',
+      met: undefined,
+    }));
+  }
+  const worst = upstream.map(({ row, k }) => ({ k, value: Math.max(...(row.samples['rc sharing'] ?? [Number.NaN])) }));
+  const first = upstream[0] as (typeof upstream)[number];
+  const last = upstream[upstream.length - 1] as (typeof upstream)[number];
+  const wallFirst = median(findRow(results, `rollout-k${first.k}-wall`), 'rc sharing');
+  const wallLast = median(findRow(results, `rollout-k${last.k}-wall`), 'rc sharing');
+  const wallRatio = wallLast / wallFirst;
+  const offLast = median(last.row, 'rc no sharing');
+  return [
+    {
+      target: 'Rollout, sharing: upstream bytes ≤ 1.1× the image at every K',
+      scenario: '10',
+      measured: `worst repetition: ${worst.map((w) => `K = ${w.k} ${fmt(w.value, 2)}×`).join(', ')}`,
+      ratio: `${fmt(Math.max(...worst.map((w) => w.value)), 2)}×`,
+      met: worst.every((w) => Number.isFinite(w.value)) ? worst.every((w) => w.value <= 1.1) : undefined,
+    },
+    {
+      target: `Rollout, sharing: wall at K = ${last.k} ≤ 1.3× K = ${first.k}`,
+      scenario: '10',
+      measured: `K = ${last.k} ${fmt(wallLast, 0)} ms vs K = ${first.k} ${fmt(wallFirst, 0)} ms`,
+      ratio: Number.isFinite(wallRatio) ? `${fmt(wallRatio, 2)}×` : '–',
+      met: Number.isFinite(wallRatio) && last.k > first.k ? wallRatio <= 1.3 : undefined,
+    },
+    {
+      target: `Rollout, no sharing: upstream bytes K× the image (the cost sharing removes)`,
+      scenario: '10',
+      measured: `K = ${last.k}: ${fmt(offLast, 2)}× the image`,
+      ratio: Number.isFinite(offLast) ? `${fmt(offLast / last.k, 2)}× K` : '–',
+      met: Number.isFinite(offLast) ? offLast >= 0.9 * last.k : undefined,
+    },
+  ];
 }
 
 function cell(s: Summary, digits: number | undefined): string {

@@ -9,6 +9,8 @@ export type SystemName =
   | 'rc serialize (1)'
   | 'rc max 3'
   | 'rc unlimited'
+  | 'rc sharing'
+  | 'rc no sharing'
   | '1k blobs'
   | '10k blobs'
   | '100k blobs';

@@ -16,6 +16,7 @@ import { herd } from './scenarios/herd.js';
 import { load } from './scenarios/load.js';
 import { manifests } from './scenarios/manifests.js';
 import { pullLimit } from './scenarios/pull-limit.js';
+import { rollout } from './scenarios/rollout.js';
 import { storeGrowth } from './scenarios/store-growth.js';
 import { warmBlob } from './scenarios/warm-blob.js';
 import { FULL, QUICK, formatBytes } from './settings.js';
@@ -32,7 +33,7 @@ const storeGrowthScenario: Scenario = {
   standalone: storeGrowth,
 };
 
-const SCENARIOS: Scenario[] = [warmBlob, manifests, coldPull, herd, credentials, load, pullLimit, storeGrowthScenario];
+const SCENARIOS: Scenario[] = [warmBlob, manifests, coldPull, herd, credentials, load, pullLimit, storeGrowthScenario, rollout];
 
 const BENCH_DIR = resolve(import.meta.dirname, '..', '..');
 const REPO_ROOT = resolve(BENCH_DIR, '..');
@@ -188,7 +189,7 @@ async function main(): Promise<number> {
   const extraSections: string[] = [];
   try {
     log(`${settings.mode} run: ${selected.map((s) => s.id).join(', ')}`);
-    if (needsContext) ctx = await setUp(settings, { pullLimit: selected.includes(pullLimit) }, teardown, [], log);
+    if (needsContext) ctx = await setUp(settings, { pullLimit: selected.includes(pullLimit), rollout: selected.includes(rollout) }, teardown, [], log);
     for (const scenario of selected) {
       if (interrupted) break;
       log(`scenario ${scenario.number} ${scenario.id}`);
@@ -253,7 +254,7 @@ async function main(): Promise<number> {
         `1-minute load average at the start of each scenario: ${loads.join(', ')}.`,
         NOISE_NOTE,
       ],
-      settingsNote: `${settings.mode} — images ${formatBytes(settings.sizes.small)}, ${formatBytes(settings.sizes.medium)}, ${formatBytes(settings.sizes.herd)}, ${formatBytes(settings.sizes.warm)} single-layer, ${settings.sizes.manyLayers} × ${formatBytes(settings.sizes.manyLayer)} layers, a 2-platform index; repetitions: warm blob ${settings.warmBlob.reps}, manifests ${settings.manifests.reps} × ${settings.manifests.durationSeconds} s, cold pull ${settings.coldPull.reps}, herd ${settings.herd.reps}, credentials ${settings.credentials.reps}, load ${settings.load.reps} × ${settings.load.requests} requests.`,
+      settingsNote: `${settings.mode} — images ${formatBytes(settings.sizes.small)}, ${formatBytes(settings.sizes.medium)}, ${formatBytes(settings.sizes.herd)}, ${formatBytes(settings.sizes.warm)} single-layer, ${settings.sizes.manyLayers} × ${formatBytes(settings.sizes.manyLayer)} layers, a 2-platform index; repetitions: warm blob ${settings.warmBlob.reps}, manifests ${settings.manifests.reps} × ${settings.manifests.durationSeconds} s, cold pull ${settings.coldPull.reps}, herd ${settings.herd.reps}, credentials ${settings.credentials.reps}, load ${settings.load.reps} × ${settings.load.requests} requests, rollout ${settings.rollout.reps} × K = ${settings.rollout.nodes.join('/')} (${settings.rollout.layers} × ${formatBytes(settings.rollout.layer)} at ${formatBytes(settings.rollout.bandwidth)}/s).`,
     };
     await mkdir(outDir, { recursive: true });
     const svgName = 'results.svg';

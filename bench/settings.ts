@@ -27,6 +27,8 @@ export interface BenchSettings {
   credentials: { reps: number; pullsPerRep: number; durationSeconds: number; concurrency: number };
   load: { reps: number; requests: number; concurrency: number; coldLayers: number; coldLayer: number };
   pullLimit: { reps: number; images: number; layers: number; layer: number; concurrency: number };
+  /** Cluster rollout (#13): K nodes pull one cold image at once through an upstream limited to `bandwidth` bytes/s. */
+  rollout: { reps: number; nodes: number[]; layers: number; layer: number; bandwidth: number; concurrency: number };
 }
 
 /** The figures RESULTS.md holds: sizes from the issue, repetitions cut so a run stays under about 15 minutes. */
@@ -40,6 +42,8 @@ export const FULL: BenchSettings = {
   credentials: { reps: 3, pullsPerRep: 10, durationSeconds: 3, concurrency: 8 },
   load: { reps: 3, requests: 3000, concurrency: 32, coldLayers: 12, coldLayer: 1 * MiB },
   pullLimit: { reps: 1, images: 20, layers: 2, layer: 4 * MiB, concurrency: 8 },
+  // containerd downloads 3 layers of an image at a time (max_concurrent_downloads).
+  rollout: { reps: 1, nodes: [1, 2, 4, 8], layers: 5, layer: 32 * MiB, bandwidth: 50 * MiB, concurrency: 3 },
 };
 
 /** A smoke run: every scenario end to end with tiny sizes, well under two minutes. */
@@ -53,6 +57,7 @@ export const QUICK: BenchSettings = {
   credentials: { reps: 1, pullsPerRep: 2, durationSeconds: 1, concurrency: 8 },
   load: { reps: 1, requests: 300, concurrency: 16, coldLayers: 4, coldLayer: 64 * KiB },
   pullLimit: { reps: 1, images: 20, layers: 1, layer: 64 * KiB, concurrency: 8 },
+  rollout: { reps: 1, nodes: [1, 2], layers: 5, layer: 1 * MiB, bandwidth: 4 * MiB, concurrency: 3 },
 };
 
 /** Human-readable size: 1 GiB, 256 MiB, 16 KiB. */
