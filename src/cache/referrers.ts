@@ -2,8 +2,8 @@ import { OciError } from '../oci/errors.js';
 import { API_VERSION_HEADERS, firstHeader } from '../oci/content-headers.js';
 import { MEDIA_TYPES } from '../oci/media-types.js';
 import type { Access, CredentialVerifier } from '../policy/verifier.js';
-import { drain, type UpstreamClient } from '../upstream/client.js';
-import { expectStatus, readCapped } from '../upstream/response.js';
+import type { UpstreamClient } from '../upstream/client.js';
+import { drain, expectStatus, readCapped } from '../upstream/response.js';
 import type { CacheReply } from './reply.js';
 
 const MAX_REFERRERS_BYTES = 16 * 1024 * 1024;

@@ -5,6 +5,7 @@ import { OciError } from '../oci/errors.js';
 import type { Challenge } from './challenge.js';
 import { basicAuthorization, credentialKey, type Credential } from './credentials.js';
 import { errorForTransportFailure, type TransportContext } from './errors.js';
+import { drain, readCapped } from './response.js';
 
 /** Tokens without `expires_in` live this long (the distribution token spec's default). */
 const DEFAULT_TOKEN_TTL_S = 60;
@@ -123,16 +124,19 @@ export class TokenCache {
       throw errorForTransportFailure(err, { ...target, url: realm });
     }
     if (res.statusCode === 401 || res.statusCode === 403) {
-      await res.body.dump();
+      await drain(res.body);
       throw new OciError(res.statusCode === 401 ? 'UNAUTHORIZED' : 'DENIED', `token service of ${registry} refused the credentials`, {
         detail: { registry, upstreamStatus: res.statusCode },
       });
     }
     if (res.statusCode !== 200) {
-      await res.body.dump();
+      await drain(res.body);
       throw new OciError('UNAVAILABLE', `token service of ${registry} answered ${res.statusCode}`, { status: 502, detail: { registry } });
     }
-    const text = await readLimited(res.body, MAX_TOKEN_RESPONSE_BYTES);
+    // A realm that breaks off its answer is an upstream failure (502/504) like any other body, not a crash (500).
+    const text = (
+      await readCapped(res.body, MAX_TOKEN_RESPONSE_BYTES, registry, () => new OciError('UNAVAILABLE', 'token response too large', { status: 502 }))
+    ).toString('utf8');
     let body: { token?: unknown; access_token?: unknown; expires_in?: unknown };
     try {
       body = JSON.parse(text) as typeof body;
@@ -144,15 +148,4 @@ export class TokenCache {
     const ttlS = typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : DEFAULT_TOKEN_TTL_S;
     return { token, ttlMs: Math.max(ttlS * 1000, EXPIRY_MARGIN_MS * 2) };
   }
-}
-
-async function readLimited(body: AsyncIterable<Buffer>, limit: number): Promise<string> {
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const chunk of body) {
-    total += chunk.length;
-    if (total > limit) throw new OciError('UNAVAILABLE', 'token response too large', { status: 502 });
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks).toString('utf8');
 }

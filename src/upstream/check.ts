@@ -3,6 +3,7 @@ import type { Config } from '../config/load.js';
 import { parseChallenge } from './challenge.js';
 import { buildDispatcher, environmentProxy, redactedProxy, transportContext, type DispatcherOptions } from './dispatchers.js';
 import { errorForTransportFailure } from './errors.js';
+import { drain } from './response.js';
 
 /** What `registry-cache check` found at one endpoint of a configured registry. */
 export interface EndpointCheck {
@@ -35,7 +36,7 @@ export async function checkRegistries(config: Config, options: DispatcherOptions
             // The pool's own timers cover connect and headers; this bounds a proxy or TLS peer that stalls otherwise.
             signal: AbortSignal.timeout(t.connectTimeoutMs + t.requestTimeoutMs + 1_000),
           });
-          await res.body.dump();
+          await drain(res.body);
           const path = [
             'reachable',
             url.protocol === 'https:' ? (t.insecureSkipVerify ? 'TLS NOT VERIFIED (insecureSkipVerify)' : 'TLS ok') : 'plain HTTP',

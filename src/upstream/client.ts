@@ -10,6 +10,10 @@ import { errorForTransportFailure, transportFailureOf, type TransportContext, ty
 import { TokenCache } from './auth.js';
 import { OciError } from '../oci/errors.js';
 import { checkRedirectTarget, publicOnlyLookup, redirectExempt } from './redirects.js';
+import { drain, type UpstreamResponse } from './response.js';
+
+// Callers that hold the client get the answer type and the drain with it; both live in response.ts.
+export { drain, type UpstreamResponse };
 
 /** One request to an upstream registry's `/v2/` API. */
 export interface UpstreamRequest {
@@ -24,15 +28,6 @@ export interface UpstreamRequest {
   /** Credentials to present if challenged; none means anonymous (the policy layer picks node-wide ones). */
   credential?: Credential;
   signal?: AbortSignal;
-}
-
-/** An upstream answer; the caller must consume or destroy `body`. */
-export interface UpstreamResponse {
-  status: number;
-  headers: IncomingHttpHeaders;
-  body: Readable;
-  /** Final URL after redirects (for logs). */
-  url: URL;
 }
 
 /** How the client reaches upstreams. */
@@ -224,17 +219,6 @@ export class UpstreamClient {
       return { status: res.statusCode, headers: res.headers as IncomingHttpHeaders, body: res.body as unknown as Readable, url };
     }
   }
-}
-
-/** Consumes a body we do not need so its connection returns to the pool. */
-export async function drain(body: Readable): Promise<void> {
-  const dump = (body as unknown as { dump?: () => Promise<void> }).dump;
-  if (typeof dump === 'function') {
-    await dump.call(body).catch(() => undefined);
-    return;
-  }
-  body.resume();
-  body.destroy();
 }
 
 /** An empty body, for answers synthesized without an upstream body. */

@@ -1,7 +1,31 @@
-import { drain, type UpstreamResponse } from './client.js';
+import type { IncomingHttpHeaders } from 'node:http';
+import type { Readable } from 'node:stream';
 import { errorForBodyFailure, errorForUpstreamStatus, type UpstreamSubject } from './errors.js';
 import { firstHeader } from '../oci/content-headers.js';
-import { OciError } from '../oci/errors.js';
+import type { OciError } from '../oci/errors.js';
+
+// The one home of what every upstream answer needs (status check, capped read, drain): the client, the token realm
+// and the caches use these rather than copies of their own.
+
+/** An upstream answer; the caller must consume or destroy `body`. */
+export interface UpstreamResponse {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: Readable;
+  /** Final URL after redirects (for logs). */
+  url: URL;
+}
+
+/** Consumes a body we do not need so its connection returns to the pool. */
+export async function drain(body: Readable): Promise<void> {
+  const dump = (body as unknown as { dump?: () => Promise<void> }).dump;
+  if (typeof dump === 'function') {
+    await dump.call(body).catch(() => undefined);
+    return;
+  }
+  body.resume();
+  body.destroy();
+}
 
 /** Passes an upstream answer with an expected status through; anything else is drained and becomes its OCI error. */
 export async function expectStatus(res: UpstreamResponse, ok: readonly number[], subject: UpstreamSubject, registry: string): Promise<UpstreamResponse> {

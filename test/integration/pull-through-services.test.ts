@@ -1,4 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { request } from 'undici';
 import { startCache, type TestCache } from '../support/cache-server.js';
 import { FakeUpstream, makeImage, sha256, type FakeImage } from '../support/fake-upstream.js';
@@ -57,6 +59,22 @@ describe('pull-through services', () => {
       expect(errorCode(res)).toBe('UNAVAILABLE');
       expect(res.headers['www-authenticate']).toBeUndefined();
     }
+  });
+
+  it('answers 502 UNAVAILABLE, not a 500, when the token realm breaks off its answer', async () => {
+    // A realm that promises a token document and closes the connection half-way through it.
+    const realm = createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': '1000' });
+      res.write('{"token":"abc');
+      setImmediate(() => res.socket?.destroy());
+    });
+    await new Promise<void>((resolve) => realm.listen(0, '127.0.0.1', resolve));
+    cleanup.push(() => new Promise<void>((resolve) => realm.close(() => resolve())));
+    const { upstream, cache } = await setup({ 'team/app': makeImage([KB]) });
+    upstream.auth = { kind: 'bearer', allowAnonymous: true, realmOrigin: `http://127.0.0.1:${(realm.address() as AddressInfo).port}` };
+    const res = await call(`${cache.url}/v2/team/app/manifests/v1?ns=${upstream.host}`);
+    expect(res.status).toBe(502);
+    expect(errorCode(res)).toBe('UNAVAILABLE');
   });
 
   it.each(['tags/list', 'referrers'])('stops the upstream %s call when its client goes away', async (kind) => {
