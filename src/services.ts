@@ -6,7 +6,7 @@ import { BlobCache } from './cache/blobs.js';
 import { BlobService } from './cache/blob-service.js';
 import { ManifestService } from './cache/manifest-service.js';
 import { ReferrerService } from './cache/referrers.js';
-import { TagService } from './cache/tags.js';
+import { TagCache, TagService } from './cache/tags.js';
 import { ManifestCache } from './cache/manifests.js';
 import type { Config } from './config/load.js';
 import type { Metadata } from './db/content-index.js';
@@ -182,11 +182,10 @@ export async function createServices(config: Config, log: Logger, options: { dis
     metadata,
     upstream,
     log,
-    tagTtlMs: config.tagTtlMs,
     pulls,
-    preloadedAs: records.importedAs.bind(records),
     ...(intents ? { intents } : {}),
   });
+  const tags = new TagCache({ manifests, metadata, log, tagTtlMs: config.tagTtlMs, pulls, preloadedAs: records.importedAs.bind(records) });
   const shutdown = new AbortController();
   const verifier = new CredentialVerifier({
     signal: shutdown.signal,
@@ -201,7 +200,7 @@ export async function createServices(config: Config, log: Logger, options: { dis
   const tokens = new TokenService(config.tokenTtlMs);
   return {
     blobService: new BlobService({ blobs, manifests, verifier }),
-    manifestService: new ManifestService({ manifests, verifier }),
+    manifestService: new ManifestService({ manifests, tags, verifier }),
     tagService: new TagService({ upstream, verifier }),
     referrerService: new ReferrerService({ upstream, verifier }),
     config,

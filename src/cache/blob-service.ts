@@ -41,7 +41,7 @@ export class BlobService {
     if (!allowance.allowed && allowance.parent) {
       // The blob came through this repository: the client proves itself for a manifest here that references it, a GET
       // by digest accounted as this blob request (its back-off, its error codes), as a miss of the blob would be.
-      const parent: ManifestRequest = { ...req, reference: allowance.parent, isDigest: true, accept: [], method: 'HEAD' };
+      const parent: ManifestRequest = { ...req, reference: allowance.parent, accept: [], method: 'HEAD' };
       const { puller } = await verifier.prove(access, (credential) => this.deps.manifests.fetchByDigest({ ...parent, ...(credential ? { credential } : {}) }, { digest }));
       verifier.record(access, allowance.parent, puller);
     } else if (!allowance.allowed) {

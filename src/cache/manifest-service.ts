@@ -3,6 +3,7 @@ import { manifestHeaders } from '../oci/content-headers.js';
 import type { Access, CredentialVerifier } from '../policy/verifier.js';
 import type { ManifestAnswer, ManifestCache, ManifestRequest } from './manifests.js';
 import { cacheStatusOf, type CacheReply } from './reply.js';
+import type { TagCache } from './tags.js';
 
 /** What a manifest request asks for, besides the reference. */
 export interface ManifestQuery {
@@ -17,19 +18,19 @@ export interface ManifestQuery {
  * credential order, and what the store knows stands in only where the policy lets this client have it.
  */
 export class ManifestService {
-  constructor(private readonly deps: { manifests: ManifestCache; verifier: CredentialVerifier }) {}
+  constructor(private readonly deps: { manifests: ManifestCache; tags: TagCache; verifier: CredentialVerifier }) {}
 
   /** Answers a GET or HEAD of `reference` (a tag, or a digest when `isDigest`) in `access`'s repository. */
   async manifest(access: Access, reference: string, isDigest: boolean, query: ManifestQuery): Promise<CacheReply> {
-    const { manifests, verifier } = this.deps;
+    const { manifests, tags, verifier } = this.deps;
     const { registry, repository } = access;
-    const base = { registry, repository, reference, isDigest, accept: [...query.accept], method: query.method } as const;
+    const base = { registry, repository, reference, accept: [...query.accept], method: query.method } as const;
     let answer: ManifestAnswer;
     if (isDigest) {
       answer = await this.byDigest(access, base);
     } else {
       try {
-        const { value, puller } = await verifier.tryUpstream(access, (credential) => manifests.get({ ...base, ...(credential ? { credential } : {}) }));
+        const { value, puller } = await verifier.tryUpstream(access, (credential) => tags.get({ ...base, ...(credential ? { credential } : {}) }));
         answer = value;
         // An upstream that just answered for these credentials verified them; a stored or stale answer did not.
         if (answer.source === 'upstream' || answer.source === 'revalidated') verifier.record(access, answer.digest, puller);
@@ -37,14 +38,14 @@ export class ManifestService {
           // A client without access gets what it would get for a tag the cache does not know: the upstream failure the
           // stale answer stands in for, or the upstream's own answer.
           if (answer.upstreamError) throw answer.upstreamError;
-          answer = await this.byDigest(access, { ...base, reference: answer.digest, isDigest: true });
+          answer = await this.byDigest(access, { ...base, reference: answer.digest });
         }
       } catch (err) {
         // A refused tag revalidation: what the store holds may still be this client's under the policy.
         const refused = isOciError(err) && (err.code === 'UNAUTHORIZED' || err.code === 'DENIED');
-        const knownDigest = refused ? manifests.lastKnownDigest(registry.host, repository, reference) : undefined;
+        const knownDigest = refused ? tags.lastKnownDigest(registry.host, repository, reference) : undefined;
         if (!knownDigest || !verifier.allowedLocally(access, knownDigest)) throw err;
-        answer = await manifests.get({ ...base, reference: knownDigest, isDigest: true });
+        answer = await manifests.get({ ...base, reference: knownDigest });
       }
     }
     manifests.noteServed(registry.host, repository, answer.digest);

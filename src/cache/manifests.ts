@@ -2,21 +2,17 @@ import type { Logger } from 'pino';
 import type { RegistryConfig } from '../config/load.js';
 import type { Metadata } from '../db/content-index.js';
 import { digestOf, parseDigest } from '../oci/digest.js';
-import { OciError, isOciError } from '../oci/errors.js';
+import { OciError } from '../oci/errors.js';
 import { MAX_MANIFEST_BYTES, assertManifest, manifestRefs, parseManifestJson } from '../oci/manifest.js';
-import { readCapped } from '../upstream/response.js';
 import { firstHeader } from '../oci/content-headers.js';
 import { MANIFEST_MEDIA_TYPES, accepts, manifestMediaType, parseAccept } from '../oci/media-types.js';
 import type { BlobStore } from '../store/blob-store.js';
-import { drain, type UpstreamClient, type UpstreamResponse } from '../upstream/client.js';
+import type { UpstreamClient } from '../upstream/client.js';
+import { expectStatus, readCapped, type UpstreamResponse } from '../upstream/response.js';
 import { credentialKey, type Credential } from '../upstream/credentials.js';
-import { errorForUpstreamStatus } from '../upstream/errors.js';
 import { Singleflight } from './inflight.js';
 import { imageKeys, underPullLimit, type PullIntents, type UpstreamPulls } from './upstream-pulls.js';
-import { countsForBackoff } from '../limiter/backoff.js';
 import { digestKey, referenceKey, tagKey } from '../limiter/keys.js';
-
-/** Manifests are small documents; anything bigger is refused rather than buffered. */
 
 /** Where a manifest answer comes from. */
 export type ManifestSource = 'store' | 'upstream' | 'revalidated' | 'stale';
@@ -42,12 +38,11 @@ export interface OnBehalfOfBlob {
   digest: string;
 }
 
-/** A manifest request, upstream already chosen. */
+/** A manifest request, upstream already chosen: `reference` is a digest here, a tag for the tag cache (tags.ts). */
 export interface ManifestRequest {
   registry: RegistryConfig;
   repository: string;
   reference: string;
-  isDigest: boolean;
   /** The client's Accept list (parsed). */
   accept: readonly string[];
   method: 'GET' | 'HEAD';
@@ -56,10 +51,12 @@ export interface ManifestRequest {
 
 const UPSTREAM_ACCEPT = MANIFEST_MEDIA_TYPES.join(', ');
 
-/** Pull-through manifests: by digest forever from the store; by tag revalidated upstream after `tagTtl`. */
+/**
+ * Pull-through manifests by digest: from the store forever once stored (a digest never changes), fetched, hashed and
+ * stored on a miss. Tags, which do change, are resolved to digests by the tag cache (tags.ts) on top of this one.
+ */
 export class ManifestCache {
   private readonly byDigest = new Singleflight<ManifestAnswer>();
-  private readonly byTag = new Singleflight<ManifestAnswer>();
   /** Upstream work in flight (it writes files and rows), so shutdown can abort and wait for it. */
   private readonly tasks = new Set<Promise<unknown>>();
   private readonly shutdownController = new AbortController();
@@ -70,11 +67,8 @@ export class ManifestCache {
       metadata: Metadata;
       upstream: UpstreamClient;
       log: Logger;
-      tagTtlMs: number;
       intents?: PullIntents;
       pulls?: UpstreamPulls;
-      /** Whether `preload --name` gave this repository's tag this digest: such a tag outlives an upstream 404. */
-      preloadedAs?: (registry: string, repository: string, digest: string) => boolean;
     },
   ) {}
 
@@ -83,27 +77,14 @@ export class ManifestCache {
     return this.deps.metadata.getManifest(digest) !== undefined;
   }
 
-  /** The digest a tag last resolved to, if its manifest is still stored. */
-  lastKnownDigest(registry: string, repository: string, tag: string): string | undefined {
-    const row = this.deps.metadata.getTag(registry, repository, tag);
-    return row && this.deps.metadata.getManifest(row.digest) ? row.digest : undefined;
-  }
-
   /** Notes that a client was served `digest` through this repository, so its blobs are found from here. */
   noteServed(registry: string, repository: string, digest: string): void {
     this.deps.metadata.linkRepository(registry, repository, digest);
   }
 
-  /** Resolves a manifest request to stored bytes, fetching or revalidating upstream as needed. */
-  async get(req: ManifestRequest): Promise<ManifestAnswer> {
-    this.shutdownController.signal.throwIfAborted();
-    const work = (req.isDigest ? this.getByDigest(req) : this.getByTag(req)).then((answer) => this.withBytes(answer, req.method));
-    this.tasks.add(work);
-    try {
-      return await work;
-    } finally {
-      this.tasks.delete(work);
-    }
+  /** The manifest a digest names: stored bytes, or one upstream GET when it is not stored yet. */
+  get(req: ManifestRequest): Promise<ManifestAnswer> {
+    return this.track(() => this.getByDigest(req).then((answer) => this.withBytes(answer, req.method)));
   }
 
   /**
@@ -111,17 +92,37 @@ export class ManifestCache {
    * the digest proves that this registry holds it in this repository and that the credential may read it (a HEAD's
    * 200 proves neither). `forBlob` runs it as part of a blob request.
    */
-  async fetchByDigest(req: ManifestRequest, forBlob?: OnBehalfOfBlob): Promise<ManifestAnswer> {
-    this.shutdownController.signal.throwIfAborted();
+  fetchByDigest(req: ManifestRequest, forBlob?: OnBehalfOfBlob): Promise<ManifestAnswer> {
     const key = `${credentialKey(req.credential)}|${forBlob?.digest ?? ''}|${req.reference}`;
-    const work = this.byDigest
-      .run(key, () => this.fetch(req, req.reference, UPSTREAM_ACCEPT, req.reference, forBlob))
-      .then((answer) => this.withBytes(answer, req.method));
-    this.tasks.add(work);
+    return this.track(() => this.byDigest.run(key, () => this.fetch(req, req.reference, UPSTREAM_ACCEPT, req.reference, forBlob)).then((answer) => this.withBytes(answer, req.method)));
+  }
+
+  /**
+   * GETs the manifest a tag names upstream, hashes and stores it (cached by digest; the tag row is the tag cache's).
+   * `accept` is the client's own list when it cannot take what the tag resolves to; by default every type the cache
+   * serves. For the tag cache, inside its `track`ed work.
+   */
+  fetchByTag(req: ManifestRequest, accept?: readonly string[]): Promise<ManifestAnswer> {
+    return this.fetch(req, req.reference, accept ? accept.join(', ') : UPSTREAM_ACCEPT, undefined);
+  }
+
+  /** HEADs `req.reference` upstream (every type the cache serves accepted); the caller drains the answer. */
+  headUpstream(req: ManifestRequest): Promise<UpstreamResponse> {
+    return this.send(req, 'HEAD', req.reference, UPSTREAM_ACCEPT);
+  }
+
+  /**
+   * Runs upstream-facing work so that shutdown aborts and waits for it: it writes files and rows, which must end before
+   * the database closes. Refused once shutdown began.
+   */
+  async track<T>(work: () => Promise<T>): Promise<T> {
+    this.shutdownController.signal.throwIfAborted();
+    const running = work();
+    this.tasks.add(running);
     try {
-      return await work;
+      return await running;
     } finally {
-      this.tasks.delete(work);
+      this.tasks.delete(running);
     }
   }
 
@@ -140,82 +141,6 @@ export class ManifestCache {
     // A manifest by digest never changes: one upstream GET, ever, per digest.
     // Keyed by credential too: one client's successful fetch must not answer for another's credentials.
     return this.byDigest.run(`${credentialKey(req.credential)}||${req.reference}`, () => this.fetch(req, req.reference, UPSTREAM_ACCEPT, req.reference));
-  }
-
-  private async getByTag(req: ManifestRequest): Promise<ManifestAnswer> {
-    const { metadata } = this.deps;
-    const tagRow = metadata.getTag(req.registry.host, req.repository, req.reference);
-    const known = tagRow && metadata.getManifest(tagRow.digest);
-    const fresh = tagRow !== undefined && Date.now() - tagRow.fetchedAt < this.deps.tagTtlMs;
-    let answer: ManifestAnswer;
-    if (known && fresh) {
-      metadata.touch(known.digest);
-      answer = { ...known, source: 'store' };
-    } else {
-      const key = `${credentialKey(req.credential)}|${req.registry.host}/${req.repository}:${req.reference}`;
-      answer = await this.byTag.run(key, () => this.resolveTag(req));
-    }
-    if (accepts(req.accept, answer.mediaType)) return answer;
-    // The client cannot take the type this tag resolves to (e.g. an index for a client that wants one image):
-    // ask upstream with the client's own Accept; cache by digest, leave the tag's answer alone.
-    return this.fetch(req, req.reference, req.accept.join(', '), undefined);
-  }
-
-  /** HEADs the tag upstream; refetches only when the digest changed. Serves the last known digest if the upstream is down. */
-  private async resolveTag(req: ManifestRequest): Promise<ManifestAnswer> {
-    const { metadata, log } = this.deps;
-    const tagRow = metadata.getTag(req.registry.host, req.repository, req.reference);
-    const known = tagRow && metadata.getManifest(tagRow.digest);
-    if (!known) return this.fetchTag(req);
-    const backoffKey = tagKey(req.registry.host, req.repository, req.reference);
-    const credentialClass = credentialKey(req.credential);
-    try {
-      // While the tag backs off, the stored answer is served as usual, without asking the upstream again.
-      const blocked = this.deps.pulls?.backoff.check(backoffKey, credentialClass);
-      if (blocked) {
-        metadata.touch(known.digest);
-        return { ...known, source: 'stale', upstreamError: blocked };
-      }
-      const res = await this.send(req, 'HEAD', req.reference, UPSTREAM_ACCEPT).catch((err: unknown) => {
-        if (countsForBackoff(err)) this.deps.pulls?.backoff.failure(backoffKey, err, credentialClass);
-        throw err;
-      });
-      await drain(res.body);
-      if (res.status !== 200) {
-        const err = errorForUpstreamStatus(res.status, 'manifest', req.registry.host, firstHeader(res.headers['retry-after']));
-        if (countsForBackoff(err)) this.deps.pulls?.backoff.failure(backoffKey, err, credentialClass);
-        // An air-gapped preload names a tag the upstream never had: the upstream's 404 does not undo the import.
-        if (res.status === 404 && this.deps.preloadedAs?.(req.registry.host, req.repository, known.digest)) return { ...known, source: 'store', upstreamError: err };
-        throw err;
-      }
-      this.deps.pulls?.backoff.success(backoffKey, credentialClass);
-      // The tag still names the digest this repository's tag was fetched as: that GET proved possession. A HEAD naming
-      // any other digest proves nothing (a catch-all upstream could name another registry's stored manifest), so
-      // that manifest is fetched and hashed like a new one.
-      if (firstHeader(res.headers['docker-content-digest']) === known.digest) {
-        metadata.putTag(req.registry.host, req.repository, req.reference, known.digest);
-        // A revalidated tag is a pull of the image: eviction must see it as in use.
-        metadata.touch(known.digest);
-        return { ...known, source: 'revalidated' };
-      }
-      return await this.fetchTag(req);
-    } catch (err) {
-      if (isUpstreamOutage(err)) {
-        log.warn(
-          { registry: req.registry.host, repository: req.repository, tag: req.reference, digest: known.digest, err: errSummary(err) },
-          'upstream unavailable; serving last known digest for tag',
-        );
-        metadata.touch(known.digest);
-        return { ...known, source: 'stale', upstreamError: err };
-      }
-      throw err;
-    }
-  }
-
-  private async fetchTag(req: ManifestRequest): Promise<ManifestAnswer> {
-    const answer = await this.fetch(req, req.reference, UPSTREAM_ACCEPT, undefined);
-    this.deps.metadata.putTag(req.registry.host, req.repository, req.reference, answer.digest);
-    return answer;
   }
 
   /** GETs a manifest upstream, verifies it against `expectedDigest` (or the upstream's claim), stores it. */
@@ -254,11 +179,7 @@ export class ManifestCache {
     expectedDigest: string | undefined,
     subject: 'manifest' | 'blob',
   ): Promise<ManifestAnswer> {
-    const res = await this.send(req, 'GET', reference, accept);
-    if (res.status !== 200) {
-      await drain(res.body);
-      throw errorForUpstreamStatus(res.status, subject, req.registry.host, firstHeader(res.headers['retry-after']));
-    }
+    const res = await expectStatus(await this.send(req, 'GET', reference, accept), [200], subject, req.registry.host);
     const bytes = await readManifestBody(res, req.registry.host);
     const algorithm = expectedDigest ? parseDigest(expectedDigest).algorithm : 'sha256';
     const digest = digestOf(bytes, algorithm);
@@ -297,7 +218,8 @@ export class ManifestCache {
     });
   }
 
-  private async withBytes(answer: ManifestAnswer, method: 'GET' | 'HEAD'): Promise<ManifestAnswer> {
+  /** The answer as a GET or HEAD wants it: with the stored bytes (read if the answer lacks them), or without. */
+  async withBytes(answer: ManifestAnswer, method: 'GET' | 'HEAD'): Promise<ManifestAnswer> {
     if (method === 'HEAD') {
       const { bytes: _omit, ...rest } = answer;
       return rest;
@@ -305,15 +227,6 @@ export class ManifestCache {
     if (answer.bytes) return answer;
     return { ...answer, bytes: await this.deps.store.readSmall(answer.digest) };
   }
-}
-
-/** Upstream trouble during which a known tag answer may be served: unreachable, 5xx, timeouts, rate limits. */
-function isUpstreamOutage(err: unknown): err is OciError {
-  return isOciError(err) && (err.status >= 500 || err.code === 'TOOMANYREQUESTS');
-}
-
-function errSummary(err: unknown): { code?: string; message?: string } {
-  return isOciError(err) ? { code: err.code, message: err.message } : { message: String(err) };
 }
 
 async function readManifestBody(res: UpstreamResponse, registry: string): Promise<Buffer> {

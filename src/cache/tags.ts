@@ -1,9 +1,141 @@
-import { OciError } from '../oci/errors.js';
+import type { Logger } from 'pino';
+import type { Metadata } from '../db/content-index.js';
+import { countsForBackoff } from '../limiter/backoff.js';
+import { tagKey } from '../limiter/keys.js';
+import { OciError, isOciError } from '../oci/errors.js';
 import { API_VERSION_HEADERS, firstHeader } from '../oci/content-headers.js';
+import { accepts } from '../oci/media-types.js';
 import type { Access, CredentialVerifier } from '../policy/verifier.js';
 import type { UpstreamClient } from '../upstream/client.js';
-import { expectStatus, readCapped } from '../upstream/response.js';
+import { credentialKey } from '../upstream/credentials.js';
+import { drain, expectStatus, readCapped, type UpstreamResponse } from '../upstream/response.js';
+import { Singleflight } from './inflight.js';
+import type { ManifestAnswer, ManifestCache, ManifestRequest } from './manifests.js';
 import type { CacheReply } from './reply.js';
+import type { UpstreamPulls } from './upstream-pulls.js';
+
+// Tags through the cache, both ways a client meets them: a tag resolved to a manifest (TagCache: stored, revalidated
+// upstream after `tagTtl`, the last known digest served while the upstream is down) and the tag list (TagService:
+// passed through, never stored).
+
+/**
+ * Pull-through tags: a tag resolves to a digest, and the manifest cache (by digest) holds what it names. A stored tag
+ * is fresh for `tagTtl`; after that one upstream HEAD, shared by concurrent requests, revalidates it, and the manifest
+ * is fetched again only when the digest changed. While the upstream is down the last known digest is served.
+ */
+export class TagCache {
+  private readonly revalidations = new Singleflight<ManifestAnswer>();
+
+  constructor(
+    private readonly deps: {
+      manifests: ManifestCache;
+      metadata: Metadata;
+      log: Logger;
+      tagTtlMs: number;
+      pulls?: UpstreamPulls;
+      /** Whether `preload --name` gave this repository's tag this digest: such a tag outlives an upstream 404. */
+      preloadedAs?: (registry: string, repository: string, digest: string) => boolean;
+    },
+  ) {}
+
+  /** The manifest `req.reference` (a tag) names now, revalidating or fetching upstream as needed. */
+  get(req: ManifestRequest): Promise<ManifestAnswer> {
+    const { manifests } = this.deps;
+    return manifests.track(() => this.resolve(req).then((answer) => manifests.withBytes(answer, req.method)));
+  }
+
+  /** The digest a tag last resolved to, if its manifest is still stored. */
+  lastKnownDigest(registry: string, repository: string, tag: string): string | undefined {
+    const row = this.deps.metadata.getTag(registry, repository, tag);
+    return row && this.deps.metadata.getManifest(row.digest) ? row.digest : undefined;
+  }
+
+  private async resolve(req: ManifestRequest): Promise<ManifestAnswer> {
+    const { metadata } = this.deps;
+    const tagRow = metadata.getTag(req.registry.host, req.repository, req.reference);
+    const known = tagRow && metadata.getManifest(tagRow.digest);
+    const fresh = tagRow !== undefined && Date.now() - tagRow.fetchedAt < this.deps.tagTtlMs;
+    let answer: ManifestAnswer;
+    if (known && fresh) {
+      metadata.touch(known.digest);
+      answer = { ...known, source: 'store' };
+    } else {
+      const key = `${credentialKey(req.credential)}|${req.registry.host}/${req.repository}:${req.reference}`;
+      answer = await this.revalidations.run(key, () => this.revalidate(req));
+    }
+    if (accepts(req.accept, answer.mediaType)) return answer;
+    // The client cannot take the type this tag resolves to (e.g. an index for a client that wants one image):
+    // ask upstream with the client's own Accept; cache by digest, leave the tag's answer alone.
+    return this.deps.manifests.fetchByTag(req, req.accept);
+  }
+
+  /** HEADs the tag upstream; refetches only when the digest changed. Serves the last known digest if the upstream is down. */
+  private async revalidate(req: ManifestRequest): Promise<ManifestAnswer> {
+    const { metadata, log } = this.deps;
+    const tagRow = metadata.getTag(req.registry.host, req.repository, req.reference);
+    const known = tagRow && metadata.getManifest(tagRow.digest);
+    if (!known) return this.fetch(req);
+    const backoffKey = tagKey(req.registry.host, req.repository, req.reference);
+    const credentialClass = credentialKey(req.credential);
+    try {
+      // While the tag backs off, the stored answer is served as usual, without asking the upstream again.
+      const blocked = this.deps.pulls?.backoff.check(backoffKey, credentialClass);
+      if (blocked) {
+        metadata.touch(known.digest);
+        return { ...known, source: 'stale', upstreamError: blocked };
+      }
+      let res: UpstreamResponse;
+      try {
+        res = await expectStatus(await this.deps.manifests.headUpstream(req), [200], 'manifest', req.registry.host);
+      } catch (err) {
+        if (countsForBackoff(err)) this.deps.pulls?.backoff.failure(backoffKey, err, credentialClass);
+        // An air-gapped preload names a tag the upstream never had: the upstream's 404 does not undo the import.
+        if (isOciError(err) && err.status === 404 && this.deps.preloadedAs?.(req.registry.host, req.repository, known.digest)) {
+          return { ...known, source: 'store', upstreamError: err };
+        }
+        throw err;
+      }
+      await drain(res.body);
+      this.deps.pulls?.backoff.success(backoffKey, credentialClass);
+      // The tag still names the digest this repository's tag was fetched as: that GET proved possession. A HEAD naming
+      // any other digest proves nothing (a catch-all upstream could name another registry's stored manifest), so
+      // that manifest is fetched and hashed like a new one.
+      if (firstHeader(res.headers['docker-content-digest']) === known.digest) {
+        metadata.putTag(req.registry.host, req.repository, req.reference, known.digest);
+        // A revalidated tag is a pull of the image: eviction must see it as in use.
+        metadata.touch(known.digest);
+        return { ...known, source: 'revalidated' };
+      }
+      return await this.fetch(req);
+    } catch (err) {
+      if (isUpstreamOutage(err)) {
+        log.warn(
+          { registry: req.registry.host, repository: req.repository, tag: req.reference, digest: known.digest, err: errSummary(err) },
+          'upstream unavailable; serving last known digest for tag',
+        );
+        metadata.touch(known.digest);
+        return { ...known, source: 'stale', upstreamError: err };
+      }
+      throw err;
+    }
+  }
+
+  /** GETs the tag's manifest upstream and points the tag at it. */
+  private async fetch(req: ManifestRequest): Promise<ManifestAnswer> {
+    const answer = await this.deps.manifests.fetchByTag(req);
+    this.deps.metadata.putTag(req.registry.host, req.repository, req.reference, answer.digest);
+    return answer;
+  }
+}
+
+/** Upstream trouble during which a known tag answer may be served: unreachable, 5xx, timeouts, rate limits. */
+function isUpstreamOutage(err: unknown): err is OciError {
+  return isOciError(err) && (err.status >= 500 || err.code === 'TOOMANYREQUESTS');
+}
+
+function errSummary(err: unknown): { code?: string; message?: string } {
+  return isOciError(err) ? { code: err.code, message: err.message } : { message: String(err) };
+}
 
 const MAX_TAG_LIST_BYTES = 16 * 1024 * 1024;
 
