@@ -27,7 +27,7 @@ import { Metrics } from './metrics.js';
 import { PullLimiter } from './limiter/pull-limiter.js';
 import { PullBackoff } from './limiter/backoff.js';
 import { BandwidthLimit } from './limiter/bandwidth.js';
-import { manifestsComplete, type UpstreamPulls } from './cache/upstream-pulls.js';
+import { manifestsComplete, type PullIntents, type UpstreamPulls } from './cache/upstream-pulls.js';
 
 /** The long-lived parts of a running cache, and how to shut them down. */
 export interface Services extends AppDeps {
@@ -92,112 +92,44 @@ export async function openStore(config: Config, log: Logger, options: { exclusiv
   return { store, metadata, records, intents, lock, close };
 }
 
-/** Opens the store and wires the caches, the credential policy and the upstream client. */
-export async function createServices(config: Config, log: Logger, options: { dispatcher?: Dispatcher; dispatcherOptions?: DispatcherOptions } = {}): Promise<Services> {
+/** How `createServices` reaches upstreams; tests pass their own dispatcher or its options. */
+export interface ServiceOptions {
+  dispatcher?: Dispatcher;
+  dispatcherOptions?: DispatcherOptions;
+}
+
+/**
+ * Opens the store and wires the running cache from its parts, in order: metrics, pull limits, the upstream client,
+ * the credential policy, the sources of missing bytes, the caches, the eviction loop, and the pull-through services
+ * the routes call. Each part is built by one function below from the parts before it.
+ */
+export async function createServices(config: Config, log: Logger, options: ServiceOptions = {}): Promise<Services> {
   const opened = await openStore(config, log, { exclusive: true });
-  const { store, metadata, records, intents: intentLog } = opened;
-  // Metrics read the caches lazily at scrape time; the holder is filled in once the caches exist.
-  const live: { activeFills: () => number; queuedPulls: () => number } = { activeFills: () => 0, queuedPulls: () => 0 };
-  const metrics = new Metrics({ activeFills: () => live.activeFills(), queuedPulls: () => live.queuedPulls(), storeBytes: () => metadata.storedBytes() });
-  const pulls: UpstreamPulls = {
-    limiter: new PullLimiter({
-      maxParallel: config.maxParallelImagePulls,
-      queueTimeoutMs: config.pullQueueTimeoutMs,
-      lingerMs: config.pullLingerMs,
-      isComplete: (manifests) => manifestsComplete(metadata, manifests),
-      onWait: (seconds) => metrics.pullWait.observe(seconds),
-    }),
-    backoff: new PullBackoff(),
-    bandwidth: config.upstreamBandwidthLimit === undefined ? undefined : new BandwidthLimit(config.upstreamBandwidthLimit),
-  };
-  live.queuedPulls = () => pulls.limiter.queued;
-  for (const reg of config.registries.values()) {
-    if (reg.transport.insecureSkipVerify) {
-      log.warn({ registry: reg.host }, 'TLS VERIFICATION IS OFF for this registry (insecureSkipVerify): anyone on the path can serve it content');
-    }
-    if (reg.transport.proxy) log.info({ registry: reg.host, proxy: redactedProxy(reg.transport.proxy) }, 'registry reached through a proxy');
-  }
-  if (environmentProxy()) log.info('egress proxy from HTTPS_PROXY/HTTP_PROXY (NO_PROXY honoured) for registries without their own proxy');
-  const upstream = new UpstreamClient({
-    observe: (registry, method, status, seconds) => metrics.upstreamLatency.labels(registry, method, String(status)).observe(seconds),
-    onTransportFailure: (registry, failure) => metrics.upstreamErrors.labels(registry, failure).inc(),
-    log,
-    ...(options.dispatcher ? { dispatcher: options.dispatcher } : {}),
-    ...(options.dispatcherOptions ? { dispatcherOptions: options.dispatcherOptions } : {}),
-  });
-  const policy = config.imagePullCredentialsVerificationPolicy;
-  if (policy !== 'NeverVerify') {
-    const marked = records.initializeVerification();
-    // A fresh store has nothing to count: saying "0 preloaded" would only alarm.
-    if (marked !== undefined && marked > 0) log.info({ preloaded: marked }, 'credential verification enabled for the first time; stored content counts as preloaded');
-  }
-  const hasher = await CredentialHasher.load(config.storage);
-  const nodeCredentials = await NodeCredentials.load({
-    ...(config.nodeDockerConfig ? { dockerConfig: config.nodeDockerConfig } : {}),
-    ...(config.credentialProviderConfig ? { providerConfig: config.credentialProviderConfig } : {}),
-    ...(config.credentialProviderBinDir ? { providerBinDir: config.credentialProviderBinDir } : {}),
-    log,
-  });
-  // NeverVerify keeps no records (the kubelet with the feature off), so it writes no intents either.
-  const intents = policy === 'NeverVerify' ? undefined : { begin: intentLog.begin.bind(intentLog), end: intentLog.end.bind(intentLog) };
-  const blobs = new BlobCache({
+  const { store, metadata, records } = opened;
+  const { metrics, bindGauges } = createMetrics(metadata);
+  const pulls = createPullLimits(config, metadata, metrics);
+  const upstream = createUpstreamClient(config, log, metrics, options);
+  const policy = await createCredentialPolicy(config, log, opened, metrics);
+  // Sources of a missing blob's bytes: the upstream client today. Peer sharing (membership, the peer listener, a peer
+  // source tried before the upstream) is wired here and handed to the caches.
+  const caches = createCaches(config, log, {
     store,
     metadata,
+    records,
     upstream,
-    log,
-    fillTimeoutMs: config.fillTimeoutMs,
     pulls,
+    intents: policy.intents,
     onFillEnd: (registry, bytes) => {
       metrics.bytesFetched.labels(registry).inc(bytes);
-      // New content may have pushed usage over the high mark: check now rather than at the next tick, but only
-      // once the store has grown by the headroom the last measurement left.
-      if (bytes > 0 && evictor.noteStored(bytes)) scheduleCollect();
+      eviction.noteStored(bytes);
     },
-    ...(intents ? { intents } : {}),
   });
-  live.activeFills = () => blobs.activeFills;
-  const evictor = new Evictor({
-    store,
-    metadata,
-    settings: config.eviction,
-    log,
-    isBusy: (digest) => blobs.isBusy(digest),
-    onEvict: (units) => metrics.evictions.inc(units),
-  });
-  let collectQueued = false;
-  let closed = false;
-  function scheduleCollect(): void {
-    if (collectQueued || closed) return;
-    collectQueued = true;
-    setImmediate(() => {
-      collectQueued = false;
-      if (closed) return;
-      evictor.collect().catch((err: unknown) => log.error({ err }, 'eviction failed'));
-    });
-  }
-  const gcTimer = setInterval(scheduleCollect, config.gcIntervalMs);
-  gcTimer.unref();
-  const manifests = new ManifestCache({
-    store,
-    metadata,
-    upstream,
-    log,
-    pulls,
-    ...(intents ? { intents } : {}),
-  });
-  const tags = new TagCache({ manifests, metadata, log, tagTtlMs: config.tagTtlMs, pulls, preloadedAs: records.importedAs.bind(records) });
-  const shutdown = new AbortController();
-  const verifier = new CredentialVerifier({
-    signal: shutdown.signal,
-    policy,
-    allowlist: config.preloadedImagesVerificationAllowlist,
-    records,
-    metadata,
-    nodeCredentials,
-    log,
-    onOutcome: (p, outcome) => metrics.verifications.labels(p, outcome).inc(),
-  });
-  const tokens = new TokenService(config.tokenTtlMs);
+  // The evictor asks the blob cache what is busy, and the blob cache reports what it stored: the caches reach the
+  // loop through the closure above, called only once fills run.
+  const eviction = startEvictionLoop(config, log, { store, metadata, metrics, isBusy: (digest) => caches.blobs.isBusy(digest) });
+  bindGauges({ activeFills: () => caches.blobs.activeFills, queuedPulls: () => pulls.limiter.queued });
+  const { blobs, manifests, tags } = caches;
+  const { verifier, tokens, hasher } = policy;
   return {
     blobService: new BlobService({ blobs, manifests, verifier }),
     manifestService: new ManifestService({ manifests, tags, verifier }),
@@ -211,9 +143,9 @@ export async function createServices(config: Config, log: Logger, options: { dis
     blobs,
     manifests,
     records,
-    intents: intentLog,
+    intents: opened.intents,
     metrics,
-    evictor,
+    evictor: eviction.evictor,
     pulls,
     verifier,
     tokens,
@@ -224,15 +156,180 @@ export async function createServices(config: Config, log: Logger, options: { dis
       return true;
     },
     close: async () => {
-      closed = true;
-      clearInterval(gcTimer);
-      shutdown.abort(new Error('registry-cache is shutting down'));
+      eviction.stop();
+      policy.abort();
       // Fills and manifest fetches write files and rows, eviction deletes rows: all must end before the database closes.
-      await Promise.all([blobs.shutdown(), manifests.shutdown()]);
-      await evictor.idle();
+      await caches.shutdown();
+      await eviction.evictor.idle();
       await upstream.close();
       tokens.close();
       await opened.close();
+    },
+  };
+}
+
+/** Metrics, with the gauges that read the caches at scrape time bound once the caches exist. */
+function createMetrics(metadata: Metadata): { metrics: Metrics; bindGauges(gauges: { activeFills: () => number; queuedPulls: () => number }): void } {
+  let gauges = { activeFills: () => 0, queuedPulls: () => 0 };
+  const metrics = new Metrics({ activeFills: () => gauges.activeFills(), queuedPulls: () => gauges.queuedPulls(), storeBytes: () => metadata.storedBytes() });
+  return { metrics, bindGauges: (bound) => (gauges = bound) };
+}
+
+/** The parallel-pull limit, back-off and bandwidth cap the caches apply to their upstream transfers. */
+function createPullLimits(config: Config, metadata: Metadata, metrics: Metrics): UpstreamPulls {
+  return {
+    limiter: new PullLimiter({
+      maxParallel: config.maxParallelImagePulls,
+      queueTimeoutMs: config.pullQueueTimeoutMs,
+      lingerMs: config.pullLingerMs,
+      isComplete: (manifests) => manifestsComplete(metadata, manifests),
+      onWait: (seconds) => metrics.pullWait.observe(seconds),
+    }),
+    backoff: new PullBackoff(),
+    bandwidth: config.upstreamBandwidthLimit === undefined ? undefined : new BandwidthLimit(config.upstreamBandwidthLimit),
+  };
+}
+
+/** The upstream client, observed by the metrics; settings an operator must know about are logged once here. */
+function createUpstreamClient(config: Config, log: Logger, metrics: Metrics, options: ServiceOptions): UpstreamClient {
+  for (const reg of config.registries.values()) {
+    if (reg.transport.insecureSkipVerify) {
+      log.warn({ registry: reg.host }, 'TLS VERIFICATION IS OFF for this registry (insecureSkipVerify): anyone on the path can serve it content');
+    }
+    if (reg.transport.proxy) log.info({ registry: reg.host, proxy: redactedProxy(reg.transport.proxy) }, 'registry reached through a proxy');
+  }
+  if (environmentProxy()) log.info('egress proxy from HTTPS_PROXY/HTTP_PROXY (NO_PROXY honoured) for registries without their own proxy');
+  return new UpstreamClient({
+    observe: (registry, method, status, seconds) => metrics.upstreamLatency.labels(registry, method, String(status)).observe(seconds),
+    onTransportFailure: (registry, failure) => metrics.upstreamErrors.labels(registry, failure).inc(),
+    log,
+    ...(options.dispatcher ? { dispatcher: options.dispatcher } : {}),
+    ...(options.dispatcherOptions ? { dispatcherOptions: options.dispatcherOptions } : {}),
+  });
+}
+
+/** Who may have what: the verifier (kubelet's order), the cache's own token realm, and the pull intents it keeps. */
+interface CredentialPolicy {
+  verifier: CredentialVerifier;
+  tokens: TokenService;
+  hasher: CredentialHasher;
+  /** Crash traces around upstream pulls; none under NeverVerify. */
+  intents: PullIntents | undefined;
+  /** Aborts verifications in flight (shutdown). */
+  abort(): void;
+}
+
+async function createCredentialPolicy(config: Config, log: Logger, opened: OpenStore, metrics: Metrics): Promise<CredentialPolicy> {
+  const { records, metadata, intents: intentLog } = opened;
+  const policy = config.imagePullCredentialsVerificationPolicy;
+  if (policy !== 'NeverVerify') {
+    const marked = records.initializeVerification();
+    // A fresh store has nothing to count: saying "0 preloaded" would only alarm.
+    if (marked !== undefined && marked > 0) log.info({ preloaded: marked }, 'credential verification enabled for the first time; stored content counts as preloaded');
+  }
+  const hasher = await CredentialHasher.load(config.storage);
+  const nodeCredentials = await NodeCredentials.load({
+    ...(config.nodeDockerConfig ? { dockerConfig: config.nodeDockerConfig } : {}),
+    ...(config.credentialProviderConfig ? { providerConfig: config.credentialProviderConfig } : {}),
+    ...(config.credentialProviderBinDir ? { providerBinDir: config.credentialProviderBinDir } : {}),
+    log,
+  });
+  const shutdown = new AbortController();
+  const verifier = new CredentialVerifier({
+    signal: shutdown.signal,
+    policy,
+    allowlist: config.preloadedImagesVerificationAllowlist,
+    records,
+    metadata,
+    nodeCredentials,
+    log,
+    onOutcome: (p, outcome) => metrics.verifications.labels(p, outcome).inc(),
+  });
+  return {
+    verifier,
+    tokens: new TokenService(config.tokenTtlMs),
+    hasher,
+    // NeverVerify keeps no records (the kubelet with the feature off), so it writes no intents either.
+    intents: policy === 'NeverVerify' ? undefined : { begin: intentLog.begin.bind(intentLog), end: intentLog.end.bind(intentLog) },
+    abort: () => shutdown.abort(new Error('registry-cache is shutting down')),
+  };
+}
+
+/** The store-and-upstream caches, one per kind of object, and their shared shutdown. */
+interface Caches {
+  blobs: BlobCache;
+  manifests: ManifestCache;
+  tags: TagCache;
+  /** Aborts upstream work and waits until nothing more will be written. */
+  shutdown(): Promise<void>;
+}
+
+function createCaches(
+  config: Config,
+  log: Logger,
+  parts: {
+    store: BlobStore;
+    metadata: Metadata;
+    records: PullRecords;
+    upstream: UpstreamClient;
+    pulls: UpstreamPulls;
+    intents: PullIntents | undefined;
+    onFillEnd: (registry: string, bytes: number) => void;
+  },
+): Caches {
+  const { store, metadata, records, upstream, pulls, intents } = parts;
+  const blobs = new BlobCache({ store, metadata, upstream, log, fillTimeoutMs: config.fillTimeoutMs, pulls, onFillEnd: parts.onFillEnd, ...(intents ? { intents } : {}) });
+  const manifests = new ManifestCache({ store, metadata, upstream, log, pulls, ...(intents ? { intents } : {}) });
+  const tags = new TagCache({ manifests, metadata, log, tagTtlMs: config.tagTtlMs, pulls, preloadedAs: records.importedAs.bind(records) });
+  return {
+    blobs,
+    manifests,
+    tags,
+    shutdown: async () => {
+      // Tag work runs inside the manifest cache's shutdown.
+      await Promise.all([blobs.shutdown(), manifests.shutdown()]);
+    },
+  };
+}
+
+/** The evictor and what runs it: a timer every `gcInterval`, and a check as soon as new content may have crossed the high mark. */
+interface EvictionLoop {
+  evictor: Evictor;
+  /** Notes bytes newly stored; schedules a collection when usage may have crossed the high mark. */
+  noteStored(bytes: number): void;
+  /** No collection starts after this (one running is awaited with `evictor.idle()`). */
+  stop(): void;
+}
+
+function startEvictionLoop(
+  config: Config,
+  log: Logger,
+  parts: { store: BlobStore; metadata: Metadata; metrics: Metrics; isBusy: (digest: string) => boolean },
+): EvictionLoop {
+  const { store, metadata, metrics, isBusy } = parts;
+  const evictor = new Evictor({ store, metadata, settings: config.eviction, log, isBusy, onEvict: (units) => metrics.evictions.inc(units) });
+  let collectQueued = false;
+  let closed = false;
+  function scheduleCollect(): void {
+    if (collectQueued || closed) return;
+    collectQueued = true;
+    setImmediate(() => {
+      collectQueued = false;
+      if (closed) return;
+      evictor.collect().catch((err: unknown) => log.error({ err }, 'eviction failed'));
+    });
+  }
+  const gcTimer = setInterval(scheduleCollect, config.gcIntervalMs);
+  gcTimer.unref();
+  return {
+    evictor,
+    // Check now rather than at the next tick, but only once the store has grown by the headroom the last measurement left.
+    noteStored: (bytes) => {
+      if (bytes > 0 && evictor.noteStored(bytes)) scheduleCollect();
+    },
+    stop: () => {
+      closed = true;
+      clearInterval(gcTimer);
     },
   };
 }
