@@ -19,6 +19,8 @@ import { sendError } from './server/error-handler.js';
 import { registerRequestLog } from './server/plugins/request-log.js';
 import { registerDebugRoutes } from './server/routes/debug.js';
 import { registerHealthRoutes } from './server/routes/health.js';
+import { registerStatusRoutes } from './server/routes/status.js';
+import type { StatusReporter } from './cache/status.js';
 import { registerV2Routes } from './server/routes/v2.js';
 
 /** Everything the HTTP layer needs, built by services.ts. */
@@ -37,6 +39,7 @@ export interface AppDeps {
   hasher: CredentialHasher;
   metrics: Metrics;
   pulls: UpstreamPulls;
+  status: StatusReporter;
   ready: () => Promise<boolean>;
 }
 
@@ -68,12 +71,13 @@ export function buildApp(deps: AppDeps, options: { opsSeparately?: boolean } = {
   return app;
 }
 
-/** The operations listener (`metricsListen`): probes, metrics and debug endpoints. */
+/** The operations listener (`metricsListen`): probes, metrics, debug endpoints and the status page. */
 export function buildOpsApp(deps: AppDeps): FastifyInstance {
   const app = Fastify({ loggerInstance: deps.log, logController: new LogController({ disableRequestLogging: true }) }) as unknown as FastifyInstance;
   registerHealthRoutes(app, deps.ready);
   registerMetricsRoute(app, deps);
   registerDebugRoutes(app, { pulls: () => pullsView(deps.pulls.limiter, (registry, repository) => deps.verifier.repositoryIsOpen(registry, repository)) });
+  registerStatusRoutes(app, { status: () => deps.status.report() });
   return app;
 }
 

@@ -15,8 +15,24 @@ export class Metrics {
   readonly verifications: Counter<'policy' | 'result'>;
   readonly evictions: Counter;
   readonly storeSize: Gauge;
+  readonly requestDuration: Histogram<'route' | 'method'>;
+  readonly storeUsage: Gauge;
+  readonly storeCapacity: Gauge;
+  readonly storeThresholds: Gauge<'threshold'>;
+  readonly queueOldestWait: Gauge;
+  readonly queueTimeout: Gauge;
 
-  constructor(sources: { activeFills: () => number; queuedPulls: () => number; storeBytes: () => number }) {
+  constructor(sources: {
+    activeFills: () => number;
+    queuedPulls: () => number;
+    storeBytes: () => number;
+    /** What eviction compares with its thresholds: used and capacity bytes. */
+    storeUsage?: () => Promise<{ usedBytes: number; capacityBytes: number }>;
+    /** How long the longest-waiting queued pull has waited. */
+    oldestQueuedSeconds?: () => number;
+    /** Settings the alerts compare against (ratios of capacity, seconds). */
+    settings?: { highThresholdRatio: number; lowThresholdRatio: number; pullQueueTimeoutSeconds: number };
+  }) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'registry_cache_process_' });
     this.httpRequests = new Counter({ name: 'registry_cache_http_requests_total', help: 'Requests by route kind, method and status', labelNames: ['route', 'method', 'status'], registers });
@@ -53,6 +69,46 @@ export class Metrics {
     this.storeSize = new Gauge({ name: 'registry_cache_store_size_bytes', help: 'Bytes of content in the store', registers, collect() {
       this.set(sources.storeBytes());
     } });
+    this.requestDuration = new Histogram({
+      name: 'registry_cache_http_request_duration_seconds',
+      help: 'Time to answer a request (to the last byte sent), by route kind and method',
+      labelNames: ['route', 'method'],
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120],
+      registers,
+    });
+    this.storeUsage = new Gauge({
+      name: 'registry_cache_store_usage_ratio',
+      help: 'Usage eviction compares with its thresholds (0-1): store bytes of maxStorageBytes, or the store filesystem used',
+      registers,
+      async collect() {
+        const usage = await sources.storeUsage?.().catch(() => undefined);
+        if (usage && usage.capacityBytes > 0) this.set(usage.usedBytes / usage.capacityBytes);
+      },
+    });
+    this.storeCapacity = new Gauge({
+      name: 'registry_cache_store_capacity_bytes',
+      help: 'Capacity the thresholds are percentages of: maxStorageBytes, or the store filesystem size',
+      registers,
+      async collect() {
+        const usage = await sources.storeUsage?.().catch(() => undefined);
+        if (usage) this.set(usage.capacityBytes);
+      },
+    });
+    this.storeThresholds = new Gauge({
+      name: 'registry_cache_store_threshold_ratio',
+      help: 'imageGCHighThresholdPercent and imageGCLowThresholdPercent as ratios (0-1)',
+      labelNames: ['threshold'],
+      registers,
+    });
+    this.queueOldestWait = new Gauge({ name: 'registry_cache_pull_queue_oldest_wait_seconds', help: 'How long the longest-waiting queued image pull has waited (0 when none waits)', registers, collect() {
+      this.set(sources.oldestQueuedSeconds?.() ?? 0);
+    } });
+    this.queueTimeout = new Gauge({ name: 'registry_cache_pull_queue_timeout_seconds', help: 'pullQueueTimeout: a queued pull is refused (429) after this long', registers });
+    if (sources.settings) {
+      this.storeThresholds.labels('high').set(sources.settings.highThresholdRatio);
+      this.storeThresholds.labels('low').set(sources.settings.lowThresholdRatio);
+      this.queueTimeout.set(sources.settings.pullQueueTimeoutSeconds);
+    }
   }
 
   /** The exposition text. */

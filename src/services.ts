@@ -28,6 +28,7 @@ import { PullLimiter } from './limiter/pull-limiter.js';
 import { PullBackoff } from './limiter/backoff.js';
 import { BandwidthLimit } from './limiter/bandwidth.js';
 import { manifestsComplete, type PullIntents, type UpstreamPulls } from './cache/upstream-pulls.js';
+import { StatusReporter, UpstreamErrorLog } from './cache/status.js';
 
 /** The long-lived parts of a running cache, and how to shut them down. */
 export interface Services extends AppDeps {
@@ -106,9 +107,10 @@ export interface ServiceOptions {
 export async function createServices(config: Config, log: Logger, options: ServiceOptions = {}): Promise<Services> {
   const opened = await openStore(config, log, { exclusive: true });
   const { store, metadata, records } = opened;
-  const { metrics, bindGauges } = createMetrics(metadata);
+  const { metrics, bindGauges } = createMetrics(config, metadata);
   const pulls = createPullLimits(config, metadata, metrics);
-  const upstream = createUpstreamClient(config, log, metrics, options);
+  const upstreamErrors = new UpstreamErrorLog();
+  const upstream = createUpstreamClient(config, log, { metrics, errors: upstreamErrors }, options);
   const policy = await createCredentialPolicy(config, log, opened, metrics);
   // Sources of a missing blob's bytes: the upstream client today. Peer sharing (membership, the peer listener, a peer
   // source tried before the upstream) is wired here and handed to the caches.
@@ -127,10 +129,26 @@ export async function createServices(config: Config, log: Logger, options: Servi
   // The evictor asks the blob cache what is busy, and the blob cache reports what it stored: the caches reach the
   // loop through the closure above, called only once fills run.
   const eviction = startEvictionLoop(config, log, { store, metadata, metrics, isBusy: (digest) => caches.blobs.isBusy(digest) });
-  bindGauges({ activeFills: () => caches.blobs.activeFills, queuedPulls: () => pulls.limiter.queued });
+  bindGauges({
+    activeFills: () => caches.blobs.activeFills,
+    queuedPulls: () => pulls.limiter.queued,
+    oldestQueuedSeconds: () => Math.max(0, ...pulls.limiter.state().queued.map((q) => q.waitingForMs)) / 1000,
+    storeUsage: () => eviction.evictor.measure(),
+  });
   const { blobs, manifests, tags } = caches;
   const { verifier, tokens, hasher } = policy;
+  const status = new StatusReporter({
+    config,
+    metrics,
+    metadata,
+    measure: () => eviction.evictor.measure(),
+    blobs,
+    pulls,
+    errors: upstreamErrors,
+    isOpen: (registry, repository) => verifier.repositoryIsOpen(registry, repository),
+  });
   return {
+    status,
     blobService: new BlobService({ blobs, manifests, verifier }),
     manifestService: new ManifestService({ manifests, tags, verifier }),
     tagService: new TagService({ upstream, verifier }),
@@ -168,10 +186,30 @@ export async function createServices(config: Config, log: Logger, options: Servi
   };
 }
 
+/** What the gauges read at scrape time, from parts built after the metrics. */
+interface BoundGauges {
+  activeFills: () => number;
+  queuedPulls: () => number;
+  oldestQueuedSeconds: () => number;
+  storeUsage: () => Promise<{ usedBytes: number; capacityBytes: number }>;
+}
+
 /** Metrics, with the gauges that read the caches at scrape time bound once the caches exist. */
-function createMetrics(metadata: Metadata): { metrics: Metrics; bindGauges(gauges: { activeFills: () => number; queuedPulls: () => number }): void } {
-  let gauges = { activeFills: () => 0, queuedPulls: () => 0 };
-  const metrics = new Metrics({ activeFills: () => gauges.activeFills(), queuedPulls: () => gauges.queuedPulls(), storeBytes: () => metadata.storedBytes() });
+function createMetrics(config: Config, metadata: Metadata): { metrics: Metrics; bindGauges(gauges: BoundGauges): void } {
+  let gauges: BoundGauges = { activeFills: () => 0, queuedPulls: () => 0, oldestQueuedSeconds: () => 0, storeUsage: async () => ({ usedBytes: 0, capacityBytes: 0 }) };
+  const metrics = new Metrics({
+    activeFills: () => gauges.activeFills(),
+    queuedPulls: () => gauges.queuedPulls(),
+    storeBytes: () => metadata.storedBytes(),
+    storeUsage: () => gauges.storeUsage(),
+    oldestQueuedSeconds: () => gauges.oldestQueuedSeconds(),
+    // Settings the dashboard and alerts compare against.
+    settings: {
+      highThresholdRatio: config.eviction.highThresholdPercent / 100,
+      lowThresholdRatio: config.eviction.lowThresholdPercent / 100,
+      pullQueueTimeoutSeconds: config.pullQueueTimeoutMs / 1000,
+    },
+  });
   return { metrics, bindGauges: (bound) => (gauges = bound) };
 }
 
@@ -190,8 +228,12 @@ function createPullLimits(config: Config, metadata: Metadata, metrics: Metrics):
   };
 }
 
-/** The upstream client, observed by the metrics; settings an operator must know about are logged once here. */
-function createUpstreamClient(config: Config, log: Logger, metrics: Metrics, options: ServiceOptions): UpstreamClient {
+/**
+ * The upstream client, observed by the metrics and the status page's error list; settings an operator must know
+ * about are logged once here.
+ */
+function createUpstreamClient(config: Config, log: Logger, observers: { metrics: Metrics; errors: UpstreamErrorLog }, options: ServiceOptions): UpstreamClient {
+  const { metrics, errors } = observers;
   for (const reg of config.registries.values()) {
     if (reg.transport.insecureSkipVerify) {
       log.warn({ registry: reg.host }, 'TLS VERIFICATION IS OFF for this registry (insecureSkipVerify): anyone on the path can serve it content');
@@ -200,8 +242,15 @@ function createUpstreamClient(config: Config, log: Logger, metrics: Metrics, opt
   }
   if (environmentProxy()) log.info('egress proxy from HTTPS_PROXY/HTTP_PROXY (NO_PROXY honoured) for registries without their own proxy');
   return new UpstreamClient({
-    observe: (registry, method, status, seconds) => metrics.upstreamLatency.labels(registry, method, String(status)).observe(seconds),
-    onTransportFailure: (registry, failure) => metrics.upstreamErrors.labels(registry, failure).inc(),
+    observe: (registry, method, status, seconds) => {
+      metrics.upstreamLatency.labels(registry, method, String(status)).observe(seconds);
+      // The upstream's own failures (transport failures are noted by class below).
+      if (typeof status === 'number' && (status >= 500 || status === 429)) errors.note(registry, `HTTP ${status} to ${method}`);
+    },
+    onTransportFailure: (registry, failure) => {
+      metrics.upstreamErrors.labels(registry, failure).inc();
+      errors.note(registry, failure);
+    },
     log,
     ...(options.dispatcher ? { dispatcher: options.dispatcher } : {}),
     ...(options.dispatcherOptions ? { dispatcherOptions: options.dispatcherOptions } : {}),

@@ -48,7 +48,29 @@ export interface BlobRequest {
 interface RunningFill {
   fill: BlobFill;
   registry: string;
+  repository: string;
   origin: string;
+  /** Where its bytes come from. */
+  source: FillSource;
+  startedAt: number;
+}
+
+/** Where a fill's bytes come from. */
+export type FillSource = 'upstream' | 'peer';
+
+/** A fill in progress as the status page shows it. */
+export interface FillProgress {
+  digest: string;
+  registry: string;
+  repository: string;
+  /** Bytes written so far. */
+  bytes: number;
+  /** The size when known (verified, promised by a stored manifest, or the source's Content-Length). */
+  size: number | undefined;
+  source: FillSource;
+  /** Clients reading it as it grows. */
+  readers: number;
+  startedAt: number;
 }
 
 /** Who an upstream answer for a blob was for: requests with the same origin would get the same answer. */
@@ -219,6 +241,21 @@ export class BlobCache {
     };
   }
 
+  /** Fills under way, for the status page; reads only. */
+  fillsInProgress(): FillProgress[] {
+    return [...this.fills.values()].flat().map(({ fill, registry, repository, source, startedAt }) => ({
+      digest: fill.digest,
+      registry,
+      repository,
+      bytes: fill.written,
+      size: fill.size ?? fill.expectedSize,
+      source,
+      // Each reader of a growing fill listens for its 'change' events until it ends.
+      readers: fill.listenerCount('change'),
+      startedAt,
+    }));
+  }
+
   /** Number of fills under way. */
   get activeFills(): number {
     let n = 0;
@@ -240,7 +277,7 @@ export class BlobCache {
   private startFill(req: BlobRequest): BlobFill {
     const { store, metadata, upstream, log } = this.deps;
     const fill = new BlobFill(req.digest, store);
-    const running: RunningFill = { fill, registry: req.registry.host, origin: originOf(req) };
+    const running: RunningFill = { fill, registry: req.registry.host, repository: req.repository, origin: originOf(req), source: 'upstream', startedAt: Date.now() };
     this.fills.set(req.digest, [...(this.fills.get(req.digest) ?? []), running]);
     // The fill owns its lifetime: a client that disconnects detaches its reader, the download goes on.
     const signal = AbortSignal.any([AbortSignal.timeout(this.deps.fillTimeoutMs), this.shutdownController.signal]);

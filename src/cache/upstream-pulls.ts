@@ -89,6 +89,11 @@ export async function underPullLimit<T>(
 /** Process-local salt: an opaque name must not be a dictionary-reversible hash of a repository name. */
 const LABEL_SALT = randomBytes(16);
 
+/** How a repository not every pod may pull is shown on the operations listener: its registry and an opaque label. */
+export function privateName(registry: string, repository: string): string {
+  return `${registry}/(private ${createHash('sha256').update(LABEL_SALT).update(repository).digest('hex').slice(0, 12)})`;
+}
+
 /**
  * What the parallel-pull limit is doing, for `/debug/pulls` on the operations listener. A repository is named only
  * when anyone on the node may pull from it (`isOpen`); others show the registry and an opaque, per-process stable
@@ -98,8 +103,7 @@ export function pullsView(limiter: PullLimiter, isOpen: (registry: string, repos
   const describe = (key: string): string => {
     const image = imageOfKey(key);
     if (image && isOpen(image.registry, image.repository)) return key;
-    const label = createHash('sha256').update(LABEL_SALT).update(image?.repository ?? key).digest('hex').slice(0, 12);
-    return `${image?.registry ?? '?'}/(private ${label})`;
+    return privateName(image?.registry ?? '?', image?.repository ?? key);
   };
   const state = limiter.state();
   return {

@@ -29,6 +29,18 @@ export interface TagRow {
   fetchedAt: number;
 }
 
+/** A stored image as the status page lists it: its top-level manifest, what names it, its stored size and last use. */
+export interface ImageUsage {
+  digest: string;
+  /** Tags on it (`tag` set), else the repositories it came through. */
+  names: { registry: string; repository: string; tag: string | undefined }[];
+  /** Bytes of the manifest and everything it references that is stored. */
+  storedBytes: number;
+  /** Whether everything it references is stored. */
+  complete: boolean;
+  lastAccess: number;
+}
+
 import type { ManifestRef } from '../oci/manifest.js';
 export type { ManifestRef };
 
@@ -57,6 +69,10 @@ export class Metadata {
     deleteBlob: Statement<[string]>;
     deleteLinks: Statement<[string]>;
     deleteTags: Statement<[string]>;
+    recentTops: Statement<[number, number], { digest: string; last_access: number }>;
+    imageSize: Statement<[string], { size: number; last_access: number; stored: number; total: number }>;
+    tagsOf: Statement<[string], { registry: string; repository: string; tag: string }>;
+    reposOf: Statement<[string], { registry: string; repository: string }>;
   };
   /** Digest → time of its latest access; the flush writes these times, not its own. */
   private pendingTouches = new Map<string, number>();
@@ -99,6 +115,20 @@ export class Metadata {
       deleteBlob: db.prepare('DELETE FROM blobs WHERE digest = ?'),
       deleteLinks: db.prepare('DELETE FROM repository_digests WHERE digest = ?'),
       deleteTags: db.prepare('DELETE FROM tags WHERE digest = ?'),
+      // Walks blobs newest first by blobs_last_access (CROSS JOIN keeps blobs the outer table) and stops after
+      // `limit` top-level manifests: the cost follows the limit, not the store.
+      recentTops: db.prepare(
+        `SELECT b.digest AS digest, b.last_access AS last_access FROM blobs b CROSS JOIN manifests m ON m.digest = b.digest
+         WHERE b.last_access >= ? AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = b.digest)
+         ORDER BY b.last_access DESC LIMIT ?`,
+      ),
+      imageSize: db.prepare(
+        `WITH RECURSIVE members(digest) AS (SELECT ? UNION SELECT r.child FROM manifest_refs r JOIN members ON r.manifest = members.digest)
+         SELECT COALESCE(SUM(b.size), 0) AS size, COALESCE(MAX(b.last_access), 0) AS last_access, COUNT(b.digest) AS stored, COUNT(*) AS total
+         FROM members LEFT JOIN blobs b ON b.digest = members.digest`,
+      ),
+      tagsOf: db.prepare('SELECT registry, repository, tag FROM tags WHERE digest = ? ORDER BY registry, repository, tag'),
+      reposOf: db.prepare('SELECT registry, repository FROM repository_digests WHERE digest = ? ORDER BY registry, repository'),
     };
   }
 
@@ -200,6 +230,16 @@ export class Metadata {
     const tagged = this.db.prepare("SELECT registry || '/' || repository || ':' || tag FROM tags WHERE digest = ? ORDER BY 1").pluck().all(digest) as string[];
     if (tagged.length > 0) return tagged;
     return this.db.prepare("SELECT registry || '/' || repository FROM repository_digests WHERE digest = ? ORDER BY 1").pluck().all(digest) as string[];
+  }
+
+  /** The `limit` most recently used images (top-level manifests), newest first. */
+  recentImages(limit: number): ImageUsage[] {
+    return this.stmt.recentTops.all(0, limit).map(({ digest, last_access }) => {
+      const size = this.stmt.imageSize.get(digest) ?? { size: 0, last_access, stored: 0, total: 0 };
+      const tags = this.stmt.tagsOf.all(digest);
+      const names = tags.length > 0 ? tags : this.stmt.reposOf.all(digest).map((r) => ({ ...r, tag: undefined }));
+      return { digest, names, storedBytes: size.size, complete: size.stored === size.total, lastAccess: Math.max(last_access, size.last_access) };
+    });
   }
 
   /** Total bytes of stored content: the running total the blob triggers keep, never a sum over the table. */

@@ -115,4 +115,11 @@ export const MIGRATIONS: readonly { name: string; sql: string }[] = [
       CREATE INDEX tags_digest ON tags(digest);
     `,
   },
+  {
+    name: '004-blobs-last-access-index',
+    sql: `
+      -- The status page lists the most recently used images: newest first by this index, stopping after a few.
+      CREATE INDEX blobs_last_access ON blobs(last_access);
+    `,
+  },
 ];

@@ -24,6 +24,16 @@ export interface EvictionResult {
   skippedPinned: number;
 }
 
+/** What eviction measures usage against: the configured bound, or the store's filesystem. */
+export interface StoreUsage {
+  basis: 'maxStorageBytes' | 'filesystem';
+  /** Bytes of content in the store. */
+  storedBytes: number;
+  /** Bytes counted against the capacity: the store's content, or everything used on its filesystem. */
+  usedBytes: number;
+  capacityBytes: number;
+}
+
 interface Usage {
   percent: number;
   bytesToFree: number;
@@ -85,20 +95,22 @@ export class Evictor {
   /**
    * How full the store is: against `maxStorageBytes` when set (so a bound is exact and testable), else against
    * the filesystem holding the store (df's used / (used + available)), as the kubelet measures its image disk.
+   * Reads only: the status page and metrics measure as often as they like.
    */
-  async usage(): Promise<Usage> {
+  async measure(): Promise<StoreUsage> {
     const { settings, metadata, store } = this.deps;
     const stored = metadata.storedBytes();
-    const high = settings.highThresholdPercent;
-    const low = settings.lowThresholdPercent;
-    if (settings.maxStorageBytes !== undefined) {
-      const percent = (stored / settings.maxStorageBytes) * 100;
-      this.headroom = (settings.maxStorageBytes * high) / 100 - stored;
-      return { percent, bytesToFree: percent >= high ? Math.ceil(stored - (settings.maxStorageBytes * low) / 100) : 0 };
-    }
+    if (settings.maxStorageBytes !== undefined) return { basis: 'maxStorageBytes', storedBytes: stored, usedBytes: stored, capacityBytes: settings.maxStorageBytes };
     const fs = await statfs(store.layout.root);
     const used = (fs.blocks - fs.bfree) * fs.bsize;
-    const capacity = used + fs.bavail * fs.bsize;
+    return { basis: 'filesystem', storedBytes: stored, usedBytes: used, capacityBytes: used + fs.bavail * fs.bsize };
+  }
+
+  /** Usage against the thresholds; also sets the headroom `noteStored` counts down. */
+  async usage(): Promise<Usage> {
+    const { usedBytes: used, capacityBytes: capacity } = await this.measure();
+    const high = this.deps.settings.highThresholdPercent;
+    const low = this.deps.settings.lowThresholdPercent;
     const percent = capacity > 0 ? (used / capacity) * 100 : 0;
     this.headroom = (capacity * high) / 100 - used;
     return { percent, bytesToFree: percent >= high ? Math.ceil(used - (capacity * low) / 100) : 0 };

@@ -27,6 +27,11 @@ interface Attempt {
 /** Outcome counters by policy and result, for logs and metrics. */
 export type VerificationOutcome = 'local' | 'exempt' | 'verified' | 'denied' | 'challenged' | 'unreachable';
 
+/** Whether every pod on the node may pull from a repository: the policy verifies nothing, or a record says so. */
+export function repositoryIsOpen(policy: VerificationPolicy, records: Pick<PullRecords, 'hasNodePodsAccessible'>, registry: string, repository: string): boolean {
+  return policy === 'NeverVerify' || records.hasNodePodsAccessible(registry, repository);
+}
+
 /**
  * Decides whether a client may be handed stored content, with the kubelet's `MustAttemptImagePull` order:
  * exempt by policy → `nodePodsAccessible` → a recorded credential → prove it upstream: the GET by digest a miss
@@ -72,7 +77,7 @@ export class CredentialVerifier {
    * pull from it (a `nodePodsAccessible` record), or the policy verifies nothing.
    */
   repositoryIsOpen(registry: string, repository: string): boolean {
-    return this.policy === 'NeverVerify' || this.deps.records.hasNodePodsAccessible(registry, repository);
+    return repositoryIsOpen(this.policy, this.deps.records, registry, repository);
   }
 
   /** Counts an answer from the store that a record (or the policy) allowed. */

@@ -26,6 +26,7 @@ export function registerRequestLog(app: FastifyInstance, metrics: Metrics): void
     const path = request.url.split('?')[0] ?? '';
     const route = routeKind(path);
     metrics.httpRequests.labels(route, request.method, String(reply.statusCode)).inc();
+    metrics.requestDuration.labels(route, request.method).observe(reply.elapsedTime / 1000);
     if ((route === 'manifest' || route === 'blob') && request.cacheStatus) {
       metrics.cacheResults.labels(route, request.cacheStatus).inc();
       const length = Number(reply.getHeader('content-length'));
