@@ -19,7 +19,7 @@ progress{width:220px;height:14px;vertical-align:middle;accent-color:var(--accent
 .badge{display:inline-block;padding:0 7px;border-radius:9px;font-size:12px;background:#e8eefb;color:var(--accent)}.badge.peer{background:#e7f5ec;color:var(--ok)}
 .bar{position:relative;height:22px;border-radius:5px;background:#e9edf3;overflow:visible;margin:10px 0 26px}
 .bar .used{height:100%;border-radius:5px;background:var(--ok)}.bar .used.high{background:var(--bad)}.bar .used.low{background:var(--warn)}
-.mark{position:absolute;top:-4px;bottom:-4px;border-left:2px dashed var(--fg)}.mark span{position:absolute;top:28px;left:-20px;font-size:12px;color:var(--muted);white-space:nowrap}
+.mark{position:absolute;top:-4px;bottom:-4px;border-left:2px dashed var(--fg)}.mark span{position:absolute;top:28px;font-size:12px;color:var(--muted);white-space:nowrap}.mark.low span{right:4px}.mark.high span{left:4px}
 .err{color:var(--bad)}
 `;
 
@@ -35,7 +35,7 @@ const hash = (text: string): string => `'sha256-${createHash('sha256').update(te
  * attributes), requests only to its own origin. Nothing is fetched from elsewhere, and a name that slipped past
  * escaping could not run script.
  */
-export const STATUS_PAGE_CSP = `default-src 'none'; style-src 'unsafe-inline'; script-src ${hash(SCRIPT)}; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`;
+export const STATUS_PAGE_CSP = `default-src 'none'; style-src 'unsafe-inline'; script-src ${hash(SCRIPT)}; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`;
 
 const ESCAPES: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
 const esc = (value: unknown): string => String(value).replace(/[&<>"']/g, (c) => ESCAPES[c] ?? c);
@@ -75,7 +75,7 @@ function pullsSection(r: StatusReport): string {
       `${esc(f.image)}<br>${shortDigest(f.digest)}`,
       `<span class="badge ${esc(f.source)}">${esc(f.source)}</span>`,
       progress,
-      `<span class="bytes">${esc(formatBytes(f.bytes))}</span> / ${f.size === null ? '?' : esc(formatBytes(f.size))}`,
+      `${esc(formatBytes(f.bytes))} / ${f.size === null ? '?' : `${esc(formatBytes(f.size))} (${f.size > 0 ? Math.floor((f.bytes / f.size) * 100) : 100}%)`}`,
       String(f.readers),
       esc(formatDuration(f.elapsedMs)),
     ];
@@ -98,7 +98,7 @@ function storeSection(r: StatusReport): string {
     s.usedPercent.toFixed(1),
   )}% of ${esc(basis)}). Eviction starts at ${s.highPercent}% and frees down to ${s.lowPercent}%.</p>
 <div class="bar" role="meter" aria-valuemin="0" aria-valuemax="100" aria-valuenow="${used.toFixed(1)}"><div class="used ${level}" style="width:${used.toFixed(2)}%"></div>
-<div class="mark" style="left:${s.lowPercent}%"><span>low ${s.lowPercent}%</span></div><div class="mark" style="left:${s.highPercent}%"><span>high ${s.highPercent}%</span></div></div></section>`;
+<div class="mark low" style="left:${s.lowPercent}%"><span>low ${s.lowPercent}%</span></div><div class="mark high" style="left:${s.highPercent}%"><span>high ${s.highPercent}%</span></div></div></section>`;
 }
 
 /** The status page: one server-rendered document that re-renders itself from the server every few seconds. */
@@ -121,7 +121,7 @@ export function renderStatusPage(r: StatusReport): string {
   const outcomes = Object.entries(r.verification.outcomes).sort(([a], [b]) => a.localeCompare(b));
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>registry-cache on ${esc(r.node)}</title><style>${STYLE}</style></head>
+<link rel="icon" href="data:,"><title>registry-cache on ${esc(r.node)}</title><style>${STYLE}</style></head>
 <body><main data-generated="${esc(r.generatedAt)}">
 <header><h1>registry-cache on ${esc(r.node)}</h1><span class="meta">up ${esc(formatDuration(r.uptimeSeconds * 1000))} · policy ${esc(r.policy)} · updated ${esc(
     r.generatedAt.slice(11, 19),

@@ -2,7 +2,7 @@ import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
 
 /** The apt-get line that installs every third-party tool the e2e suites drive. */
-export const E2E_APT_INSTALL = 'apt-get install -y docker-registry skopeo containerd apache2-utils';
+export const E2E_APT_INSTALL = 'apt-get install -y docker-registry skopeo containerd apache2-utils chromium fonts-dejavu-core';
 
 /** Whether an e2e suite should run, and why not when it should not. */
 export interface E2eGate {
