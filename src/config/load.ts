@@ -442,7 +442,8 @@ function resolvePeers(raw: RawConfig, problems: Problems, duration: (key: string
 }
 
 function parseListen(key: string, value: string): { host: string; port: number } {
-  const m = /^(\[[0-9a-fA-F:]+\]|[^:]+):(\d{1,5})$/.exec(value);
+  // Brackets may hold IPv4 too: a DaemonSet writes `[$(HOST_IP)]:5001` whatever the node's address family.
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:]+):(\d{1,5})$/.exec(value);
   const port = m ? Number(m[2]) : NaN;
   if (!m || port > 65535) throw new ConfigError(key, `"${value}" is not host:port`);
   return { host: (m[1] as string).replace(/^\[|\]$/g, ''), port };

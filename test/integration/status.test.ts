@@ -35,6 +35,17 @@ describe('status page and status.json', () => {
     return JSON.parse(res.body.toString()) as StatusReport;
   };
 
+  /** The status once `ready` holds: request metrics are counted when a response has finished, just after the client has it. */
+  const statusWhen = (cache: { opsUrl: string }, ready: (s: StatusReport) => boolean): Promise<StatusReport> =>
+    vi.waitFor(
+      async () => {
+        const s = await status(cache);
+        if (!ready(s)) throw new Error('not yet');
+        return s;
+      },
+      { timeout: 10_000, interval: 20 },
+    );
+
   async function pull(cache: TestCache, host: string, repo: string, image: FakeImage, headers: Record<string, string> = {}): Promise<void> {
     expect((await call(`${cache.url}/v2/${repo}/manifests/v1?ns=${host}`, { headers })).status).toBe(200);
     for (const b of image.blobs) expect((await call(`${cache.url}/v2/${repo}/blobs/${b.digest}?ns=${host}`, { headers })).status).toBe(200);
@@ -73,16 +84,17 @@ describe('status page and status.json', () => {
     upstream.push('pub/app', 'v1', image);
     await pull(cache, upstream.host, 'pub/app', image);
     const layers = image.blobs.reduce((n, b) => n + b.bytes.length, 0);
-    const first = await status(cache);
+    const answers = image.blobs.length + 1;
+    const first = await statusWhen(cache, (s) => s.cache.hits + s.cache.misses === answers);
     expect(first.cache).toMatchObject({ hits: 0, hitRatio: 0, bytesFetched: layers, bytesSaved: 0 });
     expect(first.images).toEqual([
       { names: [`${upstream.host}/pub/app:v1`], digest: image.manifestDigest, sizeBytes: layers + image.manifest.length, complete: true, lastUsed: expect.any(String) },
     ]);
     await pull(cache, upstream.host, 'pub/app', image);
-    const second = await status(cache);
+    const second = await statusWhen(cache, (s) => s.cache.hits + s.cache.misses === 2 * answers);
     // The second pull: the manifest tag revalidated, every blob from the store.
-    expect(second.cache.hits).toBe(image.blobs.length + 1);
-    expect(second.cache.misses).toBe(image.blobs.length + 1);
+    expect(second.cache.hits).toBe(answers);
+    expect(second.cache.misses).toBe(answers);
     expect(second.cache.hitRatio).toBe(0.5);
     expect(second.cache.bytesSaved).toBe(layers);
     expect(second.store).toMatchObject({ basis: 'maxStorageBytes', storedBytes: layers + image.manifest.length, capacityBytes: 10 * 1024 * 1024, highPercent: 85, lowPercent: 80 });
@@ -118,15 +130,10 @@ describe('status page and status.json', () => {
     const readers = [call(url), call(url)];
     // The queued pull: another image while the only slot is held by the stalled one.
     const queued = call(`${cache.url}/v2/pub/other/manifests/v1?ns=${upstream.host}`);
-    const during = await vi.waitFor(
-      async () => {
-        const s = await status(cache);
-        const fill = s.pulls.fills[0];
-        if (!fill || fill.bytes < 300_000 || fill.readers < 2 || s.pulls.queued.length < 1) throw new Error('not yet');
-        return s;
-      },
-      { timeout: 10_000, interval: 20 },
-    );
+    const during = await statusWhen(cache, (s) => {
+      const fill = s.pulls.fills[0];
+      return fill !== undefined && fill.bytes >= 300_000 && fill.readers >= 2 && s.pulls.queued.length >= 1;
+    });
     expect(during.pulls.fills).toEqual([
       { image: `${upstream.host}/pub/app`, digest: layer.digest, source: 'upstream', bytes: 300_000, size: 1_000_000, readers: 2, elapsedMs: expect.any(Number) },
     ]);

@@ -24,6 +24,13 @@ describe('configuration', () => {
     expect(Object.isFrozen(c)).toBe(true);
   });
 
+  it('takes a bracketed address of either family, as the DaemonSet writes "[$(HOST_IP)]:5001" for IPv4 and IPv6 nodes', () => {
+    // Quoted: variables are read as YAML, where an unquoted [ starts a list.
+    expect(loadConfig({ env: { REGISTRY_CACHE_METRICS_LISTEN: '"[10.1.2.3]:5001"' } }).metricsListen).toEqual({ host: '10.1.2.3', port: 5001 });
+    expect(loadConfig({ env: { REGISTRY_CACHE_METRICS_LISTEN: '"[fd00::7]:5001"' } }).metricsListen).toEqual({ host: 'fd00::7', port: 5001 });
+    expect(() => loadConfig({ env: { REGISTRY_CACHE_METRICS_LISTEN: '"[10.1.2.3]:70000"' } })).toThrow(ConfigError);
+  });
+
   it('takes every key from REGISTRY_CACHE_* env vars', () => {
     expect(envNameFor('tagTtl')).toBe('REGISTRY_CACHE_TAG_TTL');
     const c = loadConfig({
