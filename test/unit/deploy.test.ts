@@ -122,18 +122,18 @@ const daemonSet = findManifest<DaemonSet>('DaemonSet');
 const serverContainer = daemonSet.spec.template.spec.containers.find((c) => c.name === 'registry-cache') as Container;
 
 /** What the downward API gives the fields the manifests ask for, on a made-up node. */
-const DOWNWARD: Readonly<Record<string, string>> = { 'status.podIP': '10.1.2.3', 'spec.nodeName': 'node-a', 'metadata.namespace': 'registry-cache' };
+const DOWNWARD: Readonly<Record<string, string>> = { 'status.podIP': '10.1.2.3', 'status.hostIP': '10.1.2.3', 'spec.nodeName': 'node-a', 'metadata.namespace': 'registry-cache' };
 
 /**
  * A container's environment as the kubelet builds it: downward-API fields filled in, and `$(NAME)` expanded from the
  * variables defined above it (`$$` is a literal `$`; a reference to an unknown variable stays as written).
  */
-function containerEnv(container: Container): Record<string, string> {
+function containerEnv(container: Container, downward: Readonly<Record<string, string>> = DOWNWARD): Record<string, string> {
   const env: Record<string, string> = {};
   for (const e of container.env ?? []) {
     const field = e.valueFrom?.fieldRef?.fieldPath;
     if (field !== undefined) {
-      const value = DOWNWARD[field];
+      const value = downward[field];
       if (value === undefined) throw new Error(`the test does not know the downward-API field ${field}`);
       env[e.name] = value;
       continue;
@@ -148,10 +148,10 @@ function containerEnv(container: Container): Record<string, string> {
  * files of every Secret it mounts, laid out under a temp dir in place of their mount paths. `secrets` replaces a
  * Secret's keys (a deployer's real secret in place of the shipped placeholder).
  */
-function containerConfig(container: Container, secrets: Record<string, Record<string, string>> = {}): Config {
+function containerConfig(container: Container, secrets: Record<string, Record<string, string>> = {}, downward: Readonly<Record<string, string>> = DOWNWARD): Config {
   const dir = mkdtempSync(join(tmpdir(), 'rc-deploy-'));
   try {
-    const env: Record<string, string> = { ...imageEnv(read('Dockerfile')), ...containerEnv(container) };
+    const env: Record<string, string> = { ...imageEnv(read('Dockerfile')), ...containerEnv(container, downward) };
     const volumes = daemonSet.spec.template.spec.volumes;
     for (const mount of container.volumeMounts ?? []) {
       const secretName = volumes.find((v) => v.name === mount.name)?.secret?.secretName;
@@ -176,7 +176,7 @@ function containerConfig(container: Container, secrets: Record<string, Record<st
 /** A secret a deployer would put in the Secret: 48 random bytes, base64. */
 const DEPLOYED_SECRET = { 'registry-cache-peer': { secret: 'k3O5m0p8gqXh3s7yE1oZl2Rr9vTtWc4UaJbNdFfGhKiLmNoPqRsTuVwXyZ012345' } };
 
-describe('the shipped deployment listens on loopback only', () => {
+describe('the shipped deployment: the registry on loopback, the operations listener on the node address', () => {
   const dockerfile = read('Dockerfile');
   const env = imageEnv(dockerfile);
   const ds = parseAllDocuments(read('deploy/daemonset.yaml'))[0]?.toJS() as DaemonSet;
@@ -188,19 +188,29 @@ describe('the shipped deployment listens on loopback only', () => {
     expect(config.metricsListen === undefined || isLoopback(config.metricsListen.host)).toBe(true);
   });
 
-  it('the DaemonSet (image environment, container environment, ConfigMap file) listens on loopback, even if an image sets 0.0.0.0', () => {
+  it('the DaemonSet (image environment, container environment, ConfigMap file) binds the registry to loopback, even if an environment sets 0.0.0.0', () => {
     const server = ds.spec.template.spec.containers.find((c) => c.name === 'registry-cache') as Container;
-    const widening: EnvVar[] = [
-      { name: 'REGISTRY_CACHE_LISTEN', value: '0.0.0.0:5000' },
-      { name: 'REGISTRY_CACHE_METRICS_LISTEN', value: '0.0.0.0:5001' },
-    ];
     const shipped = containerConfig(server, DEPLOYED_SECRET);
-    const widened = containerConfig({ ...server, env: [...(server.env ?? []), ...widening] }, DEPLOYED_SECRET);
+    const widened = containerConfig({ ...server, env: [...(server.env ?? []), { name: 'REGISTRY_CACHE_LISTEN', value: '0.0.0.0:5000' }] }, DEPLOYED_SECRET);
     expect(shipped.listen).toEqual({ host: '127.0.0.1', port: 5000 });
-    expect(shipped.metricsListen).toEqual({ host: '127.0.0.1', port: 5001 });
-    // The defect this guards: an image default in the environment silently overriding the file's loopback address.
+    // The defect this guards: an environment variable silently overriding the file's loopback address.
     expect(widened.listen.host).toBe('127.0.0.1');
-    expect(widened.metricsListen?.host).toBe('127.0.0.1');
+  });
+
+  it('binds the operations listener to the node address (status.hostIP), port 5001, on IPv4 and IPv6 nodes', () => {
+    const server = ds.spec.template.spec.containers.find((c) => c.name === 'registry-cache') as Container;
+    const hostIpVariables = (server.env ?? []).filter((e) => e.valueFrom?.fieldRef?.fieldPath === 'status.hostIP');
+    expect(hostIpVariables).toHaveLength(1);
+    const v4 = containerConfig(server, DEPLOYED_SECRET, { ...DOWNWARD, 'status.hostIP': '192.0.2.7' });
+    const v6 = containerConfig(server, DEPLOYED_SECRET, { ...DOWNWARD, 'status.hostIP': 'fd00::7' });
+    expect(v4.metricsListen).toEqual({ host: '192.0.2.7', port: 5001 });
+    expect(v6.metricsListen).toEqual({ host: 'fd00::7', port: 5001 });
+    expect(v4.listen).toEqual({ host: '127.0.0.1', port: 5000 });
+    // The kubelet probes the pod IP (the node's, in the host network), where the operations listener is.
+    expect(ds.spec.template.spec.hostNetwork).toBe(true);
+    expect(server.livenessProbe?.httpGet).toEqual({ path: '/healthz', port: 5001 });
+    expect(server.readinessProbe?.httpGet).toEqual({ path: '/readyz', port: 5001 });
+    expect(server.ports).toContainEqual(expect.objectContaining({ name: 'metrics', containerPort: 5001 }));
   });
 });
 
@@ -221,7 +231,8 @@ describe('deploy/ kustomize base', () => {
     const config = loadConfig({ file: join(dir, 'config.yaml'), env: {} });
     expect(config.listen).toEqual({ host: '127.0.0.1', port: 5000 });
     expect(config.storage).toBe('/var/lib/registry-cache');
-    expect(config.metricsListen).toEqual({ host: '127.0.0.1', port: 5001 });
+    // The DaemonSet sets it to the node's address; the file alone has none.
+    expect(config.metricsListen).toBeUndefined();
   });
 
   it('runs on every node in the host network, probed, resourced and locked down', () => {
@@ -234,8 +245,6 @@ describe('deploy/ kustomize base', () => {
     const server = spec.containers.find((c) => c.name === 'registry-cache') as Container;
     for (const c of [...spec.containers, ...spec.initContainers]) expect(images.has(c.image)).toBe(true);
     expect(server.args).toEqual(['serve', '--config', '/etc/registry-cache/config.yaml']);
-    expect(server.livenessProbe?.httpGet).toEqual({ host: '127.0.0.1', path: '/healthz', port: 5001 });
-    expect(server.readinessProbe?.httpGet).toEqual({ host: '127.0.0.1', path: '/readyz', port: 5001 });
     expect(server.resources?.requests).toMatchObject({ cpu: expect.any(String), memory: expect.any(String) });
     expect(server.resources?.limits?.memory).toBeDefined();
     expect(server.securityContext).toMatchObject({ runAsNonRoot: true, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } });
