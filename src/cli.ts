@@ -3,7 +3,7 @@ import './runtime-check.js';
 import { Command } from 'commander';
 import { ConfigError, loadConfig } from './config/load.js';
 import { startServer } from './main.js';
-import { runCheck, runGc, runPreload, runRecords, runVerify } from './commands.js';
+import { runCheck, runGc, runPreload, runRecords, runStatus, runVerify } from './commands.js';
 import { DEFAULT_CERTS_DIR, restoreHosts, writeHosts } from './hosts.js';
 import type { Config } from './config/load.js';
 
@@ -106,6 +106,16 @@ program
   .action(async (options: { config?: string }) => {
     const ok = await runCheck(configOrExit(options.config));
     process.exitCode = ok ? 0 : 1;
+  });
+
+program
+  .command('status')
+  .description("what the cache is doing: a running server's /status.json (hit ratio, pulls, store, images), else what the store tells")
+  .option('--json', 'JSON output')
+  .option('--url <url>', 'operations listener to ask (default: from metricsListen)')
+  .option('-c, --config <file>', 'YAML configuration file')
+  .action(async (options: { json?: boolean; url?: string; config?: string }) => {
+    await runStatus(configOrExit(options.config), { json: options.json === true, url: options.url });
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => {

@@ -9,6 +9,9 @@ import { storeHolder } from './store/lock.js';
 import { Evictor } from './lifecycle/eviction.js';
 import { verifyStore } from './lifecycle/integrity.js';
 import { checkRegistries } from './upstream/check.js';
+import { storeStatus, type StatusReport, type StoreStatus } from './cache/status.js';
+import { repositoryIsOpen } from './policy/verifier.js';
+import { formatBytes, formatDuration } from './server/status-page.js';
 
 /** `registry-cache preload SOURCE [--name REF]`: imports an image as pre-pulled; prints what it imported. */
 export async function runPreload(config: Config, source: string, name: string | undefined): Promise<void> {
@@ -134,4 +137,89 @@ export async function runCheck(config: Config): Promise<boolean> {
   const checks = await checkRegistries(config);
   for (const c of checks) process.stdout.write(`${c.ok ? 'ok  ' : 'FAIL'} ${c.registry} ${c.endpoint}: ${c.summary}\n`);
   return checks.every((c) => c.ok);
+}
+
+/** How long `status` waits for a running server's answer before it reads the store instead. */
+const STATUS_TIMEOUT_MS = 3_000;
+
+/** The operations listener's URL as a client on this host reaches it (a wildcard bind is reached on loopback). */
+function opsUrlOf(listen: { host: string; port: number }): string {
+  const host = listen.host === '0.0.0.0' ? '127.0.0.1' : listen.host === '::' ? '::1' : listen.host;
+  return `http://${host.includes(':') ? `[${host}]` : host}:${listen.port}`;
+}
+
+/**
+ * `registry-cache status [--json] [--url URL]`: the status page's summary in the terminal, from a running server's
+ * `/status.json` (at `--url`, else `metricsListen`), or, when none answers, what the store alone tells.
+ */
+export async function runStatus(config: Config, options: { json: boolean; url?: string | undefined }): Promise<void> {
+  const url = options.url ?? (config.metricsListen ? opsUrlOf(config.metricsListen) : undefined);
+  let why = 'no metricsListen is configured (or pass --url)';
+  if (url !== undefined) {
+    try {
+      const res = await fetch(`${url.replace(/\/$/, '')}/status.json`, { signal: AbortSignal.timeout(STATUS_TIMEOUT_MS) });
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      const report = (await res.json()) as StatusReport;
+      process.stdout.write(options.json ? `${JSON.stringify({ source: url, ...report }, null, 2)}\n` : formatStatus(report, `live from ${url}`));
+      return;
+    } catch (err) {
+      const cause = (err as Error & { cause?: { code?: string } }).cause?.code;
+      why = `no server answered at ${url} (${cause ?? (err as Error).message})`;
+    }
+  }
+  const opened = await openStore(config, createLogger('warn'), { readOnly: true });
+  try {
+    const evictor = new Evictor({ store: opened.store, metadata: opened.metadata, settings: config.eviction, log: createLogger('warn'), isBusy: () => false });
+    const report = await storeStatus({
+      config,
+      metadata: opened.metadata,
+      measure: () => evictor.measure(),
+      isOpen: (registry, repository) => repositoryIsOpen(config.imagePullCredentialsVerificationPolicy, opened.records, registry, repository),
+    });
+    process.stdout.write(options.json ? `${JSON.stringify({ source: 'store', note: why, ...report }, null, 2)}\n` : formatStatus(report, `from the store: ${why}`));
+  } finally {
+    await opened.close();
+  }
+}
+
+/** A text bar of `width` characters for `ratio` (0-1). */
+function textBar(ratio: number, width = 20): string {
+  const filled = Math.max(0, Math.min(width, Math.round(ratio * width)));
+  return `[${'#'.repeat(filled)}${'-'.repeat(width - filled)}]`;
+}
+
+/** The status as terminal lines; a report from the store has no live figures (hits, pulls, errors). */
+export function formatStatus(report: StoreStatus | StatusReport, source: string): string {
+  const lines: string[] = [];
+  const live = 'cache' in report ? report : undefined;
+  lines.push(`registry-cache on ${report.node}, policy ${report.policy}${live ? `, up ${formatDuration(live.uptimeSeconds * 1000)}` : ''} (${source})`);
+  if (live) {
+    const c = live.cache;
+    const ratio = c.hitRatio === null ? '-' : `${(c.hitRatio * 100).toFixed(1)}%`;
+    lines.push(`hit ratio  ${ratio} (${c.hits} hits, ${c.misses} misses); saved ${formatBytes(c.bytesSaved)}, fetched ${formatBytes(c.bytesFetched)} from upstreams`);
+  }
+  const s = report.store;
+  lines.push(
+    `store      ${textBar(s.usedPercent / 100)} ${s.usedPercent.toFixed(1)}% of ${formatBytes(s.capacityBytes)} (${s.basis}); evicts above ${s.highPercent}% down to ${s.lowPercent}%; ${formatBytes(s.storedBytes)} of content`,
+  );
+  if (live) {
+    const p = live.pulls;
+    lines.push(`pulls      ${p.active.length} active${p.limit === null ? '' : ` of ${p.limit}`}, ${p.queued.length} queued`);
+    for (const f of p.fills) {
+      const progress = f.size === null ? `${formatBytes(f.bytes)} of ?` : `${textBar(f.size > 0 ? f.bytes / f.size : 1)} ${formatBytes(f.bytes)} of ${formatBytes(f.size)}`;
+      lines.push(`  ${f.image} ${f.digest?.slice(0, 19) ?? ''} ${f.source} ${progress}, ${f.readers} waiting, ${formatDuration(f.elapsedMs)}`);
+    }
+    for (const q of p.queued) lines.push(`  queued ${q.images.join(', ')} for ${formatDuration(q.waitingForMs)}`);
+  }
+  lines.push(`images     ${report.images.length === 0 ? 'none stored' : 'most recently used:'}`);
+  for (const i of report.images) {
+    lines.push(`  ${i.names.join(', ') || '(unnamed)'}  ${formatBytes(i.sizeBytes)}${i.complete ? '' : ' (partial)'}  last used ${i.lastUsed.replace('T', ' ').slice(0, 19)} UTC`);
+  }
+  if (live) {
+    lines.push(`upstream errors ${live.upstreamErrors.length === 0 ? 'none since start' : ''}`.trimEnd());
+    for (const e of live.upstreamErrors.slice(0, 5)) lines.push(`  ${e.at.slice(11, 19)} ${e.registry} ${e.error}`);
+    const outcomes = Object.entries(live.verification.outcomes).map(([k, v]) => `${k} ${v}`);
+    lines.push(`verification ${outcomes.length > 0 ? outcomes.join(', ') : 'none since start'}`);
+  }
+  return `${lines.join('\n')}\n`;
 }

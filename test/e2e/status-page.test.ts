@@ -68,10 +68,12 @@ describe.runIf(gate.run)('the status page in Chromium', () => {
     const download: Promise<TestResponse> = call(`${cache.url}/v2/library/big/blobs/${layer.digest}?ns=${upstream.host}`);
 
     // A refresh shows the download; a later refresh shows more of it.
-    await page.waitForFunction(() => Number(document.querySelector('#pulls progress[value]')?.getAttribute('value') ?? 0) > 0, { timeout: 30_000, polling: 'mutation' });
+    // Expressions as strings: they run in the page, where `document` is (the tests compile without the DOM library).
+    const progressAbove = (bytes: number): string => `Number(document.querySelector('#pulls progress[value]')?.getAttribute('value') ?? 0) > ${bytes}`;
+    await page.waitForFunction(progressAbove(0), { timeout: 30_000, polling: 'mutation' });
     const first = await progressValue(page);
     const firstGenerated = await page.$eval('main', (el) => el.getAttribute('data-generated'));
-    await page.waitForFunction((before: number) => Number(document.querySelector('#pulls progress[value]')?.getAttribute('value') ?? 0) > before, { timeout: 30_000, polling: 'mutation' }, first);
+    await page.waitForFunction(progressAbove(first), { timeout: 30_000, polling: 'mutation' });
     const second = await progressValue(page);
     expect(second).toBeGreaterThan(first);
     expect(await page.$eval('main', (el) => el.getAttribute('data-generated'))).not.toBe(firstGenerated);
@@ -88,11 +90,11 @@ describe.runIf(gate.run)('the status page in Chromium', () => {
     // A second pull of the layer is a hit: the ratio moves off 0%, and the image is listed at its full size.
     expect((await call(`${cache.url}/v2/library/big/blobs/${layer.digest}?ns=${upstream.host}`)).status).toBe(200);
     await page.waitForFunction(
-      () => {
+      `(() => {
         const ratio = document.querySelector('#hit-ratio b')?.textContent ?? '';
         const images = document.querySelector('#images')?.textContent ?? '';
         return ratio !== '–' && ratio !== '0.0%' && images.includes('32.0 MiB') && document.querySelector('#pulls progress') === null;
-      },
+      })()`,
       { timeout: 30_000, polling: 'mutation' },
     );
     expect(await page.$eval('#images', (el) => el.textContent)).toContain(`${upstream.host}/library/big:v1`);

@@ -27,7 +27,7 @@ describe('README for someone with a fresh checkout', () => {
 
   it('says every subcommand takes --config, and every one does', () => {
     const commands = subcommands();
-    expect(commands.map((c) => c.name).sort()).toEqual(['check', 'gc', 'hosts', 'preload', 'records', 'serve', 'verify']);
+    expect(commands.map((c) => c.name).sort()).toEqual(['check', 'gc', 'hosts', 'preload', 'records', 'serve', 'status', 'verify']);
     for (const c of commands) expect(c.block, c.name).toContain(".option('-c, --config <file>'");
     expect(README).toContain('Every command takes `--config FILE`');
   });
