@@ -198,4 +198,16 @@ describe('monitoring: dashboard and alerts read only what the server exports', (
     const baseKinds = base.resources.flatMap((r) => parseAllDocuments(read(join('deploy', r))).map((d) => (d.toJS() as { apiVersion: string }).apiVersion));
     expect(baseKinds.filter((v) => v.startsWith('monitoring.coreos.com'))).toEqual([]);
   });
+
+  it('README says what the operations listener exposes and to whom, and shows the status page during a pull', () => {
+    const readme = read('README.md');
+    const section = readme.slice(readme.indexOf('## Monitoring and the status page'), readme.indexOf('## Pull limits'));
+    for (const path of ['/metrics', '/healthz', '/readyz', '/debug/pulls', '/status', '/status.json']) expect(section).toContain(`\`${path}\``);
+    expect(section).toMatch(/reachable from the node network/);
+    expect(section).toMatch(/no credential,\s+token or credential hash/);
+    const image = /!\[[^\]]+\]\((docs\/[\w-]+\.png)\)/.exec(section)?.[1];
+    expect(image).toBe('docs/status-page.png');
+    // A PNG signature, not a placeholder.
+    expect(readFileSync(join(root, image as string)).subarray(0, 8)).toEqual(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]));
+  });
 });
