@@ -76,12 +76,14 @@ export class Metrics {
       buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120],
       registers,
     });
+    // A failed measurement (the store's filesystem gone) leaves the last value rather than failing the scrape.
+    const storeUsage = async (): Promise<{ usedBytes: number; capacityBytes: number } | undefined> => sources.storeUsage?.().catch(() => undefined);
     this.storeUsage = new Gauge({
       name: 'registry_cache_store_usage_ratio',
       help: 'Usage eviction compares with its thresholds (0-1): store bytes of maxStorageBytes, or the store filesystem used',
       registers,
       async collect() {
-        const usage = await sources.storeUsage?.().catch(() => undefined);
+        const usage = await storeUsage();
         if (usage && usage.capacityBytes > 0) this.set(usage.usedBytes / usage.capacityBytes);
       },
     });
@@ -90,7 +92,7 @@ export class Metrics {
       help: 'Capacity the thresholds are percentages of: maxStorageBytes, or the store filesystem size',
       registers,
       async collect() {
-        const usage = await sources.storeUsage?.().catch(() => undefined);
+        const usage = await storeUsage();
         if (usage) this.set(usage.capacityBytes);
       },
     });

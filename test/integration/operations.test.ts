@@ -2,16 +2,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { startCache, type TestCache } from '../support/cache-server.js';
 import { FakeUpstream, makeImage } from '../support/fake-upstream.js';
 import { call } from '../support/http-client.js';
+import { sample } from '../support/exposition.js';
 import { cacheToken } from '../support/registry-auth.js';
-
-/** The value of one sample line of a Prometheus exposition, or undefined. */
-function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
-    if (Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) return Number(line.split(' ').pop());
-  }
-  return undefined;
-}
 
 describe('operations endpoints', () => {
   const cleanup: (() => Promise<void>)[] = [];

@@ -4,16 +4,8 @@ import type { StatusReport } from '../../src/cache/status.js';
 import { startCache, type TestCache } from '../support/cache-server.js';
 import { FakeUpstream, makeImage, type FakeImage } from '../support/fake-upstream.js';
 import { call } from '../support/http-client.js';
+import { sample } from '../support/exposition.js';
 import { cacheToken } from '../support/registry-auth.js';
-
-/** The value of one sample line of a Prometheus exposition, or undefined. */
-function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
-    if (Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) return Number(line.split(' ').pop());
-  }
-  return undefined;
-}
 
 describe('status page and status.json', () => {
   const cleanup: (() => Promise<void>)[] = [];
