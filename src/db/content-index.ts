@@ -232,7 +232,7 @@ export class Metadata {
     return this.db.prepare("SELECT registry || '/' || repository FROM repository_digests WHERE digest = ? ORDER BY 1").pluck().all(digest) as string[];
   }
 
-  /** The `limit` most recently used images (top-level manifests), newest first. */
+  /** The `limit` most recently used images (top-level manifests, by their own last use: every pull fetches one), newest first. */
   recentImages(limit: number): ImageUsage[] {
     return this.stmt.recentTops.all(0, limit).map(({ digest, last_access }) => {
       const size = this.stmt.imageSize.get(digest) ?? { size: 0, last_access, stored: 0, total: 0 };

@@ -120,4 +120,28 @@ describe('content index (db/content-index.ts) against an in-memory database', ()
     index.close();
     expect(() => index.ping()).toThrow();
   });
+
+  it('lists the most recently used images newest first: top-level manifests only, with their stored size, names and completeness', () => {
+    const { index } = open();
+    const now = vi.spyOn(Date, 'now');
+    // An image (manifest 3 → blobs 1, 2) and an index (manifest 6 → manifest 5 → blob 4, and a missing manifest 7).
+    now.mockReturnValue(1_000);
+    index.insertBlob(digest(1), 10, null);
+    index.insertBlob(digest(2), 20, null);
+    index.insertManifest({ digest: digest(3), size: 3, mediaType: OCI_MANIFEST }, [{ child: digest(1), kind: 'blob' }, { child: digest(2), kind: 'blob' }], { registry: 'r.io', repository: 'team/app' });
+    index.putTag('r.io', 'team/app', 'v1', digest(3));
+    now.mockReturnValue(2_000);
+    index.insertBlob(digest(4), 40, null);
+    index.insertManifest({ digest: digest(5), size: 5, mediaType: OCI_MANIFEST }, [{ child: digest(4), kind: 'blob' }], { registry: 'r.io', repository: 'team/multi' });
+    index.insertManifest({ digest: digest(6), size: 6, mediaType: OCI_MANIFEST }, [{ child: digest(5), kind: 'manifest' }, { child: digest(7), kind: 'manifest' }], { registry: 'r.io', repository: 'team/multi' });
+    expect(index.recentImages(10)).toEqual([
+      { digest: digest(6), names: [{ registry: 'r.io', repository: 'team/multi', tag: undefined }], storedBytes: 51, complete: false, lastAccess: 2_000 },
+      { digest: digest(3), names: [{ registry: 'r.io', repository: 'team/app', tag: 'v1' }], storedBytes: 33, complete: true, lastAccess: 1_000 },
+    ]);
+    // A pull of the older image (its manifest: every pull fetches one) makes it the most recent; the limit keeps the newest.
+    now.mockReturnValue(3_000);
+    index.touch(digest(3));
+    index.flushTouches();
+    expect(index.recentImages(1).map((i) => i.digest)).toEqual([digest(3)]);
+  });
 });
