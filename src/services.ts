@@ -128,7 +128,13 @@ export async function createServices(config: Config, log: Logger, options: Servi
   });
   // The evictor asks the blob cache what is busy, and the blob cache reports what it stored: the caches reach the
   // loop through the closure above, called only once fills run.
-  const eviction = startEvictionLoop(config, log, { store, metadata, metrics, isBusy: (digest) => caches.blobs.isBusy(digest) });
+  const eviction = startEvictionLoop(config, log, {
+    store,
+    metadata,
+    metrics,
+    isBusy: (digest) => caches.blobs.isBusy(digest),
+    onRemoved: (digests) => caches.manifests.forget(digests),
+  });
   bindGauges({
     activeFills: () => caches.blobs.activeFills,
     queuedPulls: () => pulls.limiter.queued,
@@ -353,10 +359,17 @@ interface EvictionLoop {
 function startEvictionLoop(
   config: Config,
   log: Logger,
-  parts: { store: BlobStore; metadata: Metadata; metrics: Metrics; isBusy: (digest: string) => boolean },
+  parts: {
+    store: BlobStore;
+    metadata: Metadata;
+    metrics: Metrics;
+    isBusy: (digest: string) => boolean;
+    /** Told which digests' rows eviction deleted (the manifest cache drops their bytes from memory). */
+    onRemoved: (digests: readonly string[]) => void;
+  },
 ): EvictionLoop {
-  const { store, metadata, metrics, isBusy } = parts;
-  const evictor = new Evictor({ store, metadata, settings: config.eviction, log, isBusy, onEvict: (units) => metrics.evictions.inc(units) });
+  const { store, metadata, metrics, isBusy, onRemoved } = parts;
+  const evictor = new Evictor({ store, metadata, settings: config.eviction, log, isBusy, onRemoved, onEvict: (units) => metrics.evictions.inc(units) });
   let collectQueued = false;
   let closed = false;
   function scheduleCollect(): void {

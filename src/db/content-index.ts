@@ -1,4 +1,5 @@
 import type { Statement } from 'better-sqlite3';
+import { LRUCache } from 'lru-cache';
 import type { Db } from './database.js';
 
 /** A stored blob's metadata. */
@@ -46,6 +47,8 @@ export type { ManifestRef };
 
 /** How often batched last-access updates are written; access times need not be exact. */
 const TOUCH_FLUSH_MS = 5_000;
+/** Repository links remembered as written; one forgotten costs one INSERT that does nothing. */
+const LINK_MEMO_ENTRIES = 65_536;
 
 /** Typed, prepared queries over the metadata database. Short transactions only: better-sqlite3 blocks. */
 export class Metadata {
@@ -77,6 +80,11 @@ export class Metadata {
   /** Digest → time of its latest access; the flush writes these times, not its own. */
   private pendingTouches = new Map<string, number>();
   private touchTimer: NodeJS.Timeout | undefined;
+  /**
+   * (registry, repository, digest) links this connection wrote: a warm hit skips the INSERT it would otherwise make
+   * on every request. Only `deleteContent` deletes links, and it clears this, so a remembered link is a stored row.
+   */
+  private readonly linked = new LRUCache<string, true>({ max: LINK_MEMO_ENTRIES });
 
   constructor(private readonly db: Db) {
     this.stmt = {
@@ -190,7 +198,10 @@ export class Metadata {
 
   /** Records that a digest was fetched through a repository. */
   linkRepository(registry: string, repository: string, digest: string): void {
+    const key = `${registry}\n${repository}\n${digest}`;
+    if (this.linked.has(key)) return;
     this.stmt.link.run(registry, repository, digest);
+    this.linked.set(key, true);
   }
 
   /** Notes an access; written in batches so cache hits never wait on a write. */
@@ -289,6 +300,8 @@ export class Metadata {
         this.stmt.deleteBlob.run(d);
       }
     })();
+    // Rare (eviction), so the whole memo goes rather than an index by digest being kept for it.
+    this.linked.clear();
   }
 
   /** Up to `limit` blobs after rowid `after`, in rowid order (a keyset page for eviction's list). */

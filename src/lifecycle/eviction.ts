@@ -79,6 +79,8 @@ export class Evictor {
       log: Logger;
       isBusy: (digest: string) => boolean;
       onEvict?: (units: number) => void;
+      /** Called with the digests whose rows were just deleted (before their files go). */
+      onRemoved?: (digests: readonly string[]) => void;
     },
   ) {}
 
@@ -265,6 +267,7 @@ export class Evictor {
   private async remove(digests: string[]): Promise<void> {
     // Rows (and, by cascade, manifests, references, pull records, preloaded marks) first, in one transaction.
     this.deps.metadata.deleteContent(digests);
+    this.deps.onRemoved?.(digests);
     const limit = pLimit(REMOVE_CONCURRENCY);
     // unlink, not rm: rm's lstat and recursion handling cost ~5× as much per file, and these are plain files.
     await Promise.all(digests.map((d) => limit(() => unlink(this.deps.store.pathFor(d)).catch(ignoreMissing))));

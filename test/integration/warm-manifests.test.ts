@@ -1,0 +1,85 @@
+import { writeFile } from 'node:fs/promises';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { startCache, type TestCache } from '../support/cache-server.js';
+import { FakeUpstream, makeImage } from '../support/fake-upstream.js';
+import { call, errorCode } from '../support/http-client.js';
+
+describe('warm manifests: bytes and repository links remembered in memory', () => {
+  let upstream: FakeUpstream;
+  let cache: TestCache;
+  const image = makeImage([1000, 2000]);
+
+  beforeEach(async () => {
+    upstream = await new FakeUpstream().start();
+    upstream.push('team/app', '1.0', image);
+    upstream.push('team/mirror', '1.0', image);
+  });
+
+  afterEach(async () => {
+    await cache?.stop();
+    await upstream.stop();
+  });
+
+  const byDigest = (repo: string): string => `${cache.url}/v2/${repo}/manifests/${image.manifestDigest}?ns=${upstream.host}`;
+
+  /** Evicts everything the store holds through the server's own evictor (usage far above any threshold). */
+  async function evictEverything(): Promise<void> {
+    const result = await cache.services.evictor.collect();
+    expect(result.evicted.map((e) => e.root)).toContain(image.manifestDigest);
+    expect(cache.services.metadata.getManifest(image.manifestDigest)).toBeUndefined();
+  }
+
+  it('serves a stored manifest from memory once read: the file is not read again', async () => {
+    cache = await startCache({ [upstream.host]: upstream.url }, { imagePullCredentialsVerificationPolicy: 'NeverVerify' });
+    expect((await call(byDigest('team/app'))).body.equals(image.manifest)).toBe(true);
+    // Same length, other bytes: a read of the file would now serve these.
+    await writeFile(cache.services.store.pathFor(image.manifestDigest), Buffer.alloc(image.manifest.length, 0x20));
+    for (let i = 0; i < 3; i++) {
+      const res = await call(byDigest('team/app'));
+      expect(res.status).toBe(200);
+      expect(res.body.equals(image.manifest)).toBe(true);
+    }
+    expect(upstream.count('GET', /\/manifests\//)).toBe(1);
+  });
+
+  it('asks the database first: an evicted manifest is not served from memory', async () => {
+    cache = await startCache(
+      { [upstream.host]: upstream.url },
+      { imagePullCredentialsVerificationPolicy: 'NeverVerify', maxStorageBytes: 1, imageGCHighThresholdPercent: 1, imageGCLowThresholdPercent: 0, gcInterval: '1h' },
+    );
+    expect((await call(byDigest('team/app'))).status).toBe(200);
+    await evictEverything();
+    // The manifest is gone upstream too: the only copy left would be the one in memory.
+    upstream.fault = (r) => (r.path.includes('/manifests/') ? { kind: 'status', status: 404 } : undefined);
+    const res = await call(byDigest('team/app'));
+    expect(res.status).toBe(404);
+    expect(errorCode(res)).toBe('MANIFEST_UNKNOWN');
+    expect(upstream.count('GET', /\/manifests\//)).toBe(2);
+    // And the evicted bytes no longer take memory.
+    expect(cache.services.manifests.holdsInMemory(image.manifestDigest)).toBe(false);
+  });
+
+  it('links each repository a manifest is served through once, and again after eviction deleted the links', async () => {
+    cache = await startCache(
+      { [upstream.host]: upstream.url },
+      { imagePullCredentialsVerificationPolicy: 'NeverVerify', maxStorageBytes: 1, imageGCHighThresholdPercent: 1, imageGCLowThresholdPercent: 0, gcInterval: '1h' },
+    );
+    const { metadata } = cache.services;
+    const linked = (repo: string): boolean => metadata.isLinked(upstream.host, repo, image.manifestDigest);
+    // Fetched through team/app, then served from the store through team/mirror: both are links.
+    expect((await call(byDigest('team/app'))).status).toBe(200);
+    expect((await call(byDigest('team/mirror'))).status).toBe(200);
+    expect(linked('team/app') && linked('team/mirror')).toBe(true);
+    await evictEverything();
+    expect(linked('team/app') || linked('team/mirror')).toBe(false);
+    // Fetched again through team/app; team/mirror, served from the store, must be linked again although this
+    // process linked it before the eviction (its blobs are found from the repository through that link).
+    expect((await call(byDigest('team/app'))).status).toBe(200);
+    expect((await call(byDigest('team/mirror'))).status).toBe(200);
+    expect(upstream.count('GET', /\/manifests\//)).toBe(2);
+    expect(linked('team/mirror')).toBe(true);
+    const layer = image.blobs[0];
+    if (!layer) throw new Error('image without blobs');
+    expect((await call(`${cache.url}/v2/team/mirror/blobs/${layer.digest}?ns=${upstream.host}`)).status).toBe(200);
+  });
+});
