@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { createReadStream, type ReadStream } from 'node:fs';
 import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { blobPath, storeLayout, type StoreLayout } from './layout.js';
+import { FileRangeStream } from './read-stream.js';
 
 /** A temp file being filled; committed by rename into the content-addressed tree. */
 export interface TempFile {
@@ -66,12 +66,9 @@ export class BlobStore {
     }
   }
 
-  /** Streams `[start, end]` (inclusive) of a stored file. */
-  openRead(digest: string, start?: number, end?: number): ReadStream {
-    const options: { highWaterMark: number; start?: number; end?: number } = { highWaterMark: READ_HIGH_WATER_MARK };
-    if (start !== undefined) options.start = start;
-    if (end !== undefined) options.end = end;
-    return createReadStream(this.pathFor(digest), options);
+  /** Streams `[start, end]` (inclusive) of a stored file; piped, it reuses its read buffers. */
+  openRead(digest: string, start?: number, end?: number): FileRangeStream {
+    return new FileRangeStream(this.pathFor(digest), READ_HIGH_WATER_MARK, { start, end });
   }
 
   /** Reads a small stored file (a manifest) whole. */

@@ -1,0 +1,156 @@
+import { open, type FileHandle } from 'node:fs/promises';
+import { Readable, type Writable } from 'node:stream';
+
+/** Buffers a piped reader keeps for reuse: one being written out while the next is read is the steady state. */
+const SPARE_BUFFERS = 2;
+
+/** One positional read: the view that holds the bytes, and the whole buffer it is a view of. */
+interface Chunk {
+  buffer: Buffer;
+  bytes: Buffer;
+}
+
+/**
+ * Streams bytes `[start, end]` (inclusive) of a file, as `fs.createReadStream` does, but reads into a few reused
+ * buffers instead of allocating one per read when piped (how fastify sends a body): a buffer goes back for reuse only
+ * once the destination's write callback has said it is written out (for a socket: handed to the kernel), so bytes
+ * still queued are never overwritten. Read any other way (`read()`, `'data'`, async iteration), every chunk is a new
+ * buffer the consumer owns. Ends at end of file if that comes before `end`, like `createReadStream`.
+ */
+export class FileRangeStream extends Readable {
+  private readonly opening: Promise<FileHandle | undefined>;
+  private handle: FileHandle | undefined;
+  private position: number;
+  private readonly last: number;
+  private readonly spare: Buffer[] = [];
+  private piped = false;
+
+  constructor(
+    path: string,
+    private readonly chunkSize: number,
+    range: { start?: number | undefined; end?: number | undefined } = {},
+  ) {
+    super({ highWaterMark: chunkSize });
+    this.position = range.start ?? 0;
+    this.last = range.end ?? Number.POSITIVE_INFINITY;
+    this.opening = open(path, 'r').then(
+      (handle) => {
+        // Destroyed while opening: nobody will close it otherwise.
+        if (this.destroyed) {
+          void handle.close().catch(() => undefined);
+          return undefined;
+        }
+        this.handle = handle;
+        return handle;
+      },
+      (err: unknown) => {
+        this.destroy(err as Error);
+        return undefined;
+      },
+    );
+  }
+
+  override _read(): void {
+    if (this.piped) return;
+    this.readChunk(undefined).then(
+      (chunk) => this.push(chunk ? chunk.bytes : null),
+      (err: unknown) => this.destroy(err as Error),
+    );
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    // After the open settles, so a handle opened meanwhile is closed too; FileHandle.close waits for a read in flight.
+    void this.opening.then(async () => {
+      const handle = this.handle;
+      this.handle = undefined;
+      try {
+        await handle?.close();
+      } catch (err) {
+        error ??= err as Error;
+      }
+      callback(error);
+    });
+  }
+
+  /**
+   * Writes the file to `destination` itself, recycling buffers through its write callbacks (see the class comment).
+   * Behaves as `Readable.pipe` for the caller: backpressure, `end` (default true), `'end'` and `'close'` here when done,
+   * and a destination that closes or fails first destroys this stream (releasing the file).
+   */
+  override pipe<T extends NodeJS.WritableStream>(destination: T, options?: { end?: boolean }): T {
+    if (this.piped || this.readableFlowing !== null || this.readableDidRead) {
+      // Already flowing some other way: a plain pipe, without reuse, is the only safe thing.
+      if (this.piped) throw new Error('FileRangeStream is already piped');
+      return super.pipe(destination, options);
+    }
+    this.piped = true;
+    destination.emit('pipe', this);
+    void this.pumpInto(destination as unknown as Writable, options?.end !== false);
+    return destination;
+  }
+
+  private async pumpInto(destination: Writable, end: boolean): Promise<void> {
+    let next = this.readChunk(this.spare.pop());
+    try {
+      for (;;) {
+        const chunk = await next;
+        if (!chunk || this.destroyed) break;
+        if (destination.destroyed || destination.writableEnded) {
+          this.destroy();
+          return;
+        }
+        // The next read runs while this chunk is written out. It gets a spare buffer only if one was given back.
+        next = this.readChunk(this.spare.pop());
+        next.catch(() => undefined);
+        const { buffer } = chunk;
+        const more = destination.write(chunk.bytes, (err?: Error | null) => {
+          if (!err && this.spare.length < SPARE_BUFFERS) this.spare.push(buffer);
+        });
+        if (!more) await this.drained(destination);
+      }
+    } catch (err) {
+      this.destroy(err as Error);
+      return;
+    }
+    if (this.destroyed) return;
+    if (destination.destroyed) {
+      this.destroy();
+      return;
+    }
+    if (end) destination.end();
+    // Finishes this side as a Readable does: 'end', then (autoDestroy) the file is closed and 'close' follows.
+    this.push(null);
+    this.resume();
+  }
+
+  /** Resolves on 'drain', or when either side closes or the destination fails (the loop then stops). */
+  private drained(destination: Writable): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        destination.off('drain', done);
+        destination.off('close', done);
+        destination.off('error', done);
+        this.off('close', done);
+        resolve();
+      };
+      destination.on('drain', done);
+      destination.on('close', done);
+      destination.on('error', done);
+      this.on('close', done);
+      if (destination.destroyed || this.destroyed) done();
+    });
+  }
+
+  /** Reads the next chunk into `reuse` (or a new buffer); null at the end of the range or of the file. */
+  private async readChunk(reuse: Buffer | undefined): Promise<Chunk | null> {
+    const handle = this.handle ?? (await this.opening);
+    const wanted = Math.min(this.chunkSize, this.last - this.position + 1);
+    if (!handle || this.destroyed || wanted <= 0) return null;
+    // A range only shrinks, so a buffer sized for the first read fits every later one.
+    const buffer = reuse && reuse.length >= wanted ? reuse : Buffer.allocUnsafe(wanted);
+    const { bytesRead } = await handle.read(buffer, 0, wanted, this.position);
+    if (bytesRead === 0) return null;
+    this.position += bytesRead;
+    return { buffer, bytes: buffer.subarray(0, bytesRead) };
+  }
+}

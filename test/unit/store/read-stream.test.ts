@@ -1,0 +1,127 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
+import { pipeline } from 'node:stream/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BlobStore } from '../../../src/store/blob-store.js';
+import { sha256 } from '../../support/fake-upstream.js';
+
+/**
+ * A destination that behaves like a socket under load: it accepts writes up to a large high-water mark without
+ * finishing them, finishes each one a few turns of the event loop later, and only then "sends" its bytes. A chunk that
+ * changed between write() and the end of its write is what a reused buffer overwritten too early looks like.
+ */
+class LaggingSink extends Writable {
+  readonly received: Buffer[] = [];
+  readonly arrays = new Set<ArrayBufferLike>();
+  overwritten = 0;
+  private pending = 0;
+
+  constructor(
+    private readonly lagTurns: number,
+    highWaterMark = 8 * 1024 * 1024,
+  ) {
+    super({ highWaterMark });
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    this.arrays.add(chunk.buffer);
+    const copy = Buffer.from(chunk);
+    this.pending++;
+    let turns = this.lagTurns + (this.pending % 3);
+    const later = (): void => {
+      if (--turns > 0) {
+        setImmediate(later);
+        return;
+      }
+      if (!chunk.equals(copy)) this.overwritten++;
+      this.received.push(copy);
+      this.pending--;
+      callback();
+    };
+    // Unlike a socket's _write, Writable calls _write one at a time: hand the next one over at once, finish this later.
+    setImmediate(later);
+  }
+}
+
+describe('reading stored blobs (FileRangeStream)', () => {
+  let dir: string;
+  let store: BlobStore;
+  const bytes = randomBytes(8 * 1024 * 1024 + 12_345);
+  const digest = sha256(bytes);
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'rc-read-'));
+    store = new BlobStore(dir);
+    await store.ensureDirectories();
+    await store.writeSmall(digest, bytes);
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('piped, reads into a few reused buffers instead of one per read', async () => {
+    // A socket's high-water mark (64 KiB): write() asks to wait for 'drain' after every chunk, as a busy socket does.
+    const sink = new LaggingSink(1, 64 * 1024);
+    await pipeline(store.openRead(digest), sink);
+    expect(Buffer.concat(sink.received).equals(bytes)).toBe(true);
+    // 8 MiB in 256 KiB reads: 33 reads, 33 buffers when each read allocates.
+    expect(sink.arrays.size).toBeLessThanOrEqual(3);
+  });
+
+  it('never overwrites a chunk before the destination has finished writing it', async () => {
+    for (const lag of [1, 4, 16]) {
+      const sink = new LaggingSink(lag);
+      const stream = store.openRead(digest);
+      const closed = new Promise((resolve) => stream.once('close', resolve));
+      stream.pipe(sink);
+      await new Promise((resolve) => sink.once('finish', resolve));
+      await closed;
+      expect(sink.overwritten).toBe(0);
+      expect(sha256(Buffer.concat(sink.received))).toBe(digest);
+    }
+  });
+
+  it('serves inclusive ranges, piped and read directly, and stops at the end of the file', async () => {
+    const cases: Array<[number | undefined, number | undefined]> = [
+      [0, 0],
+      [1, 262_144],
+      [5_000_000, undefined],
+      [bytes.length - 10, bytes.length + 100],
+      [undefined, 300_000],
+    ];
+    for (const [start, end] of cases) {
+      const expected = bytes.subarray(start ?? 0, end === undefined ? undefined : end + 1);
+      expect((await buffer(store.openRead(digest, start, end))).equals(expected)).toBe(true);
+      const sink = new LaggingSink(1);
+      await pipeline(store.openRead(digest, start, end), sink);
+      expect(Buffer.concat(sink.received).equals(expected)).toBe(true);
+    }
+  });
+
+  it('fails with ENOENT for a missing file, read or piped', async () => {
+    await expect(buffer(store.openRead(sha256(Buffer.from('absent'))))).rejects.toMatchObject({ code: 'ENOENT' });
+    await expect(pipeline(store.openRead(sha256(Buffer.from('absent'))), new LaggingSink(1))).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('stops reading and closes the file when the destination goes away mid-body', async () => {
+    const stream = store.openRead(digest);
+    const closed = new Promise((resolve) => stream.once('close', resolve));
+    let written = 0;
+    const sink = new Writable({
+      highWaterMark: 1,
+      write(chunk: Buffer, _encoding, callback) {
+        written += chunk.length;
+        callback();
+        if (written >= 1024 * 1024) this.destroy();
+      },
+    });
+    stream.pipe(sink);
+    await closed;
+    expect(stream.destroyed).toBe(true);
+    expect(written).toBeLessThan(bytes.length);
+  });
+});
