@@ -26,6 +26,16 @@ export async function curlDownload(url: string, expectedBytes: number, headers: 
   return { bytes: Number(size), seconds: Number(seconds) };
 }
 
+/**
+ * Runs one curl per URL at the same time (each its own process and connection, as separate clients are) and times
+ * the whole: from before the first starts until the last has exited, so the figure is aggregate throughput.
+ */
+export async function curlParallel(downloads: ReadonlyArray<{ url: string; bytes: number }>): Promise<Download> {
+  const start = process.hrtime.bigint();
+  const done = await Promise.all(downloads.map((d) => curlDownload(d.url, d.bytes)));
+  return { bytes: done.reduce((n, d) => n + d.bytes, 0), seconds: secondsSince(start) };
+}
+
 /** A body fetched over its own fresh connection and hashed while it streamed. */
 export interface HashedDownload extends Download {
   status: number;

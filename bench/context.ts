@@ -31,6 +31,10 @@ export interface BenchImages {
   pullLimit: PushedImage[];
   /** The rollout scenario's image (undefined unless it is selected). */
   rollout: PushedImage | undefined;
+  /** One image of `warmBlob.clients` layers: a different stored blob for each concurrent client (warm-blob only). */
+  parallel: PushedImage | undefined;
+  /** The realistic image `ctr images pull` fetches and unpacks (ctr-pull only). */
+  ctr: PushedImage | undefined;
 }
 
 /** Everything a scenario may use. Scenarios warm what they need themselves, so any subset can run alone. */
@@ -55,6 +59,10 @@ export interface BenchContext {
 export interface SetupNeeds {
   pullLimit: boolean;
   rollout: boolean;
+  /** The warm-blob scenario's image of one layer per concurrent client. */
+  parallelBlobs: boolean;
+  /** The ctr-pull scenario's image. */
+  ctrImage: boolean;
 }
 
 /** Credentials of the htpasswd upstream of the credentials scenario. */
@@ -110,6 +118,23 @@ export async function synthesizeImages(dir: string, settings: BenchSettings, nee
     const r = settings.rollout;
     specs.push({ role: 'rollout', repo: 'rollout', tag: 'rollout', layers: Array.from({ length: r.layers }, (_, i) => ({ sizeBytes: r.layer, seed: `rollout-${i}` })) });
   }
+  if (needs.parallelBlobs) {
+    const w = settings.warmBlob;
+    specs.push({
+      role: 'parallel',
+      repo: `blobs-${w.clients}`,
+      tag: 'parallel',
+      layers: Array.from({ length: w.clients }, (_, i) => ({ sizeBytes: w.parallelBlob, seed: `parallel-${i}` })),
+    });
+  }
+  if (needs.ctrImage) {
+    specs.push({
+      role: 'ctr',
+      repo: 'app-5-layers',
+      tag: 'ctr',
+      layers: settings.ctrPull.layers.map((l, i) => ({ sizeBytes: l.bytes, files: l.files, seed: `ctr-${i}` })),
+    });
+  }
   const layout = await makeOciLayout(dir, { mediaTypes: 'oci', images: specs.map(({ tag, platforms, layers }) => ({ tag, layers, ...(platforms ? { platforms } : {}) })) });
   const pushed = (spec: { repo: string; tag: string }): PushedImage => ({
     repo: `${REPO_PREFIX}/${spec.repo}`,
@@ -132,12 +157,15 @@ export async function synthesizeImages(dir: string, settings: BenchSettings, nee
     cold: specs.filter((x) => x.role === 'cold').map(pushed),
     pullLimit: specs.filter((x) => x.role === 'pullLimit').map(pushed),
     rollout: needs.rollout ? one('rollout') : undefined,
+    parallel: needs.parallelBlobs ? one('parallel') : undefined,
+    ctr: needs.ctrImage ? one('ctr') : undefined,
   };
 }
 
 /** Every image of `images`, for pushing. */
 export function allImages(images: BenchImages): PushedImage[] {
-  return [images.small, images.medium, images.herd, images.warm, images.manyLayers, images.multi, ...images.cold, ...images.pullLimit, ...(images.rollout ? [images.rollout] : [])];
+  const optional = [images.rollout, images.parallel, images.ctr].filter((i): i is PushedImage => i !== undefined);
+  return [images.small, images.medium, images.herd, images.warm, images.manyLayers, images.multi, ...images.cold, ...images.pullLimit, ...optional];
 }
 
 /** Pushes images to a registry, three at a time (the big ones dominate; more would only contend for the disk). */

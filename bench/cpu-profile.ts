@@ -1,7 +1,8 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { SourceMap, type SourceMapPayload } from 'node:module';
-import { join, relative, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
+import { repositoryPath } from './report.js';
 import { fileURLToPath } from 'node:url';
 
 interface CallFrame {
@@ -69,7 +70,7 @@ function original(url: string, line0: number, column0: number): string | undefin
   const sourcePath = entry.originalSource.startsWith('file://')
     ? fileURLToPath(entry.originalSource)
     : resolve(fileURLToPath(new URL('.', url)), entry.originalSource);
-  return `${relative(REPO_ROOT, sourcePath)}:${entry.originalLine + 1}`;
+  return `${repositoryPath(sourcePath, REPO_ROOT)}:${entry.originalLine + 1}`;
 }
 
 function category(frame: CallFrame): string {
@@ -93,7 +94,7 @@ function location(frame: CallFrame): string {
     const mapped = original(frame.url, frame.lineNumber, frame.columnNumber);
     if (mapped) return mapped;
   }
-  const short = frame.url.replace(/^file:\/\//, '').replace(`${REPO_ROOT}/`, '');
+  const short = frame.url.startsWith('file://') ? repositoryPath(fileURLToPath(frame.url), REPO_ROOT) : frame.url;
   return `${short}:${frame.lineNumber + 1}`;
 }
 

@@ -48,6 +48,8 @@ export interface ScenarioResult {
   status: 'ok' | 'skipped' | 'failed';
   message?: string;
   seconds: number;
+  /** The 1-minute load average when the scenario started (absent for a section measured inside another). */
+  loadAverage?: number;
 }
 
 /** Builds rows incrementally while a scenario runs. */

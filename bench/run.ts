@@ -7,11 +7,12 @@ import { CommandError, runCommand } from '../test/support/command.js';
 import { missingTools } from '../test/support/tools.js';
 import { setUp, type BenchContext } from './context.js';
 import { profileMissedTargets } from './profiling.js';
-import { NOISE_NOTE, commandLine, evaluateTargets, renderResults, renderSvg, type RunInfo } from './report.js';
+import { BUSY_LOAD, NOISE_NOTE, commandLine, evaluateTargets, renderResults, renderSvg, repositoryPath, type RunInfo } from './report.js';
 import type { ScenarioResult } from './results.js';
 import type { Scenario } from './scenario.js';
 import { coldPull } from './scenarios/cold-pull.js';
 import { credentials } from './scenarios/credentials.js';
+import { ctrPull } from './scenarios/ctr-pull.js';
 import { herd } from './scenarios/herd.js';
 import { load } from './scenarios/load.js';
 import { manifests } from './scenarios/manifests.js';
@@ -33,7 +34,7 @@ const storeGrowthScenario: Scenario = {
   standalone: storeGrowth,
 };
 
-const SCENARIOS: Scenario[] = [warmBlob, manifests, coldPull, herd, credentials, load, pullLimit, storeGrowthScenario, rollout];
+const SCENARIOS: Scenario[] = [warmBlob, manifests, coldPull, herd, credentials, load, ctrPull, pullLimit, storeGrowthScenario, rollout];
 
 const BENCH_DIR = resolve(import.meta.dirname, '..', '..');
 const REPO_ROOT = resolve(BENCH_DIR, '..');
@@ -44,8 +45,9 @@ const TOOLS: Record<string, string[]> = {
   'warm-blob': ['nginx'],
   manifests: ['wrk'],
   credentials: ['wrk', 'htpasswd'],
+  'ctr-pull': ['containerd', 'ctr'],
 };
-const APT_LINE = 'apt-get install -y docker-registry nginx wrk apache2-utils curl';
+const APT_LINE = 'apt-get install -y docker-registry nginx wrk apache2-utils curl containerd';
 
 /** Hard ceilings on a whole run, so a wedged server can never keep the harness (and its daemons) alive. */
 const RUN_DEADLINE_MS = { full: 40 * 60_000, quick: 6 * 60_000 };
@@ -55,7 +57,8 @@ const USAGE = `usage: npm run bench [-- [--quick] [--scenario NAME]... [--profil
   --quick            tiny sizes and few repetitions: a smoke run of every scenario (< 2 minutes)
   --scenario NAME    run only this scenario (repeatable or comma-separated); names:
 ${SCENARIOS.map((s) => `                       ${s.number} ${s.id}${s.aliases.length ? ` (${s.aliases.join(', ')})` : ''}${s.inDefaultRun ? '' : ' [opt-in]'}`).join('\n')}
-                       all = every scenario, opt-in ones included
+                       default = the scenarios of a plain run; all = every scenario, opt-in ones included
+                       (a full run that includes every default scenario writes bench/RESULTS.md)
   --profile          also profile registry-cache (node --cpu-prof) for every target's scenario
   --no-profile       never profile (default: profile the scenarios whose target was missed, full runs only)
   --cache-cli FILE   run this registry-cache CLI instead of dist/cli.js (to A/B a patched build)
@@ -69,6 +72,10 @@ function selectScenarios(names: string[]): Scenario[] {
   if (wanted.includes('all')) return SCENARIOS;
   const picked = new Set<Scenario>();
   for (const name of wanted) {
+    if (name === 'default') {
+      for (const s of SCENARIOS) if (s.inDefaultRun) picked.add(s);
+      continue;
+    }
     const s = SCENARIOS.find((x) => x.id === name || x.number === name || x.aliases.includes(name));
     if (!s) throw new Error(`unknown scenario "${name}"\n\n${USAGE}`);
     picked.add(s);
@@ -105,7 +112,7 @@ async function machineInfo(): Promise<{ machine: string[]; software: string[] }>
     software: [
       currentCacheCli() === CACHE_CLI
         ? `registry-cache: dist/ built from commit ${gitHead ?? 'unknown'}${gitDirty ? ' with uncommitted changes in src/' : ''}`
-        : `registry-cache: ${relative(REPO_ROOT, currentCacheCli())} (--cache-cli, not dist/); tree at commit ${gitHead ?? 'unknown'}`,
+        : `registry-cache: ${repositoryPath(currentCacheCli(), REPO_ROOT)} (--cache-cli, not dist/); tree at commit ${gitHead ?? 'unknown'}`,
       `docker-registry: ${await toolVersion('docker-registry', ['--version'], /\d+\.\d+\.\d+\S*/)} (Debian; upstream and peer)`,
       `nginx: ${await toolVersion('nginx', ['-v'], /nginx\/\S+/)}`,
       `wrk: ${await toolVersion('wrk', ['-v'], /wrk \S+/)}`,
@@ -135,7 +142,8 @@ async function main(): Promise<number> {
   }
   const settings = values.quick ? QUICK : FULL;
   const selected = selectScenarios(values.scenario);
-  const isCanonical = !values.quick && values.scenario.length === 0;
+  // The committed results come from a full run of at least every default scenario (opt-in ones may join it).
+  const isCanonical = !values.quick && SCENARIOS.every((s) => !s.inDefaultRun || selected.includes(s));
   const outDir = resolve(values.out ?? (isCanonical ? BENCH_DIR : join(BENCH_DIR, 'out')));
   // A closed pipe on stderr (`… | head`) must not kill the run before it has stopped its servers.
   process.stderr.on('error', () => undefined);
@@ -189,14 +197,17 @@ async function main(): Promise<number> {
   const extraSections: string[] = [];
   try {
     log(`${settings.mode} run: ${selected.map((s) => s.id).join(', ')}`);
-    if (needsContext) ctx = await setUp(settings, { pullLimit: selected.includes(pullLimit), rollout: selected.includes(rollout) }, teardown, [], log);
+    const needs = { pullLimit: selected.includes(pullLimit), rollout: selected.includes(rollout), parallelBlobs: selected.includes(warmBlob), ctrImage: selected.includes(ctrPull) };
+    if (needsContext) ctx = await setUp(settings, needs, teardown, [], log);
     for (const scenario of selected) {
       if (interrupted) break;
       log(`scenario ${scenario.number} ${scenario.id}`);
-      loads.push(`${scenario.number}: ${loadavg()[0]?.toFixed(2)}`);
+      const loadAverage = loadavg()[0] ?? Number.NaN;
+      loads.push(`${scenario.number}: ${loadAverage.toFixed(2)}`);
+      if (loadAverage >= BUSY_LOAD) log(`  the machine is busy: 1-minute load average ${loadAverage.toFixed(2)} (RESULTS.md will say so)`);
       const t0 = process.hrtime.bigint();
       const seconds = (): number => Number(process.hrtime.bigint() - t0) / 1e9;
-      const base = { id: scenario.id, number: scenario.number, title: scenario.title };
+      const base = { id: scenario.id, number: scenario.number, title: scenario.title, loadAverage };
       try {
         const out = scenario.standalone ? await scenario.standalone({ teardown, log }) : await scenario.run(ctx as BenchContext);
         const { sections, ...main } = out;
@@ -254,7 +265,7 @@ async function main(): Promise<number> {
         `1-minute load average at the start of each scenario: ${loads.join(', ')}.`,
         NOISE_NOTE,
       ],
-      settingsNote: `${settings.mode} — images ${formatBytes(settings.sizes.small)}, ${formatBytes(settings.sizes.medium)}, ${formatBytes(settings.sizes.herd)}, ${formatBytes(settings.sizes.warm)} single-layer, ${settings.sizes.manyLayers} × ${formatBytes(settings.sizes.manyLayer)} layers, a 2-platform index; repetitions: warm blob ${settings.warmBlob.reps}, manifests ${settings.manifests.reps} × ${settings.manifests.durationSeconds} s, cold pull ${settings.coldPull.reps}, herd ${settings.herd.reps}, credentials ${settings.credentials.reps}, load ${settings.load.reps} × ${settings.load.requests} requests, rollout ${settings.rollout.reps} × K = ${settings.rollout.nodes.join('/')} (${settings.rollout.layers} × ${formatBytes(settings.rollout.layer)} at ${formatBytes(settings.rollout.bandwidth)}/s).`,
+      settingsNote: `${settings.mode} — images ${formatBytes(settings.sizes.small)}, ${formatBytes(settings.sizes.medium)}, ${formatBytes(settings.sizes.herd)}, ${formatBytes(settings.sizes.warm)} single-layer, ${settings.sizes.manyLayers} × ${formatBytes(settings.sizes.manyLayer)} layers, a 2-platform index, ${settings.warmBlob.clients} × ${formatBytes(settings.warmBlob.parallelBlob)} layers (warm blob, concurrent clients), a ${settings.ctrPull.layers.length}-layer image for ctr; repetitions: warm blob ${settings.warmBlob.reps}, manifests ${settings.manifests.reps} × ${settings.manifests.durationSeconds} s, cold pull ${settings.coldPull.reps}, herd ${settings.herd.reps}, credentials ${settings.credentials.reps}, load ${settings.load.reps} × ${settings.load.requests} requests, ctr pull ${settings.ctrPull.reps}, rollout ${settings.rollout.reps} × K = ${settings.rollout.nodes.join('/')} (${settings.rollout.layers} × ${formatBytes(settings.rollout.layer)} at ${formatBytes(settings.rollout.bandwidth)}/s).`,
     };
     await mkdir(outDir, { recursive: true });
     const svgName = 'results.svg';

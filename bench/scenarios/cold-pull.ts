@@ -1,9 +1,12 @@
-import { pullImage } from '../clients.js';
+import { curlDownload, pullImage } from '../clients.js';
 import { RowSet, type SystemName } from '../results.js';
-import { emptyAndWarmProcess, type Scenario } from '../scenario.js';
+import { emptyAndWarmProcess, firstLayer, firstLayerPath, megabytesPerSecond, type Scenario } from '../scenario.js';
 import { formatBytes } from '../settings.js';
 
-/** 3: a cold pull of the 40-layer image through each system (emptied before every run) vs straight from the upstream. */
+/**
+ * 3: a cold pull of the 40-layer image through each system (emptied before every run) vs straight from the upstream;
+ * then one client on the cold 1 GiB blob.
+ */
 export const coldPull: Scenario = {
   id: 'cold-pull',
   number: '3',
@@ -31,8 +34,20 @@ export const coldPull: Scenario = {
         ctx.log(`  rep ${rep + 1} ${t.system}: ${(r.seconds * 1000).toFixed(0)} ms (${r.requests} requests)`);
       }
     }
+    const big = firstLayer(ctx.images.warm);
+    const bigPath = firstLayerPath(ctx.images.warm);
+    const bigLabel = `cold ${formatBytes(ctx.settings.sizes.warm)} blob, one client`;
+    await curlDownload(ctx.upstream.url + bigPath, big.size);
+    for (let rep = 0; rep < s.reps; rep++) {
+      for (const t of targets) {
+        await t.empty?.();
+        const d = await curlDownload(t.url() + bigPath, big.size);
+        rows.add('cold-blob-mbps', { label: bigLabel, unit: 'MB/s', better: 'higher', digits: 0 }, t.system, megabytesPerSecond(d.bytes, d.seconds));
+        ctx.log(`  rep ${rep + 1} ${t.system}: ${bigLabel} ${megabytesPerSecond(d.bytes, d.seconds).toFixed(0)} MB/s`);
+      }
+    }
     return {
-      method: `A Node client (undici) GETs the manifest by tag, then the config and all ${layers} layers (${formatBytes(ctx.settings.sizes.manyLayer)} each) with at most ${s.concurrency} at once, verifying every digest and size. Before each run through the peer or registry-cache that system is stopped, its storage deleted and restarted, and the small image pulled through it once (cold content, warm process); "direct" pulls the same image from the upstream docker-registry itself. ${s.reps} repetitions, systems interleaved.`,
+      method: `A Node client (undici) GETs the manifest by tag, then the config and all ${layers} layers (${formatBytes(ctx.settings.sizes.manyLayer)} each) with at most ${s.concurrency} at once, verifying every digest and size. Then curl downloads the ${formatBytes(ctx.settings.sizes.warm)} blob to /dev/null over one connection (MB/s = 10^6 bytes/s). Before each run through the peer or registry-cache that system is stopped, its storage deleted and restarted, and the small image pulled through it once (cold content, warm process); "direct" fetches the same from the upstream docker-registry itself. ${s.reps} repetitions, systems interleaved.`,
       columns: ['direct', 'peer', 'registry-cache'],
       ratios: [
         { label: 'rc / direct', numerator: 'registry-cache', denominator: 'direct' },
