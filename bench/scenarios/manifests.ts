@@ -36,17 +36,31 @@ export const manifests: Scenario = {
       ];
       // Warm every system: one full pull stores the manifest (and its blobs) and, for tagTtl 1m, the tag.
       for (const base of [ctx.peer.url, ctx.cache.url, cacheTtl.url]) await pullImage(base, img.repo, img.tag, { concurrency: 2 });
+      // Upstream manifest requests for the tag (HEAD or GET) during a run, per client request: the peer asks for each,
+      // registry-cache with tagTtl 0s shares one HEAD among the revalidations in flight at once (#14 item 1).
+      const tagAsks = async (): Promise<number> =>
+        (await ctx.upstream.settledRequests()).filter((e) => e.uri.split('?')[0] === `/v2/${img.repo}/manifests/${img.tag}`).length;
       for (let rep = 0; rep < s.reps; rep++) {
-        for (const r of runs) record(r.id, r.label, r.system, await wrk(r.url));
+        for (const r of runs) {
+          const byTag = r.id !== 'manifest-digest';
+          const before = byTag ? await tagAsks() : 0;
+          const result = await wrk(r.url);
+          record(r.id, r.label, r.system, result);
+          if (byTag) {
+            const asks = (await tagAsks()) - before;
+            rows.add(`${r.id}-upstream`, { label: `${r.label}: upstream requests for the tag per 100 client requests`, unit: 'count', better: 'lower', digits: 2 }, r.system, (100 * asks) / result.requests);
+            ctx.log(`  ${r.label} ${r.system}: ${asks} upstream requests for the tag, ${result.requests} client requests`);
+          }
+        }
       }
       // The peer has no tag TTL: its by-tag figures are the comparison for both registry-cache settings.
-      for (const suffix of ['rps', 'p50', 'p99', 'errors']) {
+      for (const suffix of ['rps', 'p50', 'p99', 'errors', 'upstream']) {
         const peerSamples = rows.rows.find((x) => x.id === `manifest-tag-${suffix}`)?.samples.peer;
         const ttl0 = rows.rows.find((x) => x.id === `manifest-tag-ttl0-${suffix}`);
         if (peerSamples && ttl0) ttl0.samples.peer = [...peerSamples];
       }
       return {
-        method: `wrk (${s.threads} thread, ${s.connections} connections, ${s.durationSeconds} s per run, ${s.reps} repetitions, systems interleaved) GETs the manifest of the ${img.repo} image with containerd's Accept list, after one warming pull. By digest: the stored manifest. By tag: registry-cache runs with \`tagTtl: 1m\` (a second instance, same upstream), so a tag answer is trusted for a minute as the kubelet's IfNotPresent would; the peer always asks the upstream. The last rows repeat the by-tag run against the default registry-cache (\`tagTtl: 0s\`, a HEAD upstream per request, like the peer); the peer's figures there are the by-tag run's.`,
+        method: `wrk (${s.threads} thread, ${s.connections} connections, ${s.durationSeconds} s per run, ${s.reps} repetitions, systems interleaved) GETs the manifest of the ${img.repo} image with containerd's Accept list, after one warming pull. By digest: the stored manifest. By tag: registry-cache runs with \`tagTtl: 1m\` (a second instance, same upstream), so a tag answer is trusted for a minute as the kubelet's IfNotPresent would; the peer always asks the upstream. The last rows repeat the by-tag run against the default registry-cache (\`tagTtl: 0s\`: every request revalidates the tag upstream, like the peer, but revalidations in flight at once share one HEAD); the peer's figures there are the by-tag run's. "Upstream requests for the tag" counts the upstream docker-registry's access-log lines for the tag (HEAD or GET) during each wrk run.`,
         columns: ['peer', 'registry-cache'],
         ratios: [{ label: 'rc / peer', numerator: 'registry-cache', denominator: 'peer' }],
         rows: rows.rows,
