@@ -5,9 +5,10 @@ import type { BenchContext, PushedImage } from '../context.js';
 import { RowSet, type SystemName } from '../results.js';
 import { emptyAndWarmProcess, type Scenario } from '../scenario.js';
 import { secondsSince } from '../stats.js';
+import { SharedBandwidth } from '../bandwidth.js';
+import { startCountingProxy, type CountingProxy } from '../counting-proxy.js';
 import { SkipScenario, startPeer, type ManagedServer } from '../systems.js';
 import { own } from '../teardown.js';
-import { startThrottlingProxy, type ThrottlingProxy } from '../throttling-proxy.js';
 
 /** One way to reach the upstream: on loopback, or through the throttled link. */
 interface Network {
@@ -17,7 +18,8 @@ interface Network {
   upstreamUrl: string;
   peer: ManagedServer;
   cache: ManagedServer;
-  throttle?: ThrottlingProxy;
+  /** The bandwidth-limited proxy in front of the upstream (throttled only). */
+  throttle?: CountingProxy;
 }
 
 /**
@@ -63,7 +65,7 @@ export const ctrPull: Scenario = {
     const ref = `${ctx.upstream.host}/${img.repo}:${img.tag}`;
     const mib = (imageBytes(img) / 2 ** 20).toFixed(0);
     const rate = `${(s.throttledBytesPerSecond / 2 ** 20).toFixed(0)} MiB/s`;
-    const throttle = await startThrottlingProxy(ctx.upstream.url, { bytesPerSecond: s.throttledBytesPerSecond }, ctx.teardown);
+    const throttle = await startCountingProxy(ctx.upstream.url, ctx.teardown, { bandwidth: new SharedBandwidth(s.throttledBytesPerSecond) });
     const throttledPeer = await startPeer({ name: 'peer-throttled', remoteUrl: throttle.url }, ctx.teardown);
     const throttledCache = await ctx.startCacheVariant('registry-cache-throttled', { upstreamUrl: throttle.url });
     const networks: Network[] = [
@@ -85,10 +87,10 @@ export const ctrPull: Scenario = {
           rows.add(r.id, r.meta, system, seconds);
         };
         for (let rep = 0; rep < s.reps; rep++) {
-          const before = net.throttle?.bytesForwarded() ?? 0;
+          const before = net.throttle?.counts().responseBytes ?? 0;
           const direct = await timedCtrPull(ctx, ref, net.upstreamUrl, true);
           if (net.throttle) {
-            const linkRate = (net.throttle.bytesForwarded() - before) / direct / 2 ** 20;
+            const linkRate = (net.throttle.counts().responseBytes - before) / direct / 2 ** 20;
             rows.add('ctr-throttled-link', { label: `${net.label}: the link's rate during the direct pull`, unit: 'MiB/s', better: 'none', digits: 1 }, 'direct', linkRate);
           }
           add('cold', 'direct', direct);
@@ -100,12 +102,12 @@ export const ctrPull: Scenario = {
           ] as const) {
             await emptyAndWarmProcess(ctx, server);
             const cold = await timedCtrPull(ctx, ref, server.url, false);
-            const linkBefore = net.throttle?.bytesForwarded() ?? 0;
+            const linkBefore = net.throttle?.counts().responseBytes ?? 0;
             const warm = await timedCtrPull(ctx, ref, server.url, false);
             add('cold', system, cold);
             add('warm', system, warm);
             if (net.throttle) {
-              rows.add('ctr-throttled-warm-upstream', { label: `${net.label}: upstream bytes during the warm pull`, unit: 'MiB', better: 'lower', digits: 2 }, system, (net.throttle.bytesForwarded() - linkBefore) / 2 ** 20);
+              rows.add('ctr-throttled-warm-upstream', { label: `${net.label}: upstream bytes during the warm pull`, unit: 'MiB', better: 'lower', digits: 2 }, system, (net.throttle.counts().responseBytes - linkBefore) / 2 ** 20);
             }
             ctx.log(`  ${net.label} rep ${rep + 1} ${system}: cold ${cold.toFixed(2)} s, warm ${warm.toFixed(2)} s`);
           }
@@ -117,7 +119,7 @@ export const ctrPull: Scenario = {
           `containerd 1.6 (the e2e tests' setup: its own root, overlayfs snapshotter, started empty for every pull) runs \`ctr images pull --plain-http --hosts-dir …\` of a ${mib} MiB image by tag; the figure is the wall time of that command: resolve, fetch (3 layers at once, containerd's default) and unpack. ` +
           'Direct: the hosts.toml names the upstream as the server. Peer and registry-cache: the only mirror, the server a dead port. ' +
           'Cold: the system was emptied (stopped, storage deleted, restarted, the small image pulled once to warm the process) right before; warm: the same pull again right after, by a new empty containerd. ' +
-          `Loopback: every server on 127.0.0.1. Throttled: the upstream reached through a TCP proxy (bench/throttling-proxy.ts) that lets ${rate} through to all connections together, for the direct pull, a second peer and a second registry-cache alike. ${s.reps} repetitions, systems interleaved.`,
+          `Loopback: every server on 127.0.0.1. Throttled: the upstream reached through bench/counting-proxy.ts with a bandwidth (bench/bandwidth.ts) that lets ${rate} of response bodies through for all connections together, for the direct pull, a second peer and a second registry-cache alike. ${s.reps} repetitions, systems interleaved.`,
         columns: ['direct', 'peer', 'registry-cache'],
         ratios: [
           { label: 'rc / direct', numerator: 'registry-cache', denominator: 'direct' },

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { evaluateTargets, renderResults, type RunInfo } from '../../bench/report.js';
-import type { ScenarioResult } from '../../bench/results.js';
+import { evaluateTargets, renderResults, type RunInfo } from '../../../bench/report.js';
+import type { ScenarioResult } from '../../../bench/results.js';
 
 const info: RunInfo = {
   command: 'npm run bench',
