@@ -1,20 +1,22 @@
-import { SingleBar } from 'cli-progress';
 import type { Config } from './config/load.js';
 import { createLogger } from './log.js';
-import { preloadImage, resolvePreloadName } from './preload/preload.js';
 import type { PullRecord } from './db/pull-records.js';
 import { parseImageReference } from './oci/reference.js';
-import { openStore } from './services.js';
+import { openStore } from './lifecycle/open-store.js';
 import { storeHolder } from './store/lock.js';
 import { Evictor } from './lifecycle/eviction.js';
 import { verifyStore } from './lifecycle/integrity.js';
-import { checkRegistries } from './upstream/check.js';
 import { storeStatus, type StatusReport, type StoreStatus } from './cache/status.js';
 import { repositoryIsOpen } from './policy/verifier.js';
 import { formatBytes, formatDuration } from './server/status-page.js';
 
+// Every command loads only what it uses: preload's archive reader and progress bar and check's HTTP client are
+// imported by their commands, so `records`, `verify` and `gc` start without them (module loading was most of their
+// cost on a small store).
+
 /** `registry-cache preload SOURCE [--name REF]`: imports an image as pre-pulled; prints what it imported. */
 export async function runPreload(config: Config, source: string, name: string | undefined): Promise<void> {
+  const [{ SingleBar }, { preloadImage, resolvePreloadName }] = await Promise.all([import('cli-progress'), import('./preload/preload.js')]);
   // Checked before the store is opened: a name the server cannot serve imports nothing.
   const resolved = name === undefined ? undefined : resolvePreloadName(name, new Set(config.registries.keys()), config.defaultRegistry);
   if (resolved?.note) process.stderr.write(`registry-cache: ${resolved.note}\n`);
@@ -134,6 +136,7 @@ export async function runVerify(config: Config, repair: boolean): Promise<boolea
 
 /** `registry-cache check`: one line per registry endpoint, reached through its configured path; false if any failed. */
 export async function runCheck(config: Config): Promise<boolean> {
+  const { checkRegistries } = await import('./upstream/check.js');
   const checks = await checkRegistries(config);
   for (const c of checks) process.stdout.write(`${c.ok ? 'ok  ' : 'FAIL'} ${c.registry} ${c.endpoint}: ${c.summary}\n`);
   return checks.every((c) => c.ok);

@@ -2,7 +2,7 @@ import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createLogger } from '../../src/log.js';
-import { openStore } from '../../src/services.js';
+import { openStore } from '../../src/lifecycle/open-store.js';
 import { startCache, type TestCache } from '../support/cache-server.js';
 import { waitUntil } from '../support/daemon.js';
 import { FakeUpstream, makeImage, sha256, type FakeImage } from '../support/fake-upstream.js';

@@ -7,7 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
 import { createLogger } from '../../src/log.js';
 import { preloadImage } from '../../src/preload/preload.js';
-import { openStore } from '../../src/services.js';
+import { openStore } from '../../src/lifecycle/open-store.js';
 import { startCache } from '../support/cache-server.js';
 import { runCli } from '../support/cli.js';
 import { FakeUpstream, makeImage } from '../support/fake-upstream.js';
