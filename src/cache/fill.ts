@@ -1,15 +1,29 @@
 import { EventEmitter } from 'node:events';
-import { Readable, Writable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { FileHandle } from 'node:fs/promises';
-import { createDigester, parseDigest } from '../oci/digest.js';
+import { parseDigest } from '../oci/digest.js';
 import { OciError } from '../oci/errors.js';
 import type { BlobStore, TempFile } from '../store/blob-store.js';
+import { HashingWriter } from '../store/hashing-writer.js';
 
 /** Bytes read per positional read when serving from a growing file (see READ_HIGH_WATER_MARK in blob-store.ts). */
 const READ_CHUNK = 256 * 1024;
 
+/**
+ * Recent bytes of a fill kept in memory for its readers: ONE window per fill, shared by all of them, so memory stays
+ * flat whatever the blob size or the number of clients. A reader that falls behind it continues from the file.
+ */
+const WINDOW_BYTES = 4 * 1024 * 1024;
+/** Received bytes not yet on the file before the upstream body waits for the disk (within the window). */
+const PENDING_BYTES = 2 * 1024 * 1024;
+
 type FillState = 'filling' | 'committed' | 'failed';
+
+/** A received chunk and its offset in the blob. */
+interface WindowChunk {
+  offset: number;
+  bytes: Buffer;
+}
 
 /**
  * One upstream download of one digest into a temp file, readable by any number of clients while it grows.
@@ -20,7 +34,7 @@ type FillState = 'filling' | 'committed' | 'failed';
  * on its own signal.
  */
 export class BlobFill extends EventEmitter {
-  /** Bytes written to the temp file so far. */
+  /** Bytes received and hashed so far: in the window, on the temp file, or both. */
   written = 0;
   state: FillState = 'filling';
   /** Size and digest checked: every byte may be delivered, even before the commit. */
@@ -38,6 +52,11 @@ export class BlobFill extends EventEmitter {
   readonly done: Promise<void>;
 
   private temp: TempFile | undefined;
+  /** Bytes of the temp file written so far; everything before the window is there. */
+  private onDisk = 0;
+  /** The latest chunks received, in order and contiguous up to `written`: readers near the head read them here. */
+  private window: WindowChunk[] = [];
+  private windowBytes = 0;
   private readers = 0;
   private closed = false;
   private resolveReady!: () => void;
@@ -80,45 +99,75 @@ export class BlobFill extends EventEmitter {
     open: () => Promise<{ body: Readable; size: number | undefined; promised?: number | undefined }>,
     onCommit: (size: number) => void,
   ): Promise<void> {
+    // The temp file opens while the upstream request is in flight: its open is off the time to first byte.
+    const opening = this.store.createTemp().then((temp) => (this.temp = temp));
+    opening.catch(() => undefined);
     try {
+      const algorithm = parseDigest(this.digest).algorithm;
       const { body, size, promised } = await open();
       this.expectedSize = size;
       this.promisedSize = promised;
+      let temp: TempFile;
       try {
-        this.temp = await this.store.createTemp();
+        temp = await opening;
       } catch (err) {
         body.destroy();
         throw err;
       }
       this.resolveReady();
-      const algorithm = parseDigest(this.digest).algorithm;
-      const hash = createDigester(algorithm);
-      await pipeline(body, this.fileWriter(this.temp.handle, hash));
+      const writer = new HashingWriter(temp.handle, algorithm, {
+        pendingLimit: PENDING_BYTES,
+        ...(size === undefined
+          ? {}
+          : { limit: { size, error: () => new OciError('SIZE_INVALID', 'upstream body is longer than its Content-Length', { status: 502 }) } }),
+        onChunk: (chunk, offset) => {
+          // Readers get the chunk from memory now; the file catches up behind them.
+          this.window.push({ offset, bytes: chunk });
+          this.windowBytes += chunk.length;
+          this.written = offset + chunk.length;
+          this.trimWindow();
+          this.emit('change');
+        },
+        onWritten: () => {
+          this.onDisk = writer.onDisk;
+          this.trimWindow();
+        },
+      });
+      await pipeline(body, writer);
       if (size !== undefined && this.written !== size) {
         throw new OciError('SIZE_INVALID', 'upstream body size does not match Content-Length', { status: 502 });
       }
-      const actual = `${algorithm}:${hash.digest('hex')}`;
-      if (actual !== this.digest) {
+      if (writer.digest() !== this.digest) {
         throw new OciError('DIGEST_INVALID', 'upstream content does not match its digest', { status: 502, detail: { digest: this.digest } });
       }
       this.verified = true;
       this.resolveVerification();
       this.emit('change');
-      await this.store.commit(this.temp, this.digest);
+      await this.store.commit(temp, this.digest);
       onCommit(this.written);
       this.state = 'committed';
       this.resolveDone();
     } catch (err) {
+      // The temp file goes before the failure is told: whoever learns of it (a waiting client, the back-off) finds the
+      // fill over, as when the file was opened only after the upstream answered.
+      await opening.catch(() => undefined);
+      if (this.temp) await this.store.discard(this.temp).catch(() => undefined);
       this.state = 'failed';
       this.error = err;
+      if (!this.verified) this.dropWindow();
+      await this.maybeClose();
       this.rejectReady(err);
       this.rejectVerification(err);
       this.rejectDone(err);
-      if (this.temp) await this.store.discard(this.temp).catch(() => undefined);
     } finally {
       this.emit('change');
       await this.maybeClose();
     }
+  }
+
+  /** Bytes of this fill held in memory for its readers (the shared window), for tests and metrics. */
+  get bufferedBytes(): number {
+    return this.windowBytes;
   }
 
   /** The size when known to be true: verified, or promised by a stored manifest; never the upstream's unverified claim. */
@@ -179,8 +228,17 @@ export class BlobFill extends EventEmitter {
           // Hold back the final byte of the blob, and of the range, until verified: an unverified body or range is
           // never delivered complete.
           const upTo = complete ? Math.min(fill.written, last + 1) : Math.min(fill.written - 1, last);
-          if (position >= upTo || !fill.temp) return; // wait for 'change'
-          const length = Math.min(READ_CHUNK, upTo - position);
+          if (position >= upTo) return; // wait for 'change'
+          const recent = fill.fromWindow(position, upTo);
+          if (recent) {
+            position += recent.length;
+            if (!stream.push(recent)) return;
+            continue;
+          }
+          // Behind the window: everything before it is on the file.
+          if (!fill.temp) return;
+          const length = Math.min(READ_CHUNK, upTo - position, fill.onDisk - position);
+          if (length <= 0) return;
           const buffer = Buffer.allocUnsafe(length);
           const { bytesRead } = await fill.temp.handle.read(buffer, 0, length, position);
           if (stream.destroyed) return;
@@ -196,50 +254,41 @@ export class BlobFill extends EventEmitter {
     return stream;
   }
 
-  private fileWriter(handle: FileHandle, hash: ReturnType<typeof createDigester>): Writable {
-    const fill = this;
-    return new Writable({
-      highWaterMark: READ_CHUNK,
-      // Chunks that queue up while a write is in flight go to disk in one call.
-      writev(chunks, callback) {
-        const buffers = chunks.map((c) => c.chunk as Buffer);
-        const total = buffers.reduce((n, b) => n + b.length, 0);
-        if (fill.expectedSize !== undefined && fill.written + total > fill.expectedSize) {
-          callback(new OciError('SIZE_INVALID', 'upstream body is longer than its Content-Length', { status: 502 }));
-          return;
-        }
-        for (const b of buffers) hash.update(b);
-        handle.writev(buffers, fill.written).then(
-          ({ bytesWritten }) => {
-            fill.written += bytesWritten;
-            fill.emit('change');
-            callback();
-          },
-          (err: Error) => callback(err),
-        );
-      },
-      write(chunk: Buffer, _encoding, callback) {
-        if (fill.expectedSize !== undefined && fill.written + chunk.length > fill.expectedSize) {
-          callback(new OciError('SIZE_INVALID', 'upstream body is longer than its Content-Length', { status: 502 }));
-          return;
-        }
-        hash.update(chunk);
-        handle.write(chunk, 0, chunk.length, fill.written).then(
-          ({ bytesWritten }) => {
-            fill.written += bytesWritten;
-            fill.emit('change');
-            callback();
-          },
-          (err: Error) => callback(err),
-        );
-      },
-    });
+  /** Bytes `[position, upTo)` from the start of the window chunk holding `position`, or undefined when it is behind. */
+  private fromWindow(position: number, upTo: number): Buffer | undefined {
+    const window = this.window;
+    let lo = 0;
+    let hi = window.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const chunk = window[mid] as WindowChunk;
+      if (position < chunk.offset) hi = mid - 1;
+      else if (position >= chunk.offset + chunk.bytes.length) lo = mid + 1;
+      else return chunk.bytes.subarray(position - chunk.offset, Math.min(chunk.bytes.length, upTo - chunk.offset));
+    }
+    return undefined;
+  }
+
+  /** Lets go of the oldest chunks beyond the window's size, once the file holds them. */
+  private trimWindow(): void {
+    for (;;) {
+      const first = this.window[0];
+      if (!first || this.windowBytes - first.bytes.length < WINDOW_BYTES || first.offset + first.bytes.length > this.onDisk) return;
+      this.window.shift();
+      this.windowBytes -= first.bytes.length;
+    }
+  }
+
+  private dropWindow(): void {
+    this.window = [];
+    this.windowBytes = 0;
   }
 
   private async maybeClose(): Promise<void> {
     if (this.closed || this.state === 'filling' || this.readers > 0 || !this.temp) return;
     // The state is final and nobody reads: the handle can go (a failed fill's file is already unlinked).
     this.closed = true;
+    this.dropWindow();
     await this.temp.handle.close().catch(() => undefined);
   }
 }
