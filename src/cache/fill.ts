@@ -132,17 +132,21 @@ export class BlobFill extends EventEmitter {
           this.onDisk = writer.onDisk;
           this.trimWindow();
         },
+        // Verified bytes may all go out while the file catches up: readers still in the window have them in memory,
+        // and the window lets go of nothing the file does not hold.
+        onDigest: (digest) => {
+          if (size !== undefined && this.written !== size) {
+            throw new OciError('SIZE_INVALID', 'upstream body size does not match Content-Length', { status: 502 });
+          }
+          if (digest !== this.digest) {
+            throw new OciError('DIGEST_INVALID', 'upstream content does not match its digest', { status: 502, detail: { digest: this.digest } });
+          }
+          this.verified = true;
+          this.resolveVerification();
+          this.emit('change');
+        },
       });
       await pipeline(body, writer);
-      if (size !== undefined && this.written !== size) {
-        throw new OciError('SIZE_INVALID', 'upstream body size does not match Content-Length', { status: 502 });
-      }
-      if (writer.digest() !== this.digest) {
-        throw new OciError('DIGEST_INVALID', 'upstream content does not match its digest', { status: 502, detail: { digest: this.digest } });
-      }
-      this.verified = true;
-      this.resolveVerification();
-      this.emit('change');
       await this.store.commit(temp, this.digest);
       onCommit(this.written);
       this.state = 'committed';
@@ -213,7 +217,7 @@ export class BlobFill extends EventEmitter {
       reading = true;
       try {
         for (;;) {
-          // A commit that fails after verification does not spoil what readers get: the open file still holds it.
+          // A commit that fails after verification does not spoil what readers get: the open file and the window hold it.
           if (fill.state === 'failed' && !fill.verified) {
             stream.destroy(fill.error instanceof Error ? fill.error : new Error('fill failed'));
             return;

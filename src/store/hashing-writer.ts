@@ -9,8 +9,13 @@ const DEFAULT_PENDING_LIMIT = 1024 * 1024;
 export interface HashingWriterOptions {
   /** The body may not be longer than `size`; the first chunk past it fails the writer with `error()`. */
   limit?: { size: number; error: () => Error };
-  /** Called with every accepted chunk and its offset, after it is hashed and before it reaches the file. */
+  /** Called with every accepted chunk and its offset, once hashed and before it reaches the file. */
   onChunk?: (chunk: Buffer, offset: number) => void;
+  /**
+   * Called once the body ended and is hashed, with its digest (`algorithm:hex`), while the file may still be catching
+   * up; throwing fails the writer.
+   */
+  onDigest?: (digest: string) => void;
   /** Called after each write to the file, once `onDisk` grew. */
   onWritten?: () => void;
   /** Unwritten bytes the writer holds before it makes its source wait (default 1 MiB). */
@@ -49,7 +54,7 @@ export class HashingWriter extends Writable {
     this.pendingLimit = options.pendingLimit ?? DEFAULT_PENDING_LIMIT;
   }
 
-  /** The digest (`algorithm:hex`) of everything written; only after 'finish'. */
+  /** The digest (`algorithm:hex`) of the whole body; only once it ended ('finish', or from `onDigest`). */
   digest(): string {
     if (this.hex === undefined) throw new Error('HashingWriter.digest() before finish');
     return `${this.algorithm}:${this.hex}`;
@@ -71,12 +76,15 @@ export class HashingWriter extends Writable {
 
   override _final(callback: (err?: Error | null) => void): void {
     if (this.failure) return callback(this.failure);
-    if (this.flushing) {
-      this.finishing = callback;
-      return;
-    }
     this.hex = this.hash.digest('hex');
-    callback();
+    try {
+      this.options.onDigest?.(this.digest());
+    } catch (err) {
+      return callback(err as Error);
+    }
+    // 'finish' (the end of a pipeline) waits for the file to hold every byte.
+    if (this.flushing) this.finishing = callback;
+    else callback();
   }
 
   override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
@@ -121,7 +129,6 @@ export class HashingWriter extends Writable {
     if (this.finishing) {
       const finish = this.finishing;
       this.finishing = undefined;
-      this.hex = this.hash.digest('hex');
       finish();
     }
   }

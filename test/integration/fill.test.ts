@@ -138,6 +138,25 @@ describe('a blob fill fed from memory', () => {
     expect(fill.state).toBe('committed');
   }, 10_000);
 
+  it('releases the last byte once the digest verifies, without waiting for the file to hold it', async () => {
+    const bytes = randomBytes(300 * KiB);
+    const fill = new BlobFill(sha256(bytes), store);
+    const writes = deferred();
+    store.holdWrites = writes.promise;
+    const run = start(fill, () => bodyOf(bytes), bytes.length);
+    await fill.ready;
+    const { bytes: got, error } = await collect(fill.createReader());
+    expect(error).toBeUndefined();
+    expect(got.equals(bytes)).toBe(true);
+    expect(fill.verified).toBe(true);
+    // Verified is not stored: the commit still waits for the file.
+    expect(fill.state).toBe('filling');
+    writes.resolve();
+    await run;
+    expect(fill.state).toBe('committed');
+    expect(await store.size(fill.digest)).toBe(bytes.length);
+  }, 10_000);
+
   it('keeps memory flat with slow readers: one bounded window for the fill, however large the blob and however many readers', async () => {
     const bytes = randomBytes(48 * MiB);
     const fill = new BlobFill(sha256(bytes), store);
