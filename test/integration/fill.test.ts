@@ -106,6 +106,17 @@ describe('a blob fill fed from memory', () => {
     return fill.run(async () => ({ body: await body(), size }), () => undefined);
   }
 
+  /** A fill of `size` random bytes whose temp-file writes wait for `writes`, started and answered. */
+  async function startWithWritesHeld(size: number): Promise<{ bytes: Buffer; fill: BlobFill; writes: ReturnType<typeof deferred>; run: Promise<void> }> {
+    const bytes = randomBytes(size);
+    const fill = new BlobFill(sha256(bytes), store);
+    const writes = deferred();
+    store.holdWrites = writes.promise;
+    const run = start(fill, () => bodyOf(bytes), bytes.length);
+    await fill.ready;
+    return { bytes, fill, writes, run };
+  }
+
   it('opens its temp file while the upstream request is in flight', async () => {
     const bytes = randomBytes(100 * KiB);
     const fill = new BlobFill(sha256(bytes), store);
@@ -119,12 +130,7 @@ describe('a blob fill fed from memory', () => {
   }, 10_000);
 
   it('hands a reader at the head each chunk from memory while its file write is still under way', async () => {
-    const bytes = randomBytes(256 * KiB);
-    const fill = new BlobFill(sha256(bytes), store);
-    const writes = deferred();
-    store.holdWrites = writes.promise;
-    const run = start(fill, () => bodyOf(bytes), bytes.length);
-    await fill.ready;
+    const { bytes, fill, writes, run } = await startWithWritesHeld(256 * KiB);
     const reader = fill.createReader();
     const [first] = (await once(reader, 'data')) as [Buffer];
     // Nothing reached the file yet, and the reader already has the body's first bytes.
@@ -139,12 +145,7 @@ describe('a blob fill fed from memory', () => {
   }, 10_000);
 
   it('releases the last byte once the digest verifies, without waiting for the file to hold it', async () => {
-    const bytes = randomBytes(300 * KiB);
-    const fill = new BlobFill(sha256(bytes), store);
-    const writes = deferred();
-    store.holdWrites = writes.promise;
-    const run = start(fill, () => bodyOf(bytes), bytes.length);
-    await fill.ready;
+    const { bytes, fill, writes, run } = await startWithWritesHeld(300 * KiB);
     const { bytes: got, error } = await collect(fill.createReader());
     expect(error).toBeUndefined();
     expect(got.equals(bytes)).toBe(true);
