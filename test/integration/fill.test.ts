@@ -159,7 +159,7 @@ describe('a blob fill fed from memory', () => {
   }, 10_000);
 
   it('keeps memory flat with slow readers: one bounded window for the fill, however large the blob and however many readers', async () => {
-    const bytes = randomBytes(48 * MiB);
+    const bytes = randomBytes(32 * MiB);
     const fill = new BlobFill(sha256(bytes), store);
     let peakWindow = 0;
     fill.on('change', () => (peakWindow = Math.max(peakWindow, fill.bufferedBytes)));
