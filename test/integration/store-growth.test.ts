@@ -165,17 +165,22 @@ describe('costs that stay flat as the store grows', () => {
     expect(restarted.logs.find((l) => l.includes('store reconciled'))).toMatch(/"removedTempFiles":1,"droppedRows":0,"strayFiles":1/);
   });
 
-  it('verify reports a small file that grew or shrank with its real size, and streams large files', async () => {
+  it.each([
+    { where: 'in this thread', threads: 0 },
+    { where: 'on 2 worker threads', threads: 2 },
+  ])('verify $where reports missing files and small files that grew, shrank or changed, with their real size; streams large files; repairs', async ({ threads }) => {
     const dir = await tempDir('rc-verify-sizes-');
     const store = new BlobStore(dir);
     await store.ensureDirectories();
     const metadata = new Metadata(openDatabase(join(dir, 'db')));
     cleanup.push(async () => metadata.close());
     const { verifyStore } = await import('../../src/lifecycle/integrity.js');
-    const put = async (bytes: Buffer, onDisk = bytes): Promise<string> => {
+    const smallFiles = await import('../../src/lifecycle/small-files.js');
+    const inThisThread = vi.spyOn(smallFiles, 'hashSmallFiles');
+    const put = async (bytes: Buffer, onDisk: Buffer | null = bytes): Promise<string> => {
       const digest = sha256(bytes);
       await mkdir(dirname(store.pathFor(digest)), { recursive: true });
-      await writeFile(store.pathFor(digest), onDisk);
+      if (onDisk) await writeFile(store.pathFor(digest), onDisk);
       metadata.insertBlob(digest, bytes.length, null);
       return digest;
     };
@@ -184,14 +189,25 @@ describe('costs that stay flat as the store grows', () => {
     const grown = await put(Buffer.alloc(2000, 3), Buffer.alloc(2500, 3));
     const shrunk = await put(Buffer.alloc(2000, 4), Buffer.alloc(1500, 4));
     const flipped = await put(Buffer.alloc(2000, 5), Buffer.alloc(2000, 6));
-    const report = await verifyStore({ store, metadata }, false);
-    expect(report.checked).toBe(5);
-    expect(report.bytes).toBe(3000 + 600_000 + 2500 + 1500 + 2000);
-    const byDigest = new Map(report.problems.map((p) => [p.digest, p]));
-    expect(byDigest.has(good)).toBe(false);
-    expect(byDigest.has(large)).toBe(false);
-    expect(byDigest.get(grown)?.detail).toBe('2500 bytes on disk, 2000 recorded');
-    expect(byDigest.get(shrunk)?.detail).toBe('1500 bytes on disk, 2000 recorded');
-    expect(byDigest.get(flipped)?.problem).toBe('digest');
+    const missing = await put(Buffer.alloc(1000, 7), null);
+    const many = await Promise.all(Array.from({ length: 300 }, (_, i) => put(Buffer.from(`small file ${i}`))));
+    const report = await verifyStore({ store, metadata }, false, { threads });
+    expect(report.checked).toBe(6 + many.length);
+    expect(report.bytes).toBe(3000 + 600_000 + 2500 + 1500 + 2000 + many.reduce((n, _, i) => n + `small file ${i}`.length, 0));
+    // In the order the rows were stored, whichever thread hashed them.
+    expect(report.problems).toEqual([
+      { digest: grown, problem: 'size', detail: '2500 bytes on disk, 2000 recorded' },
+      { digest: shrunk, problem: 'size', detail: '1500 bytes on disk, 2000 recorded' },
+      { digest: flipped, problem: 'digest', detail: `content hashes to ${sha256(Buffer.alloc(2000, 6))}` },
+      { digest: missing, problem: 'missing', detail: 'file is missing' },
+    ]);
+    expect(inThisThread.mock.calls.length > 0).toBe(threads === 0);
+
+    const repaired = await verifyStore({ store, metadata }, true, { threads });
+    expect(repaired.repaired).toBe(4);
+    for (const d of [grown, shrunk, flipped, missing]) expect(metadata.getBlob(d)).toBeUndefined();
+    for (const d of [good, large, ...many]) expect(metadata.getBlob(d)).toBeDefined();
+    const after = await verifyStore({ store, metadata }, false, { threads });
+    expect(after).toMatchObject({ checked: 2 + many.length, problems: [] });
   });
 });
