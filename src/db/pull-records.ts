@@ -179,9 +179,12 @@ export class PullRecords {
   list(): PullRecord[] {
     // Records and their credential hashes in two ordered passes, not three queries per record (95k records took
     // seconds). A record's digest has a pull record, so it is never preloaded (see isPreloaded).
+    // Rows as arrays: better-sqlite3 builds an object per row ~4x slower (100k records: 0.36 against 0.09 CPU s).
     const records = this.db
       .prepare('SELECT registry, repository, digest, node_pods_accessible, created_at, last_verified FROM pull_records ORDER BY registry, repository, digest')
-      .all() as { registry: string; repository: string; digest: string; node_pods_accessible: number; created_at: number; last_verified: number | null }[];
+      .raw()
+      .all() as [string, string, string, number, number, number | null][];
+    const key = (r: { registry: string; repository: string; digest: string }): string => `${r.registry}\0${r.repository}\0${r.digest}`;
     const hashes = new Map<string, string[]>();
     const hashRows = this.db.prepare('SELECT registry, repository, digest, credential_hash FROM pull_record_credentials').all() as {
       registry: string;
@@ -190,19 +193,18 @@ export class PullRecords {
       credential_hash: string;
     }[];
     for (const h of hashRows) {
-      const key = `${h.registry}\0${h.repository}\0${h.digest}`;
-      let list = hashes.get(key);
-      if (!list) hashes.set(key, (list = []));
+      let list = hashes.get(key(h));
+      if (!list) hashes.set(key(h), (list = []));
       list.push(h.credential_hash);
     }
-    const out: PullRecord[] = records.map((r) => ({
-      registry: r.registry,
-      repository: r.repository,
-      digest: r.digest,
-      nodePodsAccessible: r.node_pods_accessible === 1,
-      credentialHashes: hashes.get(`${r.registry}\0${r.repository}\0${r.digest}`) ?? [],
-      createdAt: r.created_at,
-      lastVerified: r.last_verified,
+    const out: PullRecord[] = records.map(([registry, repository, digest, nodePodsAccessible, createdAt, lastVerified]) => ({
+      registry,
+      repository,
+      digest,
+      nodePodsAccessible: nodePodsAccessible === 1,
+      credentialHashes: hashes.size > 0 ? (hashes.get(`${registry}\0${repository}\0${digest}`) ?? []) : [],
+      createdAt,
+      lastVerified,
       preloaded: false,
     }));
     const preloadedRows = this.db
@@ -213,17 +215,19 @@ export class PullRecords {
            FROM preloaded p JOIN manifests m USING (digest) JOIN repository_digests d USING (digest) WHERE p.image = ''`,
       )
       .all() as { registry: string; repository: string; digest: string }[];
-    const recorded = new Set(records.map((r) => `${r.registry}\0${r.repository}\0${r.digest}`));
+    // The records come sorted by their key: only preloaded names without a record are merged in.
+    if (preloadedRows.length === 0) return out;
+    const recorded = new Set(out.map(key));
+    const extra: PullRecord[] = [];
     for (const r of preloadedRows) {
-      if (recorded.has(`${r.registry}\0${r.repository}\0${r.digest}`)) continue;
+      if (recorded.has(key(r))) continue;
       const rec = this.get(r.registry, r.repository, r.digest);
-      if (rec) out.push(rec);
+      if (rec) extra.push(rec);
       else if (this.stmt.anyPreloaded.get(r.digest) !== undefined) {
-        out.push({ ...r, nodePodsAccessible: false, credentialHashes: [], createdAt: 0, lastVerified: null, preloaded: true });
+        extra.push({ ...r, nodePodsAccessible: false, credentialHashes: [], createdAt: 0, lastVerified: null, preloaded: true });
       }
     }
-    const key = (r: PullRecord): string => `${r.registry}\0${r.repository}\0${r.digest}`;
-    return out.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
+    const keyed = [...out, ...extra].map((r) => ({ k: key(r), r }));
+    return keyed.sort((a, b) => (a.k < b.k ? -1 : a.k > b.k ? 1 : 0)).map((e) => e.r);
   }
-
 }

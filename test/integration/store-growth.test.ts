@@ -133,6 +133,33 @@ describe('costs that stay flat as the store grows', () => {
     expect(units.every((u) => u.members.length === 11)).toBe(true);
   });
 
+  it('records prints every record of a large store once, in order, across its chunked writes', async () => {
+    const dir = await tempDir('rc-records-many-');
+    const storage = join(dir, 'store');
+    await mkdir(storage);
+    const { openMetadata } = await import('../../src/db/open.js');
+    const { index, records } = openMetadata(join(storage, 'registry-cache.db'));
+    // 2,345 records: more than two writes' worth, and a partial last one.
+    const digests = Array.from({ length: 2_345 }, (_, i) => digestOf(i + 1));
+    for (const [i, d] of digests.entries()) {
+      index.insertBlob(d, 10, null);
+      records.recordSuccess('reg.test', `team/app-${i % 7}`, d, { kind: 'nodePodsAccessible' });
+    }
+    index.close();
+    const configFile = join(dir, 'config.yaml');
+    await writeFile(configFile, `storage: ${storage}\nregistries:\n  "reg.test": { url: "http://127.0.0.1:9" }\ndefaultRegistry: reg.test\n`);
+    const out = await runCli(['records', '--config', configFile]);
+    expect(out.code).toBe(0);
+    const lines = out.stdout.split('\n');
+    expect(lines.at(-1)).toBe('');
+    expect(lines[0]).toMatch(/^IMAGE +DIGEST +PULLED BY +PRELOADED +LAST VERIFIED$/);
+    const rows = lines.slice(1, -1).map((l) => l.split(/ {2,}/));
+    expect(rows).toHaveLength(digests.length);
+    const expected = digests.map((d, i) => [`reg.test/team/app-${i % 7}`, d.slice(0, 19)]).sort((a, b) => (`${a[0]} ${a[1]}` < `${b[0]} ${b[1]}` ? -1 : 1));
+    expect(rows.map((r) => [r[0], r[1]])).toEqual(expected);
+    expect(new Set(rows.map((r) => r[2]))).toEqual(new Set(['nodePodsAccessible']));
+  });
+
   it('records, verify and gc --dry-run open a crashed store as is: no recovery, no lock', async () => {
     const image = makeImage([4096]);
     const upstream = await new FakeUpstream().start();
