@@ -11,6 +11,7 @@ import { findFreePort } from '../../test/support/free-port.js';
 import { runCommand } from '../../test/support/command.js';
 import { makeTempDir, removeTempDir } from '../../test/support/temp-dir.js';
 import { MANIFEST_ACCEPT, forEachLimited, pullImage, runLoad, type LoadRequest } from '../clients.js';
+import { BUSY_LOAD } from '../report.js';
 import { RowSet, type SystemName } from '../results.js';
 import type { StandaloneEnv, ScenarioOutput } from '../scenario.js';
 import { secondsSince } from '../stats.js';
@@ -336,7 +337,7 @@ export async function storeGrowth(env: StandaloneEnv): Promise<ScenarioOutput> {
   const removeCache = teardown.add('store-growth registry-cache', () => cache.crash());
   const rows = new RowSet();
   const notes: string[] = [];
-  const loads: string[] = [];
+  const loads: Array<{ column: SystemName; load: number }> = [];
   let populatedImages = 0;
   let fillIndex = 0;
   try {
@@ -353,7 +354,7 @@ export async function storeGrowth(env: StandaloneEnv): Promise<ScenarioOutput> {
       await populate(mods, storage, upstream.host, populatedImages, toAdd);
       populatedImages += toAdd;
       log(`  ${col}: populated ${toAdd} images directly in ${secondsSince(t0).toFixed(1)} s`);
-      loads.push(`${col}: ${loadavg()[0]?.toFixed(2)}`);
+      loads.push({ column: col, load: loadavg()[0] ?? Number.NaN });
       await cache.start();
 
       // Fill: new images through the server, FILL_CLIENTS pulls at once; the rate of the last half is "at the end".
@@ -426,7 +427,13 @@ export async function storeGrowth(env: StandaloneEnv): Promise<ScenarioOutput> {
     removeDir();
     await removeTempDir(dir);
   }
-  notes.push(`1-minute load average before each size: ${loads.join(', ')}.`);
+  const busy = loads.filter((l) => l.load >= BUSY_LOAD);
+  notes.push(`1-minute load average before each size: ${loads.map((l) => `${l.column}: ${l.load.toFixed(2)}`).join(', ')}.`);
+  if (busy.length > 0) {
+    notes.push(
+      `**Warning: the machine was busy** before ${busy.map((l) => l.column).join(', ')} (load average ≥ ${BUSY_LOAD}): wall times and latencies of those sizes are inflated; the CPU rows are not.`,
+    );
+  }
   return {
     method:
       `One registry-cache process (NeverVerify, tagTtl 0s, no maxStorageBytes, GC thresholds 100/99 %) in front of an in-process synthetic upstream serving images of a manifest, a config and 9 layers of 1–4 KiB random bytes. ` +

@@ -52,4 +52,22 @@ describe('the bench report', () => {
     }
     expect(targets.every((t) => t.met === undefined)).toBe(true);
   });
+
+  it('lists every target of issue #17 and judges the store-growth ones against 100k blobs', () => {
+    const texts = evaluateTargets([]).filter((t) => t.source === '#17').map((t) => t.target).join('\n');
+    for (const needle of [/fill rate .* ≥ 0\.8× the rate at 10k/, /≤ 1 s after a clean shutdown/, /≤ 3 s after a crash/, /`gc` freeing 10 % ≤ 2 s/, /`records` ≤ 1 s/, /`verify` ≥ 100 MB\/s/, /p99 within 1\.3×/]) {
+      expect(texts).toMatch(needle);
+    }
+    const row = (id: string, at: Record<string, number>) => ({ id, label: id, unit: 's', better: 'lower' as const, digits: 2, samples: Object.fromEntries(Object.entries(at).map(([k, v]) => [k, [v]])) });
+    const growth: ScenarioResult = {
+      ...scenario('9', 'store-growth', 0.2),
+      columns: ['1k blobs', '10k blobs', '100k blobs'],
+      rows: [row('sg-fill-rate', { '10k blobs': 20, '100k blobs': 15 }), row('sg-records', { '100k blobs': 0.9 }), row('sg-hit-p99', { '1k blobs': 10, '100k blobs': 14 })],
+    };
+    const judged = new Map(evaluateTargets([growth]).filter((t) => t.scenario === '9').map((t) => [`${t.source} ${t.target}`, t]));
+    expect(judged.get('#17 At 100,000 blobs: fill rate at the end ≥ 0.8× the rate at 10k')).toMatchObject({ met: false, ratio: '0.75×' });
+    expect(judged.get('#17 At 100,000 blobs: `records` ≤ 1 s')?.met).toBe(true);
+    expect(judged.get('#17 At 100,000 blobs: warm manifest hit p99 within 1.3× its value at 1k')?.met).toBe(false);
+    expect(judged.get('#14 At 100,000 blobs: warm manifest hit p99 ≤ 2× its value at 1,000 blobs')?.met).toBe(true);
+  });
 });
