@@ -110,12 +110,10 @@ export async function runGc(config: Config, dryRun: boolean): Promise<void> {
   const opened = await openStore(config, log, dryRun ? { readOnly: true } : { exclusive: true });
   try {
     const evictor = new Evictor({ store: opened.store, metadata: opened.metadata, settings: config.eviction, log, isBusy: () => false });
-    // Named before the pass: eviction removes the tags and links that name an image.
-    const names = new Map((await evictor.units()).map((u) => [u.root, opened.metadata.imageNames(u.root)]));
-    const result = await evictor.collect({ dryRun });
+    const result = await evictor.collect({ dryRun, names: true });
     const verb = dryRun ? 'would evict' : 'evicted';
     for (const e of result.evicted) {
-      const name = names.get(e.root)?.join(', ') || 'unnamed';
+      const name = e.names?.join(', ') || 'unnamed';
       process.stdout.write(`${verb} ${name} (${e.root}) ${e.bytes} bytes (last used ${new Date(e.lastAccess).toISOString()})\n`);
     }
     process.stdout.write(

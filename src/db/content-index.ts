@@ -76,6 +76,8 @@ export class Metadata {
     imageSize: Statement<[string], { size: number; last_access: number; stored: number; total: number }>;
     tagsOf: Statement<[string], { registry: string; repository: string; tag: string }>;
     reposOf: Statement<[string], { registry: string; repository: string }>;
+    tagNames: Statement<[string], string>;
+    repositoryNames: Statement<[string], string>;
   };
   /** Digest → time of its latest access; the flush writes these times, not its own. */
   private pendingTouches = new Map<string, number>();
@@ -137,6 +139,8 @@ export class Metadata {
       ),
       tagsOf: db.prepare('SELECT registry, repository, tag FROM tags WHERE digest = ? ORDER BY registry, repository, tag'),
       reposOf: db.prepare('SELECT registry, repository FROM repository_digests WHERE digest = ? ORDER BY registry, repository'),
+      tagNames: db.prepare<[string], string>("SELECT registry || '/' || repository || ':' || tag FROM tags WHERE digest = ? ORDER BY 1").pluck(),
+      repositoryNames: db.prepare<[string], string>("SELECT registry || '/' || repository FROM repository_digests WHERE digest = ? ORDER BY 1").pluck(),
     };
   }
 
@@ -238,9 +242,9 @@ export class Metadata {
 
   /** What a stored manifest is known by: `registry/repository:tag` for each tag on it, else each repository it came through. */
   imageNames(digest: string): string[] {
-    const tagged = this.db.prepare("SELECT registry || '/' || repository || ':' || tag FROM tags WHERE digest = ? ORDER BY 1").pluck().all(digest) as string[];
+    const tagged = this.stmt.tagNames.all(digest);
     if (tagged.length > 0) return tagged;
-    return this.db.prepare("SELECT registry || '/' || repository FROM repository_digests WHERE digest = ? ORDER BY 1").pluck().all(digest) as string[];
+    return this.stmt.repositoryNames.all(digest);
   }
 
   /** The `limit` most recently used images (top-level manifests, by their own last use: every pull fetches one), newest first. */

@@ -19,7 +19,8 @@ export interface EvictionResult {
   usedPercentBefore: number;
   bytesToFree: number;
   freedBytes: number;
-  evicted: { root: string; bytes: number; lastAccess: number }[];
+  /** `names`: what named the image before it went (tags, else repositories), when the collection was asked for them. */
+  evicted: { root: string; bytes: number; lastAccess: number; names?: string[] }[];
   skippedBusy: number;
   skippedPinned: number;
 }
@@ -119,7 +120,7 @@ export class Evictor {
   }
 
   /** Runs one collection; concurrent calls share it. */
-  collect(options: { dryRun?: boolean } = {}): Promise<EvictionResult> {
+  collect(options: { dryRun?: boolean; names?: boolean } = {}): Promise<EvictionResult> {
     this.running ??= this.collectOnce(options).finally(() => {
       this.running = undefined;
     });
@@ -216,7 +217,7 @@ export class Evictor {
     return pinned;
   }
 
-  private async collectOnce(options: { dryRun?: boolean }): Promise<EvictionResult> {
+  private async collectOnce(options: { dryRun?: boolean; names?: boolean }): Promise<EvictionResult> {
     const usage = await this.usage();
     const result: EvictionResult = { usedPercentBefore: usage.percent, bytesToFree: usage.bytesToFree, freedBytes: 0, evicted: [], skippedBusy: 0, skippedPinned: 0 };
     if (usage.bytesToFree <= 0) return result;
@@ -247,7 +248,8 @@ export class Evictor {
       for (const m of unit.members) holders.set(m, (holders.get(m) ?? 1) - 1);
       const bytes = doomed.reduce((n, d) => n + (sizes.get(d) ?? 0), 0);
       result.freedBytes += bytes;
-      result.evicted.push({ root: unit.root, bytes, lastAccess: unit.lastAccess });
+      // Named before its rows go (eviction removes the tags and links that name it), and only what is evicted.
+      result.evicted.push({ root: unit.root, bytes, lastAccess: unit.lastAccess, ...(options.names ? { names: this.deps.metadata.imageNames(unit.root) } : {}) });
       if (options.dryRun) continue;
       batch.push(...doomed);
       if (++batchUnits >= REMOVE_BATCH_UNITS) {

@@ -109,6 +109,32 @@ describe('costs that stay flat as the store grows', () => {
     expect(cache.services.metadata.storedBytes()).toBeLessThanOrEqual(30_000);
   });
 
+  it('names only the images a collection evicts, as they were named before their rows went', async () => {
+    const dir = await tempDir('rc-gc-names-');
+    const store = new BlobStore(dir);
+    const metadata = new Metadata(openDatabase(join(dir, 'db')));
+    cleanup.push(async () => metadata.close());
+    for (let i = 0; i < 20; i++) {
+      const child = digestOf(1_000 + i);
+      metadata.insertBlob(child, 100, null);
+      metadata.insertManifest({ digest: digestOf(i + 1), size: 50, mediaType: OCI_MANIFEST }, [{ child, kind: 'blob' }], { registry: 'reg.test', repository: `app${i}` });
+      if (i % 2 === 0) metadata.putTag('reg.test', `app${i}`, 'v1', digestOf(i + 1));
+      // Distinct last uses, oldest first: app0 and app1 go first.
+      metadata.touch(digestOf(i + 1));
+      metadata.touch(child);
+      metadata.flushTouches();
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    const names = vi.spyOn(metadata, 'imageNames');
+    // 20 images of 150 bytes; a bound of 3,000 at 100 % → 90 %: two images go.
+    const evictor = new Evictor({ store, metadata, settings: { highThresholdPercent: 100, lowThresholdPercent: 90, maxStorageBytes: 3_000, pinnedImages: [] }, log: createLogger('silent'), isBusy: () => false });
+    const result = await evictor.collect({ names: true });
+    expect(result.evicted.map((e) => e.names)).toEqual([['reg.test/app0:v1'], ['reg.test/app1']]);
+    expect(names).toHaveBeenCalledTimes(2);
+    expect(metadata.imageNames(digestOf(1))).toEqual([]);
+    expect((await evictor.collect({ dryRun: true })).evicted.every((e) => e.names === undefined)).toBe(true);
+  });
+
   it('builds the eviction list in pages, letting the event loop run between them', async () => {
     const dir = await tempDir('rc-units-');
     // The connection itself, to write 5,500 rows in one transaction rather than one each.
