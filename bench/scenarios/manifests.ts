@@ -1,3 +1,4 @@
+import { setTimeout as delay } from 'node:timers/promises';
 import { MANIFEST_ACCEPT, pullImage, runWrk, type WrkResult } from '../clients.js';
 import { RowSet, type SystemName } from '../results.js';
 import type { Scenario } from '../scenario.js';
@@ -38,8 +39,20 @@ export const manifests: Scenario = {
       for (const base of [ctx.peer.url, ctx.cache.url, cacheTtl.url]) await pullImage(base, img.repo, img.tag, { concurrency: 2 });
       // Upstream manifest requests for the tag (HEAD or GET) during a run, per client request: the peer asks for each,
       // registry-cache with tagTtl 0s shares one HEAD among the revalidations in flight at once (#14 item 1).
-      const tagAsks = async (): Promise<number> =>
+      const countTagAsks = async (): Promise<number> =>
         (await ctx.upstream.settledRequests()).filter((e) => e.uri.split('?')[0] === `/v2/${img.repo}/manifests/${img.tag}`).length;
+      // wrk stops with up to 64 requests still in the server; the peer answers them (asking the upstream) after wrk
+      // has gone. Counted once the count stands still for half a second (at most 10 s), they stay with their run.
+      const tagAsks = async (): Promise<number> => {
+        let last = await countTagAsks();
+        for (let i = 0; i < 20; i++) {
+          await delay(500);
+          const now = await countTagAsks();
+          if (now === last) return now;
+          last = now;
+        }
+        return last;
+      };
       for (let rep = 0; rep < s.reps; rep++) {
         for (const r of runs) {
           const byTag = r.id !== 'manifest-digest';
