@@ -93,7 +93,7 @@ export const ctrPull: Scenario = {
           const direct = await timedCtrPull(ctx, ref, net.upstreamUrl);
           if (net.throttle) {
             const linkRate = (net.throttle.counts().responseBytes - before) / direct / 2 ** 20;
-            rows.add('ctr-throttled-link', { label: `${net.label}: the link's rate during the direct pull`, unit: 'MiB/s', better: 'none', digits: 1 }, 'direct', linkRate);
+            rows.add('ctr-throttled-link', { label: `${net.label}: bytes through the link / the direct pull's time`, unit: 'MiB/s', better: 'none', digits: 1 }, 'direct', linkRate);
           }
           add('cold', 'direct', direct);
           add('warm', 'direct', direct);
