@@ -40,6 +40,8 @@ export interface AppDeps {
   metrics: Metrics;
   pulls: UpstreamPulls;
   status: StatusReporter;
+  /** Sharing between nodes, when on (for `/debug/peers`). */
+  peers?: { describe(): unknown } | undefined;
   ready: () => Promise<boolean>;
 }
 
@@ -76,7 +78,10 @@ export function buildOpsApp(deps: AppDeps): FastifyInstance {
   const app = Fastify({ loggerInstance: deps.log, logController: new LogController({ disableRequestLogging: true }) }) as unknown as FastifyInstance;
   registerHealthRoutes(app, deps.ready);
   registerMetricsRoute(app, deps);
-  registerDebugRoutes(app, { pulls: () => pullsView(deps.pulls.limiter, (registry, repository) => deps.verifier.repositoryIsOpen(registry, repository)) });
+  registerDebugRoutes(app, {
+    pulls: () => pullsView(deps.pulls.limiter, (registry, repository) => deps.verifier.repositoryIsOpen(registry, repository)),
+    peers: () => deps.peers?.describe() ?? { enabled: false },
+  });
   registerStatusRoutes(app, { status: () => deps.status.report() });
   return app;
 }

@@ -12,6 +12,8 @@ export interface RunningServer {
   url: string;
   /** Base URL of the separate metrics/probe listener, when configured. */
   opsUrl: string | undefined;
+  /** Base URL of the peer listener, when sharing between nodes is on. */
+  peerUrl: string | undefined;
   close(): Promise<void>;
 }
 
@@ -24,27 +26,36 @@ export async function startServer(
   const services = await createServices(config, log, options);
   const app = buildApp(services, { opsSeparately: config.metricsListen !== undefined });
   const ops = config.metricsListen ? buildOpsApp(services) : undefined;
+  const peerApp = services.peers?.listener(services.blobs);
   let url: string;
   let opsUrl: string | undefined;
+  let peerUrl: string | undefined;
   try {
     url = await listenOn(app, config.listen);
     if (ops && config.metricsListen) opsUrl = await listenOn(ops, config.metricsListen);
+    if (peerApp && config.peers) peerUrl = await listenOn(peerApp, config.peers.listen);
   } catch (err) {
     await app.close();
     await ops?.close();
+    await peerApp?.close();
     await services.close();
     throw err;
   }
-  log.info({ listen: url.replace('http://', ''), metrics: opsUrl, storage: config.storage, registries: [...config.registries.keys()] }, 'registry-cache listening');
+  log.info({ listen: url.replace('http://', ''), metrics: opsUrl, peers: peerUrl, storage: config.storage, registries: [...config.registries.keys()] }, 'registry-cache listening');
   let closing: Promise<void> | undefined;
   return {
     app,
     services,
     url,
     opsUrl,
+    peerUrl,
     close: () => {
       closing ??= (async () => {
         await ops?.close();
+        // Other nodes reading a fill from this one lose it now and finish from the upstream.
+        const peersClosed = peerApp?.close();
+        peerApp?.server.closeAllConnections();
+        await peersClosed;
         // Stop accepting; let responses in flight finish, but not past the deadline.
         const deadline = setTimeout(() => {
           log.warn({ timeoutMs: config.shutdownTimeoutMs }, 'shutdown deadline reached; closing open connections');

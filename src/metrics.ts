@@ -21,6 +21,15 @@ export class Metrics {
   readonly storeThresholds: Gauge<'threshold'>;
   readonly queueOldestWait: Gauge;
   readonly queueTimeout: Gauge;
+  readonly peerBytesReceived: Counter;
+  readonly peerBytesSent: Counter;
+  readonly peerFetches: Counter<'outcome'>;
+  readonly peerFallbacks: Counter;
+  readonly peerCoordinatorAnswers: Counter<'answer'>;
+  readonly peerLeasesLost: Counter;
+  readonly peerBlobRequests: Counter<'result'>;
+  readonly peerRefused: Counter<'reason'>;
+  private peerMembers: () => { ready: number; notReady: number } = () => ({ ready: 0, notReady: 0 });
 
   constructor(sources: {
     activeFills: () => number;
@@ -37,7 +46,7 @@ export class Metrics {
     collectDefaultMetrics({ register: this.registry, prefix: 'registry_cache_process_' });
     this.httpRequests = new Counter({ name: 'registry_cache_http_requests_total', help: 'Requests by route kind, method and status', labelNames: ['route', 'method', 'status'], registers });
     this.cacheResults = new Counter({ name: 'registry_cache_cache_results_total', help: 'Manifest and blob answers by outcome (hit, miss, inflight, revalidated, stale)', labelNames: ['kind', 'result'], registers });
-    this.bytesServed = new Counter({ name: 'registry_cache_bytes_served_total', help: 'Response body bytes by source (store or upstream)', labelNames: ['source'], registers });
+    this.bytesServed = new Counter({ name: 'registry_cache_bytes_served_total', help: 'Response body bytes by where they came from (store: this node\'s disk, upstream, peer: another node)', labelNames: ['source'], registers });
     this.bytesFetched = new Counter({ name: 'registry_cache_upstream_bytes_fetched_total', help: 'Blob bytes downloaded from upstreams', labelNames: ['registry'], registers });
     this.upstreamLatency = new Histogram({
       name: 'registry_cache_upstream_request_duration_seconds',
@@ -111,6 +120,26 @@ export class Metrics {
       this.storeThresholds.labels('low').set(sources.settings.lowThresholdRatio);
       this.queueTimeout.set(sources.settings.pullQueueTimeoutSeconds);
     }
+    // Sharing between nodes (all zero when it is off).
+    this.peerBytesReceived = new Counter({ name: 'registry_cache_peer_bytes_received_total', help: 'Blob bytes taken from other nodes', registers });
+    this.peerBytesSent = new Counter({ name: 'registry_cache_peer_bytes_sent_total', help: 'Blob bytes sent to other nodes', registers });
+    this.peerFetches = new Counter({ name: 'registry_cache_peer_fetches_total', help: 'Blob transfers from other nodes by outcome (complete, failed: broke or stalled, mismatch: wrong bytes)', labelNames: ['outcome'], registers });
+    this.peerFallbacks = new Counter({ name: 'registry_cache_peer_fallbacks_total', help: 'Transfers from another node that the upstream had to finish', registers });
+    this.peerCoordinatorAnswers = new Counter({ name: 'registry_cache_peer_coordinator_answers_total', help: 'What a digest\'s coordinator said before a fill (peer: read from a node, lease: fetch it upstream, unreachable: no answer in time)', labelNames: ['answer'], registers });
+    this.peerLeasesLost = new Counter({ name: 'registry_cache_peer_leases_lost_total', help: 'Lease renewals the coordinator refused or did not answer', registers });
+    this.peerBlobRequests = new Counter({ name: 'registry_cache_peer_blob_requests_total', help: 'Blob requests from other nodes (served, not-shared: not held or not offered)', labelNames: ['result'], registers });
+    this.peerRefused = new Counter({ name: 'registry_cache_peer_requests_refused_total', help: 'Peer requests refused for their signature (missing, malformed, bad-signature, expired, replayed)', labelNames: ['reason'], registers });
+    const members = (): { ready: number; notReady: number } => this.peerMembers();
+    new Gauge({ name: 'registry_cache_peer_members', help: 'Other nodes sharing blobs with this one, by state', labelNames: ['state'], registers, collect() {
+      const m = members();
+      this.labels('ready').set(m.ready);
+      this.labels('not_ready').set(m.notReady);
+    } });
+  }
+
+  /** Reads the peer member counts at scrape time. */
+  observePeers(members: () => { ready: number; notReady: number }): void {
+    this.peerMembers = members;
   }
 
   /** The exposition text. */

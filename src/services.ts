@@ -27,6 +27,8 @@ import { PullBackoff } from './limiter/backoff.js';
 import { BandwidthLimit } from './limiter/bandwidth.js';
 import { manifestsComplete, type PullIntents, type UpstreamPulls } from './cache/upstream-pulls.js';
 import { StatusReporter, UpstreamErrorLog } from './cache/status.js';
+import { BlobSources } from './cache/sources.js';
+import { startPeerSharing, type PeerSharing } from './peer-sharing.js';
 
 /** The long-lived parts of a running cache, and how to shut them down. */
 export interface Services extends AppDeps {
@@ -37,6 +39,8 @@ export interface Services extends AppDeps {
   metrics: Metrics;
   evictor: Evictor;
   pulls: UpstreamPulls;
+  /** Sharing between nodes, when on: the main listener setup starts its peer listener. */
+  peers: PeerSharing | undefined;
   close(): Promise<void>;
 }
 
@@ -59,17 +63,18 @@ export async function createServices(config: Config, log: Logger, options: Servi
   const upstreamErrors = new UpstreamErrorLog();
   const upstream = createUpstreamClient(config, log, { metrics, errors: upstreamErrors }, options);
   const policy = await createCredentialPolicy(config, log, opened, metrics);
-  // Sources of a missing blob's bytes: the upstream client today. Peer sharing (membership, the peer listener, a peer
-  // source tried before the upstream) is wired here and handed to the caches.
+  const peers = config.peers ? await startPeerSharing(config.peers, { log, metrics }) : undefined;
+  const sources = createSources(config, log, { upstream, pulls, metrics, peers });
   const caches = createCaches(config, log, {
     store,
     metadata,
     records,
     upstream,
+    sources,
     pulls,
     intents: policy.intents,
-    onFillEnd: (registry, bytes) => {
-      metrics.bytesFetched.labels(registry).inc(bytes);
+    onFillEnd: (registry, bytes, fromPeer) => {
+      metrics.bytesFetched.labels(registry).inc(bytes - fromPeer);
       eviction.noteStored(bytes);
     },
   });
@@ -118,6 +123,7 @@ export async function createServices(config: Config, log: Logger, options: Servi
     metrics,
     evictor: eviction.evictor,
     pulls,
+    peers,
     verifier,
     tokens,
     hasher,
@@ -131,6 +137,7 @@ export async function createServices(config: Config, log: Logger, options: Servi
       policy.abort();
       // Fills and manifest fetches write files and rows, eviction deletes rows: all must end before the database closes.
       await caches.shutdown();
+      await peers?.close();
       await eviction.evictor.idle();
       await upstream.close();
       tokens.close();
@@ -257,6 +264,27 @@ async function createCredentialPolicy(config: Config, log: Logger, opened: OpenS
   };
 }
 
+/** Where a missing blob's bytes come from: other nodes when sharing is on (asked first), then the upstream. */
+function createSources(
+  config: Config,
+  log: Logger,
+  parts: { upstream: UpstreamClient; pulls: UpstreamPulls; metrics: Metrics; peers: PeerSharing | undefined },
+): BlobSources {
+  const { metrics } = parts;
+  return new BlobSources({
+    upstream: parts.upstream,
+    log,
+    bandwidth: parts.pulls.bandwidth,
+    peers: parts.peers?.routing,
+    ...(config.peers ? { peerIdleMs: config.peers.idleTimeoutMs } : {}),
+    onEvent: (event, bytes = 0) => {
+      if (event === 'fallback-upstream') metrics.peerFallbacks.inc();
+      else metrics.peerFetches.labels(event === 'peer-complete' ? 'complete' : event === 'peer-failed' ? 'failed' : 'mismatch').inc();
+      if (event === 'peer-complete' || event === 'peer-failed') metrics.peerBytesReceived.inc(bytes);
+    },
+  });
+}
+
 /** The store-and-upstream caches, one per kind of object, and their shared shutdown. */
 interface Caches {
   blobs: BlobCache;
@@ -274,13 +302,25 @@ function createCaches(
     metadata: Metadata;
     records: PullRecords;
     upstream: UpstreamClient;
+    sources: BlobSources;
     pulls: UpstreamPulls;
     intents: PullIntents | undefined;
-    onFillEnd: (registry: string, bytes: number) => void;
+    onFillEnd: (registry: string, bytes: number, fromPeer: number) => void;
   },
 ): Caches {
-  const { store, metadata, records, upstream, pulls, intents } = parts;
-  const blobs = new BlobCache({ store, metadata, upstream, log, fillTimeoutMs: config.fillTimeoutMs, pulls, onFillEnd: parts.onFillEnd, ...(intents ? { intents } : {}) });
+  const { store, metadata, records, upstream, sources, pulls, intents } = parts;
+  const blobs = new BlobCache({
+    store,
+    metadata,
+    upstream,
+    sources,
+    log,
+    fillTimeoutMs: config.fillTimeoutMs,
+    pulls,
+    onFillEnd: parts.onFillEnd,
+    sharePrivateLayers: config.peers?.sharePrivateLayers ?? false,
+    ...(intents ? { intents } : {}),
+  });
   const manifests = new ManifestCache({ store, metadata, upstream, log, pulls, ...(intents ? { intents } : {}) });
   const tags = new TagCache({ manifests, metadata, log, tagTtlMs: config.tagTtlMs, pulls, preloadedAs: records.importedAs.bind(records) });
   return {

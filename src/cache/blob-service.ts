@@ -2,9 +2,16 @@ import type { Readable } from 'node:stream';
 import { blobHeaders } from '../oci/content-headers.js';
 import { parseRange } from '../oci/range.js';
 import type { Access, CredentialVerifier } from '../policy/verifier.js';
+import type { Puller } from '../db/pull-records.js';
+import type { Credential } from '../upstream/credentials.js';
 import type { BlobAnswer, BlobCache, BlobRequest } from './blobs.js';
 import type { ManifestCache, ManifestRequest } from './manifests.js';
 import { cacheStatusOf, type CacheReply } from './reply.js';
+
+/** The credential a fill uses, and whether it is the node's (or none): then other nodes may be offered the blob. */
+function withCredential(credential: Credential | undefined, puller: Puller): Pick<BlobRequest, 'credential' | 'nodeLevel'> {
+  return { ...(credential ? { credential } : {}), nodeLevel: puller.kind === 'nodePodsAccessible' };
+}
 
 /** What a blob request asks for, besides the blob. */
 export interface BlobQuery {
@@ -46,12 +53,19 @@ export class BlobService {
       verifier.record(access, allowance.parent, puller);
     } else if (!allowance.allowed) {
       // Nothing here vouches for the blob: the client's own upstream GET is the check, and its hashed body the proof.
-      const own = await verifier.prove(access, (credential) => blobs.fetchAsProof({ ...req, ...(credential ? { credential } : {}) }));
+      // With sharing on, a blob that a manifest the client is allowed lists may instead be what the cluster offers
+      // (by default content that needed no tenant credential), hashed: the one upstream download per cluster.
+      const listed = allowance.listed && blobs.sharing;
+      const own = await verifier.prove(access, (credential, puller) => {
+        const r = { ...req, ...withCredential(credential, puller) };
+        return listed ? blobs.fetchListed(r) : blobs.fetchAsProof(r);
+      });
       answer = own.value;
+      if (!answer.committed) verifier.record(access, digest, own.puller);
       answer.committed?.then(() => verifier.record(access, digest, own.puller)).catch(() => undefined);
     }
     answer ??= blobs.stored(digest);
-    answer ??= (await verifier.tryUpstream(access, (credential) => blobs.get({ ...req, ...(credential ? { credential } : {}) }))).value;
+    answer ??= (await verifier.tryUpstream(access, (credential, puller) => blobs.get({ ...req, ...withCredential(credential, puller) }))).value;
     return this.bodyReply(answer, headers, query.range);
   }
 
@@ -63,10 +77,10 @@ export class BlobService {
     if (range) {
       headers['content-length'] = String(range.end - range.start + 1);
       headers['content-range'] = `bytes ${range.start}-${range.end}/${size}`;
-      return { status: 206, headers, body: answer.open(range.start, range.end), cacheStatus };
+      return { status: 206, headers, body: answer.open(range.start, range.end), cacheStatus, bytesFrom: answer.bytesFrom };
     }
     if (answer.size !== undefined) headers['content-length'] = String(answer.size);
     const body: Readable = answer.open();
-    return { status: 200, headers, body, cacheStatus };
+    return { status: 200, headers, body, cacheStatus, bytesFrom: answer.bytesFrom };
   }
 }

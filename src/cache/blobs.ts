@@ -14,10 +14,13 @@ import { imageKeys, type PullIntents, type UpstreamPulls } from './upstream-pull
 import { countsForBackoff } from '../limiter/backoff.js';
 import { digestKey } from '../limiter/keys.js';
 import type { PullLease } from '../limiter/pull-limiter.js';
-import { withIdleTimeout } from '../upstream/idle-timeout.js';
+import type { SharedBlob, SharedBlobs, ShareScope } from '../peers/listener.js';
+import type { BlobSources, FillSource, SourceBody } from './sources.js';
+
+export type { FillSource } from './sources.js';
 
 /** Where a blob answer comes from, for logs and metrics. */
-export type BlobSource = 'store' | 'inflight' | 'upstream';
+export type BlobSource = 'store' | 'inflight' | 'upstream' | 'peer';
 
 /** A blob ready to be served: its size and a way to stream any range of it. */
 export interface BlobAnswer {
@@ -28,6 +31,8 @@ export interface BlobAnswer {
    */
   size: number | undefined;
   source: BlobSource;
+  /** Where the body's bytes come from (a joined fill's source, not 'inflight'). */
+  bytesFrom: 'store' | 'upstream' | 'peer';
   /** Streams `[start, end]` inclusive. */
   open(start?: number, end?: number): Readable;
   /** The verified size, once the content is verified (at once for a stored blob); rejects with the fill's failure. */
@@ -42,6 +47,11 @@ export interface BlobRequest {
   repository: string;
   digest: string;
   credential?: Credential;
+  /**
+   * The credential is not a tenant's (anonymous, configured for the registry, or the node's own): any pod on this
+   * node could pull the blob, so other nodes may be offered it (`nodePodsAccessible` in the kubelet's terms).
+   */
+  nodeLevel?: boolean;
 }
 
 /** A fill under way, and whose upstream answer it is: registry, repository and credential class. */
@@ -50,13 +60,14 @@ interface RunningFill {
   registry: string;
   repository: string;
   origin: string;
-  /** Where its bytes come from. */
+  /** Fetched without a tenant credential (BlobRequest.nodeLevel): offered to any reader, locally or on other nodes. */
+  nodeOpen: boolean;
+  /** Other nodes may read it: node-open, or any with peerSharePrivateLayers. */
+  shareable: boolean;
+  /** Where its bytes come from, once its source answered. */
   source: FillSource;
   startedAt: number;
 }
-
-/** Where a fill's bytes come from. */
-export type FillSource = 'upstream' | 'peer';
 
 /** A fill in progress as the status page shows it. */
 export interface FillProgress {
@@ -79,7 +90,7 @@ function originOf(req: BlobRequest): string {
 }
 
 /** Pull-through blobs: serve from the store, else fill once from upstream while streaming to every waiting client. */
-export class BlobCache {
+export class BlobCache implements SharedBlobs {
   /** Fills under way, by digest (more than one only while clients not yet allowed the blob prove access). */
   private readonly fills = new Map<string, RunningFill[]>();
   /** Open reads of stored blobs, by digest. */
@@ -94,12 +105,16 @@ export class BlobCache {
       store: BlobStore;
       metadata: Metadata;
       upstream: UpstreamClient;
+      /** Where a missing blob's bytes come from (other nodes, the upstream). */
+      sources: BlobSources;
       log: Logger;
       fillTimeoutMs: number;
       intents?: PullIntents;
-      /** Called when a fill ends, with the bytes it downloaded. */
-      onFillEnd?: (registry: string, bytes: number) => void;
+      /** Called when a fill ends, with the bytes it took and how many of them another node gave. */
+      onFillEnd?: (registry: string, bytes: number, fromPeer: number) => void;
       pulls?: UpstreamPulls;
+      /** Offer other nodes blobs that needed a tenant credential too (off by default; see README). */
+      sharePrivateLayers?: boolean;
     },
   ) {}
 
@@ -118,7 +133,8 @@ export class BlobCache {
       const stored = this.stored(req.digest);
       if (stored) return stored;
       const running = this.fills.get(req.digest)?.find((r) => r.registry === req.registry.host && !tried.has(r.fill));
-      if (!running) return this.fetchOwn(req);
+      // This client is allowed the blob: another node's copy may serve it.
+      if (!running) return this.fetchOwn(req, true);
       tried.add(running.fill);
       try {
         await running.fill.ready;
@@ -128,7 +144,7 @@ export class BlobCache {
         if (isOciError(err) && (err.status === 401 || err.status === 403 || err.status === 404)) continue;
         throw err;
       }
-      return this.answerFor(running.fill, 'inflight');
+      return this.answerFor(running, 'inflight');
     }
   }
 
@@ -141,22 +157,50 @@ export class BlobCache {
   async fetchAsProof(req: BlobRequest): Promise<BlobAnswer> {
     const origin = originOf(req);
     const same = this.fills.get(req.digest)?.find((r) => r.origin === origin && r.fill.state !== 'failed');
-    if (!same) return this.fetchOwn(req);
+    if (!same) return this.fetchOwn(req, false);
     await same.fill.ready;
-    return this.answerFor(same.fill, 'inflight');
+    return this.answerFor(same, 'inflight');
   }
 
-  private async fetchOwn(req: BlobRequest): Promise<BlobAnswer> {
-    const fill = this.startFill(req);
-    await fill.ready;
-    return this.answerFor(fill, 'upstream');
+  /** Whether other nodes are asked before the upstream. */
+  get sharing(): boolean {
+    return this.deps.sources.sharing;
   }
 
-  private answerFor(fill: BlobFill, source: BlobSource): BlobAnswer {
+  /**
+   * Answers a GET for a client whom a manifest it is allowed lists the blob for, although the blob did not come
+   * through its repository (sharing on only): what this node would offer another node (stored or filling content that
+   * needed no tenant credential, or any with peerSharePrivateLayers), else a fill that asks the cluster first and
+   * otherwise is the client's own upstream GET.
+   */
+  async fetchListed(req: BlobRequest): Promise<BlobAnswer> {
+    // Only node-open content, whatever peerSharePrivateLayers says: the opt-in is about what other nodes may ask, and
+    // a manifest anyone can publish may list a private layer's digest.
+    if (this.deps.metadata.getBlob(req.digest)?.nodeOpen) {
+      const stored = this.stored(req.digest);
+      if (stored) return stored;
+    }
+    const running = this.fills.get(req.digest)?.find((r) => r.nodeOpen && r.registry === req.registry.host && r.fill.state !== 'failed');
+    if (running) {
+      await running.fill.ready;
+      return this.answerFor(running, 'inflight');
+    }
+    return this.fetchOwn(req, 'open-only');
+  }
+
+  private async fetchOwn(req: BlobRequest, peersAllowed: boolean | 'open-only'): Promise<BlobAnswer> {
+    const running = this.startFill(req, peersAllowed);
+    await running.fill.ready;
+    return this.answerFor(running, running.source);
+  }
+
+  private answerFor(running: RunningFill, source: BlobSource): BlobAnswer {
+    const fill = running.fill;
     return {
       digest: fill.digest,
       size: fill.size,
       source,
+      bytesFrom: running.source,
       open: (start, end) => fill.createReader(start, end),
       verifiedSize: () => fill.verification.then(() => fill.written),
       committed: fill.done,
@@ -227,6 +271,7 @@ export class BlobCache {
       digest,
       size: row.size,
       source: 'store',
+      bytesFrom: 'store',
       verifiedSize: () => Promise.resolve(row.size),
       open: (start, end) => {
         const stream = store.openRead(digest, start, end);
@@ -274,10 +319,29 @@ export class BlobCache {
     await this.settle();
   }
 
-  private startFill(req: BlobRequest): BlobFill {
-    const { store, metadata, upstream, log } = this.deps;
+  /**
+   * A blob another node may read (SharedBlobs): a running fill or a stored blob that needed no tenant credential,
+   * or any with peerSharePrivateLayers. Read-only: nothing here triggers an upstream request.
+   */
+  find(digest: string, scope: ShareScope = {}): SharedBlob | undefined {
+    const offered = (nodeOpen: boolean): boolean => nodeOpen || (this.deps.sharePrivateLayers === true && !scope.openOnly);
+    // A fill in progress is unverified: only a reader fetching from the same registry may stream it.
+    const running = this.fills.get(digest)?.find((r) => offered(r.nodeOpen) && (!scope.registry || r.registry === scope.registry) && r.fill.state !== 'failed');
+    if (running) return { size: running.fill.size, open: (start, end) => running.fill.createReader(start, end) };
+    const row = this.deps.metadata.getBlob(digest);
+    // Manifests are never shared: other nodes fetch their own (they carry the tags and the access checks).
+    if (!row || !offered(row.nodeOpen) || this.deps.metadata.getManifest(digest)) return undefined;
+    const stored = this.stored(digest);
+    return stored && { size: stored.size, open: (start, end) => stored.open(start, end) };
+  }
+
+  private startFill(req: BlobRequest, peersAllowed: boolean | 'open-only'): RunningFill {
+    const { store, metadata, log } = this.deps;
     const fill = new BlobFill(req.digest, store);
-    const running: RunningFill = { fill, registry: req.registry.host, repository: req.repository, origin: originOf(req), source: 'upstream', startedAt: Date.now() };
+    const nodeOpen = req.nodeLevel === true;
+    const shareable = nodeOpen || this.deps.sharePrivateLayers === true;
+    // Registered before the cluster is asked, so a node pointed at this one finds the fill, never a 404.
+    const running: RunningFill = { fill, registry: req.registry.host, repository: req.repository, origin: originOf(req), nodeOpen, shareable, source: 'upstream', startedAt: Date.now() };
     this.fills.set(req.digest, [...(this.fills.get(req.digest) ?? []), running]);
     // The fill owns its lifetime: a client that disconnects detaches its reader, the download goes on.
     const signal = AbortSignal.any([AbortSignal.timeout(this.deps.fillTimeoutMs), this.shutdownController.signal]);
@@ -286,8 +350,9 @@ export class BlobCache {
     const pulls = this.deps.pulls;
     const backoffKey = digestKey(req.registry.host, req.repository, req.digest);
     const credentialClass = credentialKey(req.credential);
-    // The image's pull slot is held for the whole transfer, not just until the upstream answers.
+    // The image's pull slot is held for the whole transfer, whether the bytes come from the upstream or a peer.
     let lease: PullLease | undefined;
+    let opened: SourceBody | undefined;
     const task = fill
       .run(
         async () => {
@@ -295,44 +360,36 @@ export class BlobCache {
           if (blocked) throw blocked;
           lease = await pulls?.limiter.acquire(imageKeys(this.deps.metadata, req.registry.host, req.repository, req.digest), signal);
           const described = await this.describedSize(req);
-          const res = await upstream.send({
+          opened = await this.deps.sources.open({
             registry: req.registry,
-            method: 'GET',
-            path: `/v2/${req.repository}/blobs/${req.digest}`,
             repository: req.repository,
-            signal,
+            digest: req.digest,
             ...(req.credential ? { credential: req.credential } : {}),
+            described,
+            peersAllowed: peersAllowed !== false,
+            openOnly: peersAllowed === 'open-only',
+            shareable,
+            signal,
           });
-          if (res.status !== 200) {
-            await drain(res.body);
-            throw errorForUpstreamStatus(res.status, 'blob', req.registry.host, firstHeader(res.headers['retry-after']));
-          }
-          const declared = res.headers['content-length'];
-          const length = declared === undefined ? undefined : Number(declared);
-          const claimed = length !== undefined && Number.isSafeInteger(length) && length >= 0 ? length : undefined;
-          if (described !== undefined && claimed !== undefined && claimed !== described) {
-            await drain(res.body);
-            throw new OciError('SIZE_INVALID', 'upstream Content-Length does not match the manifest', {
-              status: 502,
-              detail: { digest: req.digest, size: described, upstreamSize: claimed },
-            });
-          }
-          const watched = withIdleTimeout(res.body, req.registry.transport.idleTimeoutMs, req.registry.host);
-          const body = pulls?.bandwidth ? pulls.bandwidth.throttle(watched) : watched;
-          return { body, size: described ?? claimed, promised: described };
+          running.source = opened.source;
+          return { body: opened.body, size: opened.size, promised: described };
         },
         (size) => {
-          metadata.insertBlob(req.digest, size, null);
-          metadata.linkRepository(req.registry.host, req.repository, req.digest);
+          metadata.insertBlob(req.digest, size, null, nodeOpen);
+          // The link says this repository's upstream served the blob: not so for bytes that all came from a peer.
+          if (!opened || opened.fromPeer < size) metadata.linkRepository(req.registry.host, req.repository, req.digest);
         },
       )
       .then(() => {
         lease?.release();
-        if (fill.state === 'committed') pulls?.backoff.success(backoffKey, credentialClass);
-        else if (countsForBackoff(fill.error)) pulls?.backoff.failure(backoffKey, fill.error, credentialClass);
-        this.deps.onFillEnd?.(req.registry.host, fill.written);
-        if (fill.state === 'committed') flog.info({ size: fill.written }, 'blob stored');
-        else flog.warn({ err: fill.error }, 'blob fill failed');
+        const committed = fill.state === 'committed';
+        opened?.settle(committed ? 'committed' : 'failed', fill.error);
+        // A peer's bad bytes say nothing about the upstream: no back-off for them.
+        if (committed) pulls?.backoff.success(backoffKey, credentialClass);
+        else if (countsForBackoff(fill.error) && !opened?.fromPeer) pulls?.backoff.failure(backoffKey, fill.error, credentialClass);
+        this.deps.onFillEnd?.(req.registry.host, fill.written, opened?.fromPeer ?? 0);
+        if (committed) flog.info({ size: fill.written, source: running.source }, 'blob stored');
+        else flog.warn({ err: fill.error, source: running.source }, 'blob fill failed');
       })
       .catch((err: unknown) => flog.error({ err }, 'blob fill bookkeeping failed'))
       .finally(() => {
@@ -343,6 +400,6 @@ export class BlobCache {
         this.tasks.delete(task);
       });
     this.tasks.add(task);
-    return fill;
+    return running;
   }
 }

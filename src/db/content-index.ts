@@ -7,6 +7,8 @@ export interface BlobRow {
   digest: string;
   size: number;
   mediaType: string | null;
+  /** Fetched without a tenant credential: other nodes may be offered it. */
+  nodeOpen: boolean;
 }
 
 /** A stored manifest's metadata. */
@@ -53,8 +55,8 @@ const LINK_MEMO_ENTRIES = 65_536;
 /** Typed, prepared queries over the metadata database. Short transactions only: better-sqlite3 blocks. */
 export class Metadata {
   private readonly stmt: {
-    getBlob: Statement<[string], { digest: string; size: number; media_type: string | null }>;
-    insertBlob: Statement<[string, number, string | null, number, number]>;
+    getBlob: Statement<[string], { digest: string; size: number; media_type: string | null; node_open: number }>;
+    insertBlob: Statement<[string, number, string | null, number, number, number]>;
     getManifest: Statement<[string], { digest: string; size: number; media_type: string }>;
     insertManifest: Statement<[string, string]>;
     insertRef: Statement<[string, string, string]>;
@@ -90,9 +92,11 @@ export class Metadata {
 
   constructor(private readonly db: Db) {
     this.stmt = {
-      getBlob: db.prepare('SELECT digest, size, media_type FROM blobs WHERE digest = ?'),
+      getBlob: db.prepare('SELECT digest, size, media_type, node_open FROM blobs WHERE digest = ?'),
       insertBlob: db.prepare(
-        'INSERT INTO blobs (digest, size, media_type, created_at, last_access) VALUES (?, ?, ?, ?, ?) ON CONFLICT(digest) DO NOTHING',
+        // A blob stored by a tenant's pull becomes offerable once fetched again without one, never the reverse.
+        'INSERT INTO blobs (digest, size, media_type, created_at, last_access, node_open) VALUES (?, ?, ?, ?, ?, ?) ' +
+          'ON CONFLICT(digest) DO UPDATE SET node_open = 1 WHERE excluded.node_open = 1 AND blobs.node_open = 0',
       ),
       getManifest: db.prepare(
         'SELECT m.digest AS digest, b.size AS size, m.media_type AS media_type FROM manifests m JOIN blobs b USING (digest) WHERE m.digest = ?',
@@ -147,13 +151,13 @@ export class Metadata {
   /** A complete blob's row, if stored. */
   getBlob(digest: string): BlobRow | undefined {
     const row = this.stmt.getBlob.get(digest);
-    return row && { digest: row.digest, size: row.size, mediaType: row.media_type };
+    return row && { digest: row.digest, size: row.size, mediaType: row.media_type, nodeOpen: row.node_open === 1 };
   }
 
-  /** Records a blob whose file was just committed. */
-  insertBlob(digest: string, size: number, mediaType: string | null): void {
+  /** Records a blob whose file was just committed; `nodeOpen` when it needed no tenant credential. */
+  insertBlob(digest: string, size: number, mediaType: string | null, nodeOpen = false): void {
     const now = Date.now();
-    this.stmt.insertBlob.run(digest, size, mediaType, now, now);
+    this.stmt.insertBlob.run(digest, size, mediaType, now, now, nodeOpen ? 1 : 0);
   }
 
   /** A stored manifest's row. */
@@ -166,7 +170,7 @@ export class Metadata {
   insertManifest(manifest: ManifestRow, refs: readonly ManifestRef[], via: { registry: string; repository: string }): void {
     const now = Date.now();
     this.db.transaction(() => {
-      this.stmt.insertBlob.run(manifest.digest, manifest.size, manifest.mediaType, now, now);
+      this.stmt.insertBlob.run(manifest.digest, manifest.size, manifest.mediaType, now, now, 0);
       this.stmt.insertManifest.run(manifest.digest, manifest.mediaType);
       for (const ref of refs) this.stmt.insertRef.run(manifest.digest, ref.child, ref.kind);
       this.stmt.link.run(via.registry, via.repository, manifest.digest);

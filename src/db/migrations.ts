@@ -122,4 +122,12 @@ export const MIGRATIONS: readonly { name: string; sql: string }[] = [
       CREATE INDEX blobs_last_access ON blobs(last_access);
     `,
   },
+  {
+    name: '005-blobs-node-open',
+    sql: `
+      -- 1 when the blob was fetched without a tenant credential (anonymous or the node's own): any pod on the node
+      -- could pull it, so other nodes may be offered it. Rows from before sharing existed are not offered.
+      ALTER TABLE blobs ADD COLUMN node_open INTEGER NOT NULL DEFAULT 0;
+    `,
+  },
 ];

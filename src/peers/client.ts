@@ -1,7 +1,7 @@
 import { Agent, errors as undiciErrors, type Dispatcher } from 'undici';
 import type { Readable } from 'node:stream';
 import type { ClaimAnswer, FillOutcome } from './coordinator.js';
-import { PEER_PATH } from './listener.js';
+import { PEER_PATH, type ShareScope } from './listener.js';
 import { PEER_SIGNATURE_HEADER, type PeerSigner } from './signature.js';
 
 /** How long a peer may take before the node stops waiting and goes upstream. */
@@ -49,21 +49,21 @@ export class PeerClient {
   }
 
   /** Asks `coordinator` who serves `digest`; `avoid` lists sources that already failed this node. */
-  async claim(coordinator: string, digest: string, avoid: readonly string[] = [], signal?: AbortSignal): Promise<ClaimAnswer> {
-    const answer = await this.lease(coordinator, digest, { op: 'claim', ...(avoid.length > 0 ? { avoid: avoid.join(',') } : {}) }, signal);
+  async claim(coordinator: string, digest: string, avoid: readonly string[] = [], signal?: AbortSignal, registry = ''): Promise<ClaimAnswer> {
+    const answer = await this.lease(coordinator, digest, { op: 'claim', registry, ...(avoid.length > 0 ? { avoid: avoid.join(',') } : {}) }, signal);
     if (answer.kind === 'peer' && typeof answer.source === 'string') return { kind: 'peer', source: answer.source };
     if (answer.kind === 'lease' && typeof answer.ttlMs === 'number') return { kind: 'lease', ttlMs: answer.ttlMs };
     throw new PeerError(`coordinator ${coordinator} gave an answer of unknown shape`, 'bad-answer');
   }
 
   /** Renews this node's lease on `digest`; false when the coordinator no longer counts it as the filler. */
-  async renew(coordinator: string, digest: string, signal?: AbortSignal): Promise<boolean> {
-    return (await this.lease(coordinator, digest, { op: 'renew' }, signal)).renewed === true;
+  async renew(coordinator: string, digest: string, signal?: AbortSignal, registry = ''): Promise<boolean> {
+    return (await this.lease(coordinator, digest, { op: 'renew', registry }, signal)).renewed === true;
   }
 
   /** Reports how this node's fill of `digest` ended. */
-  async release(coordinator: string, digest: string, outcome: FillOutcome, signal?: AbortSignal): Promise<void> {
-    await this.lease(coordinator, digest, { op: 'release', outcome }, signal);
+  async release(coordinator: string, digest: string, outcome: FillOutcome, signal?: AbortSignal, registry = ''): Promise<void> {
+    await this.lease(coordinator, digest, { op: 'release', outcome, registry }, signal);
   }
 
   /** Tells the coordinator that `source` failed this node for `digest` (wrong bytes, stall, gone). */
@@ -72,8 +72,9 @@ export class PeerClient {
   }
 
   /** Streams `digest` from `source`, from byte `start`. The caller hashes what arrives: a peer is not trusted. */
-  async fetchBlob(source: string, digest: string, start = 0, signal?: AbortSignal): Promise<PeerBlobResponse> {
-    const path = `${PEER_PATH}/blobs/${digest}`;
+  async fetchBlob(source: string, digest: string, start = 0, signal?: AbortSignal, scope: ShareScope = {}): Promise<PeerBlobResponse> {
+    const query = new URLSearchParams({ ...(scope.registry ? { registry: scope.registry } : {}), ...(scope.openOnly ? { open: '1' } : {}) }).toString();
+    const path = `${PEER_PATH}/blobs/${digest}${query ? `?${query}` : ''}`;
     const range = start > 0 ? `bytes=${start}-` : undefined;
     const res = await this.send(source, 'GET', path, range, signal);
     if (res.statusCode === 200 || (res.statusCode === 206 && start > 0)) {

@@ -7,6 +7,13 @@ export type ClaimAnswer =
   /** Nobody has it: the asking node fetches it from the upstream and is its source until the lease ends. */
   | { kind: 'lease'; ttlMs: number };
 
+/** Complete holders remembered per digest. */
+const MAX_HOLDERS = 16;
+
+function leaseKey(digest: string, registry: string): string {
+  return `${digest} ${registry}`;
+}
+
 /** How a node's fill ended, reported back to the coordinator. */
 export type FillOutcome = 'committed' | 'failed';
 
@@ -46,10 +53,13 @@ export class DigestCoordinator {
    * node already failed to read from. A live lease wins over complete holders: readers of a fill in progress start
    * at once instead of waiting, which is the point of sharing during a rollout.
    */
-  claim(digest: string, node: string, live: (member: string) => boolean, avoid: readonly string[] = []): ClaimAnswer {
+  claim(digest: string, node: string, live: (member: string) => boolean, avoid: readonly string[] = [], registry = ''): ClaimAnswer {
     const now = this.now();
     const usable = (member: string): boolean => member !== node && live(member) && !avoid.includes(member);
-    const lease = this.leases.get(digest);
+    // A fill in progress is unverified: only readers for the same registry may stream it (another registry's body
+    // could be a different, wrong one). Complete holders are verified, whatever registry they came from.
+    const key = leaseKey(digest, registry);
+    const lease = this.leases.get(key);
     if (lease && lease.expires > now && lease.holder !== node && usable(lease.holder)) return { kind: 'peer', source: lease.holder };
     const holders = this.holders.get(digest);
     const candidates = holders ? [...holders].filter(usable) : [];
@@ -57,27 +67,30 @@ export class DigestCoordinator {
       // Spread readers over every complete copy instead of hammering the first node that had it.
       return { kind: 'peer', source: candidates[Math.floor(Math.random() * candidates.length)] as string };
     }
-    this.leases.set(digest, { holder: node, expires: now + this.ttlMs });
+    this.leases.set(key, { holder: node, expires: now + this.ttlMs });
     return { kind: 'lease', ttlMs: this.ttlMs };
   }
 
   /** Extends `node`'s lease while its fill runs; false when the lease is no longer its own. */
-  renew(digest: string, node: string): boolean {
-    const lease = this.leases.get(digest);
+  renew(digest: string, node: string, registry = ''): boolean {
+    const lease = this.leases.get(leaseKey(digest, registry));
     if (!lease || lease.holder !== node || lease.expires <= this.now()) return false;
     lease.expires = this.now() + this.ttlMs;
     return true;
   }
 
   /** Ends `node`'s fill: a committed blob makes it a holder; a failed one frees the digest for the next claim. */
-  release(digest: string, node: string, outcome: FillOutcome): void {
-    if (this.leases.get(digest)?.holder === node) this.leases.delete(digest);
+  release(digest: string, node: string, outcome: FillOutcome, registry = ''): void {
+    const key = leaseKey(digest, registry);
+    if (this.leases.get(key)?.holder === node) this.leases.delete(key);
     if (outcome === 'committed') this.addHolder(digest, node);
   }
 
   /** Records that `node` holds `digest` complete (it committed or reported it). */
   addHolder(digest: string, node: string): void {
     const set = this.holders.get(digest) ?? new Set<string>();
+    // A few copies spread the readers; more would only let a liar grow the set without bound.
+    if (set.size >= MAX_HOLDERS && !set.has(node)) set.delete(set.values().next().value as string);
     set.add(node);
     this.holders.set(digest, set);
   }
@@ -87,7 +100,7 @@ export class DigestCoordinator {
     const set = this.holders.get(digest);
     set?.delete(node);
     if (set?.size === 0) this.holders.delete(digest);
-    if (this.leases.get(digest)?.holder === node) this.leases.delete(digest);
+    for (const [key, lease] of this.leases) if (key.startsWith(`${digest} `) && lease.holder === node) this.leases.delete(key);
   }
 
   /** Drops expired leases; called on a timer so an idle coordinator does not keep dead fillers. */

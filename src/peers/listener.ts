@@ -8,6 +8,7 @@ import { PEER_SIGNATURE_HEADER, type PeerSigner } from './signature.js';
 /** Prefix of every peer path; the peer listener serves nothing else. */
 export const PEER_PATH = '/peer/v1';
 const DIGEST = /^sha256:[a-f0-9]{64}$/;
+const MAX_PEER_CONNECTIONS = 256;
 
 /** A blob this node can hand a peer: complete or still filling. */
 export interface SharedBlob {
@@ -23,7 +24,15 @@ export interface SharedBlob {
  * must be findable from before it asks the cluster for a lease, so a node pointed at it never gets a 404.
  */
 export interface SharedBlobs {
-  find(digest: string): SharedBlob | undefined;
+  find(digest: string, scope?: ShareScope): SharedBlob | undefined;
+}
+
+/** What a reading node needs: a fill in progress only from its registry; with `openOnly`, no opt-in private content. */
+export interface ShareScope {
+  /** The registry the reader fetches from (a running fill of another registry is not offered). */
+  registry?: string | undefined;
+  /** Only content fetched without a tenant credential, whatever peerSharePrivateLayers says. */
+  openOnly?: boolean;
 }
 
 /** The peer listener's parts. */
@@ -51,6 +60,8 @@ export function buildPeerListener(deps: PeerListenerDeps): FastifyInstance {
     return503OnClosing: true,
     forceCloseConnections: 'idle',
   }) as unknown as FastifyInstance;
+  // Every blob read holds a file open: a bound keeps a peer (or a secret holder) from taking all of them.
+  app.server.maxConnections = MAX_PEER_CONNECTIONS;
   app.addHook('onRequest', async (request, reply) => {
     const verdict = deps.signer.verify(
       { method: request.method, path: request.url, range: headerOf(request, 'range') },
@@ -67,18 +78,21 @@ export function buildPeerListener(deps: PeerListenerDeps): FastifyInstance {
     const digest = digestParam(request);
     const q = request.query as Record<string, string | undefined>;
     const node = q.node;
+    const registry = q.registry ?? '';
     if (!digest || !node) return reply.code(400).send(errorBody('INVALID', 'digest and node required'));
+    // Only members may hold leases or be named holders: a secret holder cannot point others at any address.
+    if (!deps.isLive(node)) return reply.code(403).send(errorBody('DENIED', 'not a live member'));
     const c = deps.coordinator;
     switch (q.op) {
       case 'claim': {
-        const answer: ClaimAnswer = c.claim(digest, node, deps.isLive, (q.avoid ?? '').split(',').filter(Boolean));
+        const answer: ClaimAnswer = c.claim(digest, node, deps.isLive, (q.avoid ?? '').split(',').filter(Boolean), registry);
         return reply.send(answer);
       }
       case 'renew':
-        return reply.send({ renewed: c.renew(digest, node) });
+        return reply.send({ renewed: c.renew(digest, node, registry) });
       case 'release':
         if (q.outcome !== 'committed' && q.outcome !== 'failed') return reply.code(400).send(errorBody('INVALID', 'outcome must be committed or failed'));
-        c.release(digest, node, q.outcome as FillOutcome);
+        c.release(digest, node, q.outcome as FillOutcome, registry);
         return reply.send({});
       case 'drop':
         if (!q.source) return reply.code(400).send(errorBody('INVALID', 'source required'));
@@ -91,7 +105,8 @@ export function buildPeerListener(deps: PeerListenerDeps): FastifyInstance {
 
   const serveBlob = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
     const digest = digestParam(request);
-    const blob = digest ? deps.blobs.find(digest) : undefined;
+    const q = request.query as Record<string, string | undefined>;
+    const blob = digest ? deps.blobs.find(digest, { registry: q.registry, openOnly: q.open === '1' }) : undefined;
     if (!digest || !blob) {
       await reply.code(404).header('content-type', 'application/json').send(errorBody('BLOB_UNKNOWN', 'not shared by this node'));
       return;

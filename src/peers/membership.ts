@@ -62,8 +62,8 @@ export interface KubernetesMembershipOptions {
 const NAMESPACE_FILE = '/var/run/secrets/kubernetes.io/serviceaccount/namespace';
 
 /** This pod's namespace: `POD_NAMESPACE`, else the service account's namespace file. */
-export async function podNamespace(): Promise<string | undefined> {
-  if (process.env.POD_NAMESPACE) return process.env.POD_NAMESPACE;
+export async function podNamespace(env: NodeJS.ProcessEnv = process.env): Promise<string | undefined> {
+  if (env.POD_NAMESPACE) return env.POD_NAMESPACE;
   try {
     return (await readFile(NAMESPACE_FILE, 'utf8')).trim() || undefined;
   } catch {

@@ -2,6 +2,7 @@ import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { PeerClient, PeerError } from './client.js';
 import type { DigestCoordinator, FillOutcome } from './coordinator.js';
+import type { ShareScope } from './listener.js';
 import { readyAddresses, type Membership } from './membership.js';
 import { coordinatorOf } from './ring.js';
 
@@ -39,6 +40,8 @@ export interface PeerRoutingOptions {
 export class PeerRouting {
   private readonly skipped = new Map<string, number>();
   private readonly skipMs: number;
+  /** The last failures, newest first, for operators. */
+  private readonly failures: { peer: string; digest: string; reason: string; at: string }[] = [];
 
   constructor(
     private readonly deps: {
@@ -58,7 +61,8 @@ export class PeerRouting {
   isLive = (member: string): boolean => member === this.deps.self || (readyAddresses(this.deps.membership).includes(member) && !this.isSkipped(member));
 
   /** Decides where `digest` comes from, streaming from byte `start` when a peer serves it. */
-  async plan(digest: string, start = 0, signal?: AbortSignal): Promise<PeerPlan> {
+  async plan(digest: string, start = 0, signal?: AbortSignal, scope: ShareScope = {}): Promise<PeerPlan> {
+    const registry = scope.registry ?? '';
     const avoid: string[] = [];
     // Two rounds: a source that fails at once is reported and the coordinator asked again.
     for (let round = 0; round < 2; round++) {
@@ -66,8 +70,8 @@ export class PeerRouting {
       let answer;
       try {
         answer = coordinator === this.deps.self
-          ? this.deps.coordinator.claim(digest, this.deps.self, this.isLive, [...avoid, ...this.skippedList()])
-          : await this.deps.client.claim(coordinator, digest, [...avoid, ...this.skippedList()], signal);
+          ? this.deps.coordinator.claim(digest, this.deps.self, this.isLive, [...avoid, ...this.skippedList()], registry)
+          : await this.deps.client.claim(coordinator, digest, [...avoid, ...this.skippedList()], signal, registry);
       } catch (err) {
         this.event('coordinator-unreachable');
         if (coordinator !== this.deps.self) this.skip(coordinator);
@@ -75,11 +79,16 @@ export class PeerRouting {
       }
       if (answer.kind === 'lease') {
         this.event('coordinator-lease');
-        return { kind: 'lease', lease: this.holdLease(coordinator, digest, answer.ttlMs) };
+        return { kind: 'lease', lease: this.holdLease(coordinator, digest, answer.ttlMs, registry) };
+      }
+      // A coordinator names only a ready member other than this node; anything else is a bad (or hostile) answer.
+      if (answer.source === this.deps.self || !readyAddresses(this.deps.membership).includes(answer.source)) {
+        this.event('coordinator-unreachable');
+        return { kind: 'alone', reason: `coordinator ${coordinator} named ${answer.source}, not a member` };
       }
       this.event('coordinator-peer');
       try {
-        const res = await this.deps.client.fetchBlob(answer.source, digest, start, signal);
+        const res = await this.deps.client.fetchBlob(answer.source, digest, start, signal, scope);
         return { kind: 'peer', source: answer.source, size: res.size, body: res.body };
       } catch (err) {
         // A holder that no longer has the blob (evicted) is dropped for this digest only; any other failure
@@ -95,6 +104,8 @@ export class PeerRouting {
   reportFailed(digest: string, source: string, err: unknown, skipSource = true): void {
     this.event('peer-failed');
     if (skipSource) this.skip(source);
+    this.failures.unshift({ peer: source, digest, reason: err instanceof Error ? err.message : String(err), at: new Date().toISOString() });
+    this.failures.length = Math.min(this.failures.length, 20);
     this.deps.log.warn({ peer: source, digest, err: { message: err instanceof Error ? err.message : String(err) } }, 'peer transfer failed; going upstream and skipping that peer for a while');
     const coordinator = this.coordinatorFor(digest);
     if (coordinator === this.deps.self) this.deps.coordinator.dropHolder(digest, source);
@@ -109,11 +120,21 @@ export class PeerRouting {
   }
 
   /** Members and recent failures, for `/debug/peers`. */
-  describe(): { self: string; members: { address: string; ready: boolean; skippedForMs: number }[] } {
+  describe(): {
+    self: string;
+    members: { address: string; ready: boolean; nodeName?: string; skippedForMs: number }[];
+    recentFailures: { peer: string; digest: string; reason: string; at: string }[];
+  } {
     const now = Date.now();
     return {
       self: this.deps.self,
-      members: this.deps.membership.members().map((m) => ({ address: m.address, ready: m.ready, skippedForMs: Math.max(0, (this.skipped.get(m.address) ?? 0) - now) })),
+      members: this.deps.membership.members().map((m) => ({
+        address: m.address,
+        ready: m.ready,
+        ...(m.nodeName ? { nodeName: m.nodeName } : {}),
+        skippedForMs: Math.max(0, (this.skipped.get(m.address) ?? 0) - now),
+      })),
+      recentFailures: [...this.failures],
     };
   }
 
@@ -122,11 +143,11 @@ export class PeerRouting {
     return coordinatorOf(digest, ring) ?? this.deps.self;
   }
 
-  private holdLease(coordinator: string, digest: string, ttlMs: number): FillLease {
+  private holdLease(coordinator: string, digest: string, ttlMs: number, registry: string): FillLease {
     const local = coordinator === this.deps.self;
     const every = this.deps.options?.renewEveryMs ?? Math.max(100, Math.floor(ttlMs / 3));
     const timer = setInterval(() => {
-      const renewed = local ? Promise.resolve(this.deps.coordinator.renew(digest, this.deps.self)) : this.deps.client.renew(coordinator, digest);
+      const renewed = local ? Promise.resolve(this.deps.coordinator.renew(digest, this.deps.self, registry)) : this.deps.client.renew(coordinator, digest, undefined, registry);
       renewed.then((ok) => { if (!ok) this.event('lease-lost'); }, () => this.event('lease-lost'));
     }, every);
     timer.unref();
@@ -136,8 +157,8 @@ export class PeerRouting {
         if (ended) return;
         ended = true;
         clearInterval(timer);
-        if (local) this.deps.coordinator.release(digest, this.deps.self, outcome);
-        else void this.deps.client.release(coordinator, digest, outcome).catch(() => undefined);
+        if (local) this.deps.coordinator.release(digest, this.deps.self, outcome, registry);
+        else void this.deps.client.release(coordinator, digest, outcome, undefined, registry).catch(() => undefined);
       },
     };
   }

@@ -65,8 +65,14 @@ export class PeerSigner {
 
   /** Forgets nonces whose signatures have expired anyway (insertion order is close to expiry order). */
   private sweep(now: number): void {
+    // Usually the oldest entries expire first; a large map gets a full pass, so one future-dated signature cannot
+    // hold back the sweep of everything behind it.
+    const full = this.seen.size > 10_000;
     for (const [nonce, expires] of this.seen) {
-      if (expires >= now) break;
+      if (expires >= now) {
+        if (full) continue;
+        break;
+      }
       this.seen.delete(nonce);
     }
   }

@@ -91,17 +91,23 @@ export class CredentialVerifier {
    * when the blob itself came through this repository (a fill hashed it here): a manifest anyone can publish may list
    * any digest, and a registry may accept manifests whose blobs it does not hold there. Otherwise `parent` names a
    * stored manifest of this repository that vouches for the blob once the client is proven for it.
+   *
+   * `listed`: a manifest of this repository that the client is allowed lists the blob, although the blob did not come
+   * through here. Such a client may take the blob's bytes from another node (which offers by default only content
+   * that needed no tenant credential), hashed, instead of downloading it again: see README, Sharing between nodes.
    */
-  blobAccess(access: Access, digest: string): { allowed: true } | { allowed: false; parent: string | undefined } {
+  blobAccess(access: Access, digest: string): { allowed: true } | { allowed: false; parent: string | undefined; listed: boolean } {
     if (this.policy === 'NeverVerify') return { allowed: true };
     const { metadata } = this.deps;
     const { host } = access.registry;
-    const parents = metadata.isLinked(host, access.repository, digest) ? metadata.parentsInRepository(host, access.repository, digest) : [];
+    const linked = metadata.isLinked(host, access.repository, digest);
+    const described = metadata.parentsInRepository(host, access.repository, digest);
+    const parents = linked ? described : [];
     if (this.allowedLocally(access, digest, false) || parents.some((p) => this.allowedLocally(access, p))) {
       this.count('local');
       return { allowed: true };
     }
-    return { allowed: false, parent: parents[0] };
+    return { allowed: false, parent: parents[0], listed: !linked && described.some((p) => this.allowedLocally(access, p)) };
   }
 
   /**
@@ -109,7 +115,7 @@ export class CredentialVerifier {
    * cache miss makes (by digest, its body hashed), with the kubelet's credential order — so what a client without
    * access sees never depends on whether the content is stored. The caller records the returned puller.
    */
-  async prove<T>(access: Access, operation: (credential: Credential | undefined) => Promise<T>): Promise<{ value: T; puller: Puller }> {
+  async prove<T>(access: Access, operation: (credential: Credential | undefined, puller: Puller) => Promise<T>): Promise<{ value: T; puller: Puller }> {
     // NeverVerify verifies nothing: its upstream fetches are plain misses.
     if (this.policy === 'NeverVerify') return this.tryUpstream(access, operation);
     try {
@@ -127,11 +133,11 @@ export class CredentialVerifier {
    * ones (or anonymous when there are none). Refusals (401/403) move to the next; a client that sent nothing
    * and was refused everywhere is challenged for credentials.
    */
-  async tryUpstream<T>(access: Access, operation: (credential: Credential | undefined) => Promise<T>): Promise<{ value: T; puller: Puller }> {
+  async tryUpstream<T>(access: Access, operation: (credential: Credential | undefined, puller: Puller) => Promise<T>): Promise<{ value: T; puller: Puller }> {
     let lastRefusal: OciError | undefined;
     for (const attempt of await this.attempts(access)) {
       try {
-        return { value: await operation(attempt.credential), puller: attempt.puller };
+        return { value: await operation(attempt.credential, attempt.puller), puller: attempt.puller };
       } catch (err) {
         if (isOciError(err) && (err.code === 'UNAUTHORIZED' || err.code === 'DENIED')) {
           lastRefusal = err;

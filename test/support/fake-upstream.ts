@@ -124,6 +124,8 @@ export class FakeUpstream {
   paginateTags = true;
   /** Set: behave as an evil upstream (see EvilMode). */
   evil: EvilMode | undefined = undefined;
+  /** Answer `Range: bytes=N-` on blob GETs with a 206 (distribution does; the default answers 200 with it all). */
+  ranges = false;
   /** Delay before answering manifest and blob requests, to widen race windows. */
   delayMs = 0;
   /** Set: answers wait until it resolves (a test opens it once the race it needs is set up; no timing involved). */
@@ -227,6 +229,12 @@ export class FakeUpstream {
     if (m) {
       const bytes = this.blobs.get(`${m[1]}@${m[2]}`);
       if (!bytes) return notFound(res, 'BLOB_UNKNOWN');
+      const from = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
+      if (this.ranges && from && !fault && req.method === 'GET' && Number(from[1]) < bytes.length) {
+        const start = Number(from[1]);
+        res.writeHead(206, { 'content-type': 'application/octet-stream', 'docker-content-digest': m[2] as string, 'content-length': bytes.length - start, 'content-range': `bytes ${start}-${bytes.length - 1}/${bytes.length}` });
+        return void res.end(bytes.subarray(start));
+      }
       return this.sendBody(req, res, bytes, { 'content-type': 'application/octet-stream', 'docker-content-digest': m[2] as string }, fault);
     }
     m = /^\/v2\/(.+)\/tags\/list$/.exec(url.pathname);

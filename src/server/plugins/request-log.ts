@@ -5,6 +5,8 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** How the cache answered: hit (store), miss (upstream), inflight (joined a running fill), revalidated, stale. */
     cacheStatus: string | undefined;
+    /** Where a blob body's bytes came from (store, upstream, peer), when the service said. */
+    bytesFrom: string | undefined;
   }
 }
 
@@ -22,6 +24,7 @@ export function routeKind(path: string): string {
 /** One log line and the metrics per request, with the cache outcome; never headers (they carry credentials). */
 export function registerRequestLog(app: FastifyInstance, metrics: Metrics): void {
   app.decorateRequest('cacheStatus', undefined);
+  app.decorateRequest('bytesFrom', undefined);
   app.addHook('onResponse', async (request: FastifyRequest, reply) => {
     const path = request.url.split('?')[0] ?? '';
     const route = routeKind(path);
@@ -31,7 +34,7 @@ export function registerRequestLog(app: FastifyInstance, metrics: Metrics): void
       metrics.cacheResults.labels(route, request.cacheStatus).inc();
       const length = Number(reply.getHeader('content-length'));
       if (request.method === 'GET' && (reply.statusCode === 200 || reply.statusCode === 206) && Number.isFinite(length)) {
-        metrics.bytesServed.labels(request.cacheStatus === 'hit' ? 'store' : 'upstream').inc(length);
+        metrics.bytesServed.labels(request.bytesFrom ?? (request.cacheStatus === 'hit' ? 'store' : 'upstream')).inc(length);
       }
     }
     request.log.info(

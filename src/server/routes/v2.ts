@@ -61,6 +61,7 @@ export function registerV2Routes(app: FastifyInstance, deps: V2Deps): void {
         break;
     }
     request.cacheStatus = answer.cacheStatus;
+    request.bytesFrom = answer.bytesFrom;
     reply.code(answer.status).headers(answer.headers);
     await reply.send(method === 'HEAD' ? undefined : answer.body);
   };

@@ -66,4 +66,25 @@ describe('digest coordinator', () => {
     c.sweep();
     expect(c.stats().leases).toBe(0);
   });
+
+  it('points readers at a fill in progress only for the same registry; complete holders serve any', () => {
+    const c = new DigestCoordinator();
+    expect(c.claim(D, 'n1', everyone, [], 'x.example')).toMatchObject({ kind: 'lease' });
+    // Another registry's unverified body could be a different one: that reader fills on its own.
+    expect(c.claim(D, 'n2', everyone, [], 'y.example')).toMatchObject({ kind: 'lease' });
+    expect(c.claim(D, 'n3', everyone, [], 'x.example')).toEqual({ kind: 'peer', source: 'n1' });
+    c.release(D, 'n2', 'committed', 'y.example');
+    expect(c.claim(D, 'n4', everyone, ['n1'], 'x.example')).toEqual({ kind: 'peer', source: 'n2' });
+  });
+
+  it('keeps at most 16 holders per digest, however many nodes claim to hold it', () => {
+    const c = new DigestCoordinator();
+    for (let i = 0; i < 1000; i++) c.addHolder(D, `n${i}`);
+    const seen = new Set<string>();
+    for (let i = 0; i < 500; i++) {
+      const a = c.claim(D, 'me', everyone);
+      if (a.kind === 'peer') seen.add(a.source);
+    }
+    expect(seen.size).toBe(16);
+  });
 });
