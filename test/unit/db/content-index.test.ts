@@ -11,10 +11,21 @@ describe('content index (db/content-index.ts) against an in-memory database', ()
     const { index } = open();
     index.insertBlob(digest(1), 10, 'application/octet-stream');
     index.insertBlob(digest(1), 99, null);
-    expect(index.getBlob(digest(1))).toEqual({ digest: digest(1), size: 10, mediaType: 'application/octet-stream' });
+    expect(index.getBlob(digest(1))).toEqual({ digest: digest(1), size: 10, mediaType: 'application/octet-stream', nodeOpen: false });
     expect(index.getBlob(digest(2))).toBeUndefined();
     expect(index.storedBytes()).toBe(10);
     expect(index.allBlobDigests()).toEqual([digest(1)]);
+  });
+
+  it('marks a blob node-open once fetched without a tenant credential, and never takes that back', () => {
+    const { index } = open();
+    index.insertBlob(digest(1), 10, null, false);
+    expect(index.getBlob(digest(1))?.nodeOpen).toBe(false);
+    index.insertBlob(digest(1), 10, null, true);
+    expect(index.getBlob(digest(1))).toEqual({ digest: digest(1), size: 10, mediaType: null, nodeOpen: true });
+    index.insertBlob(digest(1), 10, null, false);
+    expect(index.getBlob(digest(1))?.nodeOpen).toBe(true);
+    expect(index.storedBytes()).toBe(10);
   });
 
   it('records a manifest with its references and the repository it came through, and finds its parents there', () => {
