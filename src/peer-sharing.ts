@@ -7,7 +7,7 @@ import type { Metrics } from './metrics.js';
 import { PeerClient } from './peers/client.js';
 import { DigestCoordinator } from './peers/coordinator.js';
 import { buildPeerListener, type SharedBlobs } from './peers/listener.js';
-import { KubernetesMembership, StaticMembership, podNamespace, type Membership } from './peers/membership.js';
+import { StaticMembership, type Membership } from './peers/membership.js';
 import { PeerRouting, type PeerEvent } from './peers/routing.js';
 import { PeerSigner } from './peers/signature.js';
 
@@ -43,6 +43,8 @@ export async function startPeerSharing(
   if (settings.discovery === 'kubernetes') {
     const podIp = env.POD_IP;
     if (!podIp) throw new ConfigError('peerDiscovery', 'kubernetes discovery needs POD_IP (downward API status.podIP) to know which endpoint is this node');
+    // The Kubernetes client is loaded only here: importing it costs every start-up a second or more.
+    const { KubernetesMembership, podNamespace } = await import('./peers/kubernetes.js');
     const namespace = await podNamespace(env);
     if (!namespace) throw new ConfigError('peerDiscovery', 'kubernetes discovery needs POD_NAMESPACE or the service account namespace file');
     self = podIp.includes(':') ? `[${podIp}]:${settings.listen.port}` : `${podIp}:${settings.listen.port}`;

@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
-import { KubernetesMembership, StaticMembership, membersFromSlices, readyAddresses, type Membership } from '../../src/peers/membership.js';
+import { StaticMembership, readyAddresses, type Membership } from '../../src/peers/membership.js';
+import { KubernetesMembership, membersFromSlices } from '../../src/peers/kubernetes.js';
 import { coordinatorOf } from '../../src/peers/ring.js';
 import { endpointSlice, startFakeKubernetes, type FakeKubernetes } from '../support/fake-kubernetes.js';
 
