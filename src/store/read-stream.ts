@@ -1,5 +1,13 @@
 import { open, type FileHandle } from 'node:fs/promises';
+import { ServerResponse } from 'node:http';
+import { Socket } from 'node:net';
 import { Readable, type Writable } from 'node:stream';
+
+/**
+ * Set to true on a Writable whose write callback means it no longer holds the chunk (as a socket's does), to let a
+ * piped FileRangeStream reuse buffers into it.
+ */
+export const HANDS_OFF = Symbol('registry-cache.handsOffOnCallback');
 
 /** Buffers a piped reader keeps for reuse: one being written out while the next is read is the steady state. */
 const SPARE_BUFFERS = 2;
@@ -15,7 +23,7 @@ interface Chunk {
  * buffers instead of allocating one per read when piped (how fastify sends a body): a buffer goes back for reuse only
  * once the destination's write callback has said it is written out (for a socket: handed to the kernel), so bytes
  * still queued are never overwritten. Read any other way (`read()`, `'data'`, async iteration), every chunk is a new
- * buffer the consumer owns. Ends at end of file if that comes before `end`, like `createReadStream`.
+ * buffer the consumer owns, and so is every chunk piped into anything but a socket or an HTTP response. Ends at end of file if that comes before `end`, like `createReadStream`.
  */
 export class FileRangeStream extends Readable {
   private readonly opening: Promise<FileHandle | undefined>;
@@ -78,10 +86,18 @@ export class FileRangeStream extends Readable {
    * and a destination that closes or fails first destroys this stream (releasing the file).
    */
   override pipe<T extends NodeJS.WritableStream>(destination: T, options?: { end?: boolean }): T {
-    if (this.piped || this.readableFlowing !== null || this.readableDidRead) {
-      // Already flowing some other way: a plain pipe, without reuse, is the only safe thing.
+    // Reuse is safe only where a write callback means the bytes left this process's hands (a socket, an HTTP
+    // response over one); a Transform or PassThrough calls back while it still holds the chunk to pass on.
+    const handsOff = destination instanceof Socket || destination instanceof ServerResponse || (destination as { [HANDS_OFF]?: boolean })[HANDS_OFF] === true;
+    if (!handsOff || this.piped || this.readableFlowing !== null || this.readableDidRead) {
+      // Already flowing some other way, or a destination that keeps chunks: a plain pipe, without reuse.
       if (this.piped) throw new Error('FileRangeStream is already piped');
-      return super.pipe(destination, options);
+      const piped = super.pipe(destination, options);
+      // Readable.pipe only unpipes from a destination that closes first: release the file as the reuse path does.
+      destination.once('close', () => {
+        if (!this.readableEnded && !this.destroyed) this.destroy();
+      });
+      return piped;
     }
     this.piped = true;
     destination.emit('pipe', this);

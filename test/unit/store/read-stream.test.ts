@@ -2,11 +2,12 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
+import { PassThrough, Transform, Writable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobStore } from '../../../src/store/blob-store.js';
+import { HANDS_OFF } from '../../../src/store/read-stream.js';
 import { sha256 } from '../../support/fake-upstream.js';
 
 /**
@@ -15,6 +16,8 @@ import { sha256 } from '../../support/fake-upstream.js';
  * changed between write() and the end of its write is what a reused buffer overwritten too early looks like.
  */
 class LaggingSink extends Writable {
+  // It copies each chunk before calling back, as a socket hands it to the kernel.
+  readonly [HANDS_OFF] = true;
   readonly received: Buffer[] = [];
   readonly arrays = new Set<ArrayBufferLike>();
   overwritten = 0;
@@ -83,6 +86,15 @@ describe('reading stored blobs (FileRangeStream)', () => {
       expect(sink.overwritten).toBe(0);
       expect(sha256(Buffer.concat(sink.received))).toBe(digest);
     }
+  });
+
+  it('piped into a stream that keeps chunks (a Transform, a PassThrough read later), gives it buffers of its own', async () => {
+    // A Transform calls back as soon as it has passed a chunk on, while the chunk still waits in its readable side.
+    const counted = new Transform({ transform: (chunk: Buffer, _e, cb) => cb(null, chunk) });
+    const later = new PassThrough({ highWaterMark: 64 * 1024 * 1024 });
+    store.openRead(digest).pipe(counted).pipe(later);
+    await new Promise((resolve) => later.once('finish', resolve));
+    expect(sha256(await buffer(later))).toBe(digest);
   });
 
   it('serves inclusive ranges, piped and read directly, and stops at the end of the file', async () => {
