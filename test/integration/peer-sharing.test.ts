@@ -136,6 +136,41 @@ describe('sharing blobs between nodes (registry-cache processes on loopback, sta
     expect(unreachable.reduce((a, b) => a + b, 0)).toBeGreaterThan(0);
   }, 120_000);
 
+  it('a transfer from a peer holds an image pull slot like an upstream one (maxParallelImagePulls)', async () => {
+    const upstream = await upstreamWith();
+    const x = makeImage([16 * MiB]);
+    const y = makeImage([1 * MiB]);
+    upstream.push('team/x', 'v1', x);
+    upstream.push('team/y', 'v1', y);
+    const xLayer = x.blobs[1]!;
+    const yLayer = y.blobs[1]!;
+    // X arrives at the first node over ~3 s; the second node streams it from there meanwhile.
+    upstream.fault = (r) => (r.path.endsWith(`/blobs/${xLayer.digest}`) ? { kind: 'slow', chunkBytes: MiB, delayMs: 200 } : undefined);
+    const cluster = await startCluster(2, upstream, (i) => [...PATIENT, ...(i === 1 ? ['serializeImagePulls: false', 'maxParallelImagePulls: 1', 'pullLinger: 0s'] : [])]);
+    cleanup.push(() => cluster.stop());
+    const [a, b] = cluster.nodes as [ClusterNode, ClusterNode];
+    const ns = `ns=${upstream.host}`;
+    expect((await call(`${a.url}/v2/team/x/manifests/v1?${ns}`)).status).toBe(200);
+    for (const repo of ['team/x', 'team/y']) expect((await call(`${b.url}/v2/${repo}/manifests/v1?${ns}`)).status).toBe(200);
+
+    const atA = hashedGet(`${a.url}/v2/team/x/blobs/${xLayer.digest}?${ns}`);
+    await atA.firstByte;
+    const atB = hashedGet(`${b.url}/v2/team/x/blobs/${xLayer.digest}?${ns}`);
+    await atB.firstByte;
+    // B's one slot is X's (from the peer): Y waits for it.
+    const yAtB = hashedGet(`${b.url}/v2/team/y/blobs/${yLayer.digest}?${ns}`);
+
+    expect(await atB.done).toMatchObject({ complete: true, digest: xLayer.digest });
+    expect(await yAtB.done).toMatchObject({ complete: true, digest: yLayer.digest });
+    await atA.done;
+    expect(blobGets(upstream, xLayer.digest)).toBe(1);
+    expect(await metricValue(b, 'registry_cache_peer_bytes_received_total')).toBe(xLayer.bytes.length);
+    const xAtA = upstream.requests.find((r) => r.method === 'GET' && r.path.endsWith(`/blobs/${xLayer.digest}`))!;
+    const yGet = upstream.requests.find((r) => r.method === 'GET' && r.path.endsWith(`/blobs/${yLayer.digest}`))!;
+    // B's copy of X cannot end before A's upstream body did: Y went upstream only after that.
+    expect(yGet.startedAt).toBeGreaterThan(xAtA.endedAt ?? Number.POSITIVE_INFINITY);
+  }, 120_000);
+
   describe('a lying or stalling peer', () => {
     /**
      * One real node and an in-process peer that coordinates `digest` (the ring is searched for a layer it owns) and
