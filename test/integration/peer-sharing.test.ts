@@ -59,13 +59,12 @@ describe('sharing blobs between nodes (registry-cache processes on loopback, sta
     for (const digests of pulled) expect(digests).toEqual(image.blobs.map((b) => b.digest));
     for (const b of image.blobs) expect(blobGets(upstream, b.digest)).toBe(1);
     const total = image.blobs.reduce((n, b) => n + b.bytes.length, 0);
-    const received = await Promise.all(cluster.nodes.map((n) => metricValue(n, 'registry_cache_peer_bytes_received_total')));
-    const fetched = await Promise.all(cluster.nodes.map((n) => metricValue(n, 'registry_cache_upstream_bytes_fetched_total')));
-    // Every byte came into the cluster once, and reached the three other nodes from a peer.
-    expect(fetched.reduce((a, b) => a + b, 0)).toBe(total);
-    expect(received.reduce((a, b) => a + b, 0)).toBe(3 * total);
-    const servedFromPeers = await Promise.all(cluster.nodes.map((n) => metricValue(n, 'registry_cache_bytes_served_total', 'source="peer"')));
-    expect(servedFromPeers.reduce((a, b) => a + b, 0)).toBe(3 * total);
+    const sum = async (name: string, labels = ''): Promise<number> => (await Promise.all(cluster.nodes.map((n) => metricValue(n, name, labels)))).reduce((a, b) => a + b, 0);
+    // Every byte came into the cluster once, and reached the three other nodes from a peer. A client has its last
+    // byte once the body verified, before the fill's file catches up and the fill is counted: wait for the counts.
+    await expect.poll(() => sum('registry_cache_upstream_bytes_fetched_total'), { timeout: 30_000 }).toBe(total);
+    await expect.poll(() => sum('registry_cache_peer_bytes_received_total'), { timeout: 30_000 }).toBe(3 * total);
+    await expect.poll(() => sum('registry_cache_bytes_served_total', 'source="peer"'), { timeout: 30_000 }).toBe(3 * total);
 
     // Another image, pulled on one node, then on the others one after another: they read it from a holder.
     const second = makeImage([6 * MiB, 2 * MiB]);
@@ -246,7 +245,8 @@ describe('sharing blobs between nodes (registry-cache processes on loopback, sta
       expect(poisoned.complete).toBe(false);
       expect(poisoned.bytes).toBeLessThan(layer.length);
       expect(blobGets(upstream, digest)).toBe(0);
-      expect(await metricValue(node, 'registry_cache_peer_fetches_total', 'outcome="mismatch"')).toBe(1);
+      // Counted when the failed fill settles, which may come just after the client saw its body cut.
+      await expect.poll(() => metricValue(node, 'registry_cache_peer_fetches_total', 'outcome="mismatch"'), { timeout: 30_000 }).toBe(1);
 
       const retry = await hashedGet(url).done;
       expect(retry).toMatchObject({ status: 200, complete: true, digest, bytes: layer.length });
