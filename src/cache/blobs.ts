@@ -331,8 +331,7 @@ export class BlobCache implements SharedBlobs {
     const row = this.deps.metadata.getBlob(digest);
     // Manifests are never shared: other nodes fetch their own (they carry the tags and the access checks).
     if (!row || !offered(row.nodeOpen) || this.deps.metadata.getManifest(digest)) return undefined;
-    const stored = this.stored(digest);
-    return stored && { size: stored.size, open: (start, end) => stored.open(start, end) };
+    return this.stored(digest);
   }
 
   private startFill(req: BlobRequest, peersAllowed: boolean | 'open-only'): RunningFill {

@@ -103,10 +103,10 @@ export class BlobSources {
     const sources = this;
     const state = { delivered: 0, fellBack: false };
     const idleMs = this.deps.peerIdleMs ?? 5_000;
-    const peerBody = withProgressFloor(plan.body, idleMs);
+    const peerBody = withIdleTimeout(plan.body, idleMs, `peer ${plan.source}`, { floorBytes: PEER_PROGRESS_FLOOR });
     async function* joined(): AsyncGenerator<Buffer> {
       try {
-        for await (const chunk of peerBody) {
+        for await (const chunk of peerBody as AsyncIterable<Buffer>) {
           if (req.described !== undefined && state.delivered + chunk.length > req.described) throw new Error('peer sent more bytes than the blob has');
           state.delivered += chunk.length;
           yield chunk;
@@ -195,39 +195,6 @@ export class BlobSources {
 
 /** Bytes a peer must send within each idle window: a trickle is as useless as a stall, and holds a pull slot. */
 const PEER_PROGRESS_FLOOR = 64 * 1024;
-
-/**
- * A peer's body that fails when fewer than PEER_PROGRESS_FLOOR bytes arrive in `windowMs` (a stalled or trickling
- * peer), so the fill moves on to the upstream. Destroying the iteration destroys `body`.
- */
-async function* withProgressFloor(body: Readable, windowMs: number): AsyncGenerator<Buffer> {
-  const chunks = (body as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
-  let deadline = Date.now() + windowMs;
-  let progress = 0;
-  try {
-    for (;;) {
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`peer sent under ${PEER_PROGRESS_FLOOR} bytes in ${windowMs} ms`)), Math.max(0, deadline - Date.now()));
-      });
-      let next: IteratorResult<Buffer>;
-      try {
-        next = await Promise.race([chunks.next(), late]);
-      } finally {
-        clearTimeout(timer);
-      }
-      if (next.done) return;
-      progress += next.value.length;
-      if (progress >= PEER_PROGRESS_FLOOR) {
-        progress = 0;
-        deadline = Date.now() + windowMs;
-      }
-      yield next.value;
-    }
-  } finally {
-    body.destroy();
-  }
-}
 
 function withLease(body: SourceBody, lease: FillLease | undefined): SourceBody {
   return {

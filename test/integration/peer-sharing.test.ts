@@ -1,4 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -10,7 +13,9 @@ import { PEER_SIGNATURE_HEADER, PeerSigner } from '../../src/peers/signature.js'
 import { FakeUpstream, makeImage, makeImageFrom, sha256, type FakeImage } from '../support/fake-upstream.js';
 import { call } from '../support/http-client.js';
 import { findFreePort } from '../support/free-port.js';
-import { hashedGet, metricValue, startCluster, type ClusterNode } from '../support/peer-cluster.js';
+import { hashedGet, metricValue, opsUrlOf, startCluster, type ClusterNode } from '../support/peer-cluster.js';
+import { startCacheProcess } from '../support/cache-process.js';
+import { pullLikeContainerd } from '../support/registry-auth.js';
 
 const MiB = 1024 * 1024;
 // Generous peer timeouts where a test counts upstream requests: a loaded CI machine must not turn a slow peer
@@ -209,12 +214,9 @@ describe('sharing blobs between nodes (registry-cache processes on loopback, sta
       });
       await app.listen({ host: '127.0.0.1', port: fakePort });
       cleanup.push(() => app.close());
-      const { mkdtemp, writeFile } = await import('node:fs/promises');
-      const { join } = await import('node:path');
-      const { tmpdir } = await import('node:os');
       const dir = await mkdtemp(join(tmpdir(), 'rc-fakepeer-'));
+      cleanup.push(() => rm(dir, { recursive: true, force: true }));
       await writeFile(join(dir, 'secret'), secret);
-      const { startCacheProcess } = await import('../support/cache-process.js');
       const proc = await startCacheProcess({ [upstream.host]: upstream.url }, [
         `peers: ["${fake}", "${nodePeer}"]`,
         `peerListen: "${nodePeer}"`,
@@ -225,7 +227,7 @@ describe('sharing blobs between nodes (registry-cache processes on loopback, sta
       const node: ClusterNode = {
         ...proc,
         peer: nodePeer,
-        opsUrl: async () => /"metrics":"(http:\/\/[^"]+)"/.exec(await proc.daemon.readLog())?.[1] as string,
+        opsUrl: () => opsUrlOf(proc),
       };
       cleanup.push(() => proc.stop());
       return { node, upstream, layer, digest, served: () => served };
@@ -299,7 +301,6 @@ describe('sharing blobs between nodes (registry-cache processes on loopback, sta
     const ns = `ns=${upstream.host}`;
     // Node A: the public image anonymously, the private one with alice's credential (through the cache's realm).
     expect(await pull(a, upstream, 'public/app', 'v1', open)).toEqual(open.blobs.map((x) => x.digest));
-    const { pullLikeContainerd } = await import('../support/registry-auth.js');
     const alice = { username: 'alice', password: 'wonderland' };
     expect((await pullLikeContainerd(`${a.url}/v2/private/app/manifests/v1?${ns}`, upstream.host, 'private/app', alice)).final.status).toBe(200);
     for (const x of secret.blobs) expect((await pullLikeContainerd(`${a.url}/v2/private/app/blobs/${x.digest}?${ns}`, upstream.host, 'private/app', alice)).final.status).toBe(200);

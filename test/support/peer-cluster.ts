@@ -52,7 +52,8 @@ export async function startCluster(
   return { nodes, secret, stop };
 }
 
-async function opsUrlOf(node: CacheProcess): Promise<string> {
+/** The operations listener's URL, as a cache process logs it. */
+export async function opsUrlOf(node: CacheProcess): Promise<string> {
   const m = /"metrics":"(http:\/\/[^"]+)"/.exec(await node.daemon.readLog());
   if (!m) throw new Error('the node logged no operations listener');
   return m[1] as string;
