@@ -1,10 +1,11 @@
 import { EventEmitter } from 'node:events';
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { parseDigest } from '../oci/digest.js';
 import { OciError } from '../oci/errors.js';
 import type { BlobStore, TempFile } from '../store/blob-store.js';
 import { HashingWriter } from '../store/hashing-writer.js';
+import { RecyclingReadable, type Chunk } from '../store/read-stream.js';
 
 /** Bytes read per positional read when serving from a growing file (see READ_HIGH_WATER_MARK in blob-store.ts). */
 const READ_CHUNK = 256 * 1024;
@@ -183,79 +184,38 @@ export class BlobFill extends EventEmitter {
   createReader(start = 0, end?: number): Readable {
     // A late reader of a fill that already committed and let go of its temp file reads the stored file.
     if (this.closed && this.state === 'committed') return this.store.openRead(this.digest, start, end);
-    const fill = this;
-    let position = start;
-    let reading = false;
     this.readers++;
-    let released = false;
-    const release = (): void => {
-      if (released) return;
-      released = true;
-      fill.readers--;
-      fill.off('change', wake);
-      void fill.maybeClose();
-    };
-    const stream = new Readable({
-      highWaterMark: READ_CHUNK,
-      read() {
-        void pump();
-      },
-      destroy(err, cb) {
-        release();
-        cb(err);
-      },
-    });
-    const wake = (): void => {
-      // Only a reader whose consumer wants more reads on: a 'change' (one per upstream chunk) must not push past
-      // backpressure, or a slow client ends up with the whole fill buffered in memory.
-      if (!reading && stream.readableLength < stream.readableHighWaterMark) void pump();
-    };
-    this.on('change', wake);
+    return new FillReader(this, start, end);
+  }
 
-    async function pump(): Promise<void> {
-      if (reading || stream.destroyed) return;
-      reading = true;
-      try {
-        for (;;) {
-          // A commit that fails after verification does not spoil what readers get: the open file and the window hold it.
-          if (fill.state === 'failed' && !fill.verified) {
-            stream.destroy(fill.error instanceof Error ? fill.error : new Error('fill failed'));
-            return;
-          }
-          const last = end ?? Number.POSITIVE_INFINITY;
-          const complete = fill.verified || fill.state === 'committed';
-          if (position > last || (complete && position >= fill.written)) {
-            stream.push(null);
-            release();
-            return;
-          }
-          // Hold back the final byte of the blob, and of the range, until verified: an unverified body or range is
-          // never delivered complete.
-          const upTo = complete ? Math.min(fill.written, last + 1) : Math.min(fill.written - 1, last);
-          if (position >= upTo) return; // wait for 'change'
-          const recent = fill.fromWindow(position, upTo);
-          if (recent) {
-            position += recent.length;
-            if (!stream.push(recent)) return;
-            continue;
-          }
-          // Behind the window: everything before it is on the file.
-          if (!fill.temp) return;
-          const length = Math.min(READ_CHUNK, upTo - position, fill.onDisk - position);
-          if (length <= 0) return;
-          const buffer = Buffer.allocUnsafe(length);
-          const { bytesRead } = await fill.temp.handle.read(buffer, 0, length, position);
-          if (stream.destroyed) return;
-          position += bytesRead;
-          if (!stream.push(bytesRead === length ? buffer : buffer.subarray(0, bytesRead))) return;
-        }
-      } catch (err) {
-        stream.destroy(err as Error);
-      } finally {
-        reading = false;
-      }
-    }
-    return stream;
+  /**
+   * The next bytes for a reader at `position` of range `[.., last]`: a view of the window, or a read of the file into
+   * `reuse` (or a new buffer); null at the end; undefined when there is nothing yet (wait for 'change'). Throws the
+   * fill's error when it failed before verification.
+   */
+  async nextChunk(position: number, last: number, reuse: Buffer | undefined): Promise<Chunk | null | undefined> {
+    // A commit that fails after verification does not spoil what readers get: the open file and the window hold it.
+    if (this.state === 'failed' && !this.verified) throw this.error instanceof Error ? this.error : new Error('fill failed');
+    const complete = this.verified || this.state === 'committed';
+    if (position > last || (complete && position >= this.written)) return null;
+    // Hold back the final byte of the blob, and of the range, until verified: an unverified body or range is never
+    // delivered complete.
+    const upTo = complete ? Math.min(this.written, last + 1) : Math.min(this.written - 1, last);
+    if (position >= upTo) return undefined;
+    const recent = this.fromWindow(position, upTo);
+    if (recent) return { bytes: recent };
+    // Behind the window: everything before it is on the file.
+    const length = Math.min(READ_CHUNK, upTo - position, this.onDisk - position);
+    if (!this.temp || length <= 0) return undefined;
+    const buffer = reuse && reuse.length >= length ? reuse : Buffer.allocUnsafe(length);
+    const { bytesRead } = await this.temp.handle.read(buffer, 0, length, position);
+    return { buffer, bytes: buffer.subarray(0, bytesRead) };
+  }
+
+  /** A reader is gone (ended or destroyed): the temp file may close once the fill is over. */
+  readerDone(): void {
+    this.readers--;
+    void this.maybeClose();
   }
 
   /** Bytes `[position, upTo)` from the start of the window chunk holding `position`, or undefined when it is behind. */
@@ -294,5 +254,68 @@ export class BlobFill extends EventEmitter {
     this.closed = true;
     this.dropWindow();
     await this.temp.handle.close().catch(() => undefined);
+  }
+}
+
+/**
+ * One client's bytes of a fill: from the shared window while it keeps up, else from the temp file into reused buffers
+ * (a herd of readers behind the window would otherwise allocate a buffer per read each). It reads only when its
+ * consumer wants more, so a slow client never makes the process buffer the blob.
+ */
+class FillReader extends RecyclingReadable {
+  private released = false;
+  private wake: (() => void) | undefined;
+
+  constructor(
+    private readonly fill: BlobFill,
+    private position: number,
+    end: number | undefined,
+    private readonly last = end ?? Number.POSITIVE_INFINITY,
+  ) {
+    super(READ_CHUNK);
+  }
+
+  protected async readChunk(reuse: Buffer | undefined): Promise<Chunk | null> {
+    for (;;) {
+      if (this.destroyed) return null;
+      const chunk = await this.fill.nextChunk(this.position, this.last, reuse);
+      if (chunk === null) {
+        this.release();
+        return null;
+      }
+      if (chunk === undefined) {
+        await this.changed();
+        continue;
+      }
+      // The file holds every byte before onDisk: a short read there is a broken store, not a reason to spin.
+      if (chunk.bytes.length === 0) throw new Error('temp file read returned no bytes');
+      this.position += chunk.bytes.length;
+      return chunk;
+    }
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.release();
+    this.wake?.();
+    callback(error);
+  }
+
+  /** Resolves on the fill's next 'change' (a chunk, the verification, the end) or when this reader is destroyed. */
+  private changed(): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        this.fill.off('change', done);
+        this.wake = undefined;
+        resolve();
+      };
+      this.wake = done;
+      this.fill.on('change', done);
+    });
+  }
+
+  private release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.fill.readerDone();
   }
 }

@@ -12,78 +12,45 @@ export const HANDS_OFF = Symbol('registry-cache.handsOffOnCallback');
 /** Buffers a piped reader keeps for reuse: one being written out while the next is read is the steady state. */
 const SPARE_BUFFERS = 2;
 
-/** One positional read: the view that holds the bytes, and the whole buffer it is a view of. */
-interface Chunk {
-  buffer: Buffer;
+/** One chunk to send: the bytes, and the buffer they are a view of when that buffer may be reused afterwards. */
+export interface Chunk {
   bytes: Buffer;
+  /** Set only for a buffer this stream owns (a positional read), never for bytes shared with others. */
+  buffer?: Buffer;
 }
 
 /**
- * Streams bytes `[start, end]` (inclusive) of a file, as `fs.createReadStream` does, but reads into a few reused
- * buffers instead of allocating one per read when piped (how fastify sends a body): a buffer goes back for reuse only
- * once the destination's write callback has said it is written out (for a socket: handed to the kernel), so bytes
- * still queued are never overwritten. Read any other way (`read()`, `'data'`, async iteration), every chunk is a new
- * buffer the consumer owns, and so is every chunk piped into anything but a socket or an HTTP response. Ends at end of file if that comes before `end`, like `createReadStream`.
+ * A Readable of chunks that reads into a few reused buffers when piped into a socket or an HTTP response (how fastify
+ * sends a body): a buffer goes back for reuse only once the destination's write callback has said it is written out
+ * (for a socket: handed to the kernel), so bytes still queued are never overwritten. Read any other way (`read()`,
+ * `'data'`, async iteration), or piped into anything else, every chunk is a buffer the consumer owns.
+ * Subclasses say where the next chunk comes from (`readChunk`) and how to let go of what they hold (`_destroy`).
  */
-export class FileRangeStream extends Readable {
-  private readonly opening: Promise<FileHandle | undefined>;
-  private handle: FileHandle | undefined;
-  private position: number;
-  private readonly last: number;
+export abstract class RecyclingReadable extends Readable {
   private readonly spare: Buffer[] = [];
   private piped = false;
 
-  constructor(
-    path: string,
-    private readonly chunkSize: number,
-    range: { start?: number | undefined; end?: number | undefined } = {},
-  ) {
-    super({ highWaterMark: chunkSize });
-    this.position = range.start ?? 0;
-    this.last = range.end ?? Number.POSITIVE_INFINITY;
-    this.opening = open(path, 'r').then(
-      (handle) => {
-        // Destroyed while opening: nobody will close it otherwise.
-        if (this.destroyed) {
-          void handle.close().catch(() => undefined);
-          return undefined;
-        }
-        this.handle = handle;
-        return handle;
-      },
-      (err: unknown) => {
-        this.destroy(err as Error);
-        return undefined;
-      },
-    );
+  constructor(highWaterMark: number) {
+    super({ highWaterMark });
   }
+
+  /** The next chunk, read into `reuse` when given and large enough; null at the end. */
+  protected abstract readChunk(reuse: Buffer | undefined): Promise<Chunk | null>;
 
   override _read(): void {
     if (this.piped) return;
     this.readChunk(undefined).then(
-      (chunk) => this.push(chunk ? chunk.bytes : null),
+      (chunk) => {
+        if (!this.destroyed) this.push(chunk ? chunk.bytes : null);
+      },
       (err: unknown) => this.destroy(err as Error),
     );
   }
 
-  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    // After the open settles, so a handle opened meanwhile is closed too; FileHandle.close waits for a read in flight.
-    void this.opening.then(async () => {
-      const handle = this.handle;
-      this.handle = undefined;
-      try {
-        await handle?.close();
-      } catch (err) {
-        error ??= err as Error;
-      }
-      callback(error);
-    });
-  }
-
   /**
-   * Writes the file to `destination` itself, recycling buffers through its write callbacks (see the class comment).
+   * Writes the chunks to `destination` itself, recycling buffers through its write callbacks (see the class comment).
    * Behaves as `Readable.pipe` for the caller: backpressure, `end` (default true), `'end'` and `'close'` here when done,
-   * and a destination that closes or fails first destroys this stream (releasing the file).
+   * and a destination that closes or fails first destroys this stream (releasing what it holds).
    */
   override pipe<T extends NodeJS.WritableStream>(destination: T, options?: { end?: boolean }): T {
     // Reuse is safe only where a write callback means the bytes left this process's hands (a socket, an HTTP
@@ -91,9 +58,9 @@ export class FileRangeStream extends Readable {
     const handsOff = destination instanceof Socket || destination instanceof ServerResponse || (destination as { [HANDS_OFF]?: boolean })[HANDS_OFF] === true;
     if (!handsOff || this.piped || this.readableFlowing !== null || this.readableDidRead) {
       // Already flowing some other way, or a destination that keeps chunks: a plain pipe, without reuse.
-      if (this.piped) throw new Error('FileRangeStream is already piped');
+      if (this.piped) throw new Error('stream is already piped');
       const piped = super.pipe(destination, options);
-      // Readable.pipe only unpipes from a destination that closes first: release the file as the reuse path does.
+      // Readable.pipe only unpipes from a destination that closes first: release the source as the reuse path does.
       destination.once('close', () => {
         if (!this.readableEnded && !this.destroyed) this.destroy();
       });
@@ -119,9 +86,14 @@ export class FileRangeStream extends Readable {
         next = this.readChunk(this.spare.pop());
         next.catch(() => undefined);
         const { buffer } = chunk;
-        const more = destination.write(chunk.bytes, (err?: Error | null) => {
-          if (!err && this.spare.length < SPARE_BUFFERS) this.spare.push(buffer);
-        });
+        const more = destination.write(
+          chunk.bytes,
+          buffer === undefined
+            ? undefined
+            : (err?: Error | null) => {
+                if (!err && this.spare.length < SPARE_BUFFERS) this.spare.push(buffer);
+              },
+        );
         if (!more) await this.drained(destination);
       }
     } catch (err) {
@@ -134,7 +106,7 @@ export class FileRangeStream extends Readable {
       return;
     }
     if (end) destination.end();
-    // Finishes this side as a Readable does: 'end', then (autoDestroy) the file is closed and 'close' follows.
+    // Finishes this side as a Readable does: 'end', then (autoDestroy) 'close' follows.
     this.push(null);
     this.resume();
   }
@@ -156,9 +128,59 @@ export class FileRangeStream extends Readable {
       if (destination.destroyed || this.destroyed) done();
     });
   }
+}
+
+/**
+ * Streams bytes `[start, end]` (inclusive) of a file, as `fs.createReadStream` does, reusing its read buffers when
+ * piped (see RecyclingReadable). Ends at end of file if that comes before `end`, like `createReadStream`.
+ */
+export class FileRangeStream extends RecyclingReadable {
+  private readonly opening: Promise<FileHandle | undefined>;
+  private handle: FileHandle | undefined;
+  private position: number;
+  private readonly last: number;
+
+  constructor(
+    path: string,
+    private readonly chunkSize: number,
+    range: { start?: number | undefined; end?: number | undefined } = {},
+  ) {
+    super(chunkSize);
+    this.position = range.start ?? 0;
+    this.last = range.end ?? Number.POSITIVE_INFINITY;
+    this.opening = open(path, 'r').then(
+      (handle) => {
+        // Destroyed while opening: nobody will close it otherwise.
+        if (this.destroyed) {
+          void handle.close().catch(() => undefined);
+          return undefined;
+        }
+        this.handle = handle;
+        return handle;
+      },
+      (err: unknown) => {
+        this.destroy(err as Error);
+        return undefined;
+      },
+    );
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    // After the open settles, so a handle opened meanwhile is closed too; FileHandle.close waits for a read in flight.
+    void this.opening.then(async () => {
+      const handle = this.handle;
+      this.handle = undefined;
+      try {
+        await handle?.close();
+      } catch (err) {
+        error ??= err as Error;
+      }
+      callback(error);
+    });
+  }
 
   /** Reads the next chunk into `reuse` (or a new buffer); null at the end of the range or of the file. */
-  private async readChunk(reuse: Buffer | undefined): Promise<Chunk | null> {
+  protected async readChunk(reuse: Buffer | undefined): Promise<Chunk | null> {
     const handle = this.handle ?? (await this.opening);
     const wanted = Math.min(this.chunkSize, this.last - this.position + 1);
     if (!handle || this.destroyed || wanted <= 0) return null;

@@ -3,10 +3,12 @@ import { once } from 'node:events';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BlobFill } from '../../src/cache/fill.js';
 import { BlobStore, type TempFile } from '../../src/store/blob-store.js';
 import { sha256 } from '../support/fake-upstream.js';
+import { LaggingSink } from '../support/lagging-sink.js';
 import { makeTempDir, removeTempDir } from '../support/temp-dir.js';
 
 const KiB = 1024;
@@ -213,6 +215,41 @@ describe('a blob fill fed from memory', () => {
     expect(read.equals(bytes)).toBe(true);
     expect(store.fileReads).toBeGreaterThan(0);
     await run;
+  }, 30_000);
+
+  it('piped into sockets, readers behind the window read the file into a few reused buffers', async () => {
+    const bytes = randomBytes(16 * MiB);
+    const fill = new BlobFill(sha256(bytes), store);
+    const held = deferred();
+    const reachedHold = deferred();
+    const run = start(
+      fill,
+      () =>
+        bodyOf(bytes, {
+          before: async (offset) => {
+            if (offset !== 12 * MiB) return;
+            reachedHold.resolve();
+            await held.promise;
+          },
+        }),
+      bytes.length,
+    );
+    await fill.ready;
+    const readers = Array.from({ length: 4 }, () => fill.createReader());
+    await reachedHold.promise;
+    // 12 MiB received, every reader still at 0: 8 MiB of file behind the window for each, 32 reads of 256 KiB.
+    const sinks = readers.map(() => new LaggingSink(1, 64 * KiB));
+    const piped = readers.map((reader, i) => pipeline(reader, sinks[i] as LaggingSink));
+    held.resolve();
+    await Promise.all(piped);
+    await run;
+    for (const sink of sinks) {
+      expect(Buffer.concat(sink.received).equals(bytes)).toBe(true);
+      expect(sink.overwritten).toBe(0);
+      // The window's chunks are views of the body's one buffer; each file read used to allocate its own.
+      expect(sink.arrays.size).toBeLessThanOrEqual(1 + 3);
+    }
+    expect(store.fileReads).toBeGreaterThanOrEqual(4 * 32);
   }, 30_000);
 
   it('serves many readers at different offsets and ranges, joining before, during and after the fill', async () => {
