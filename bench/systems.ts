@@ -189,6 +189,9 @@ export interface CacheOptions {
   nodeFlags?: string[];
 }
 
+/** The node flags registry-cache ships with (package.json `start`, the Dockerfile's ENTRYPOINT): the bench measures the product as run. */
+export const SERVER_NODE_FLAGS = ['--max-semi-space-size=2'];
+
 /** The compiled CLI the harness runs by default; `npm run bench` builds it first. */
 export const CACHE_CLI = resolve(import.meta.dirname, '..', '..', '..', 'dist', 'cli.js');
 
@@ -225,7 +228,7 @@ export async function startCache(opts: CacheOptions, teardown: Teardown): Promis
         };
         const file = join(rootDir, 'config.yml');
         await writeFile(file, JSON.stringify(config, null, 2));
-        return { file: process.execPath, args: [...(opts.nodeFlags ?? []), cacheCli, 'serve', '--config', file] };
+        return { file: process.execPath, args: [...SERVER_NODE_FLAGS, ...(opts.nodeFlags ?? []), cacheCli, 'serve', '--config', file] };
       },
       // 401 is the answer under any policy but NeverVerify.
       ready: (url) => answers(`${url}/v2/`, (s) => s === 200 || s === 401),

@@ -15,7 +15,7 @@ import { BUSY_LOAD } from '../report.js';
 import { RowSet, type SystemName } from '../results.js';
 import type { StandaloneEnv, ScenarioOutput } from '../scenario.js';
 import { secondsSince } from '../stats.js';
-import { currentCacheCli } from '../systems.js';
+import { currentCacheCli, SERVER_NODE_FLAGS } from '../systems.js';
 
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 const OCI_CONFIG = 'application/vnd.oci.image.config.v1+json';
@@ -242,7 +242,7 @@ class CacheProcess {
   /** Starts it and resolves with the seconds until GET /v2/ first answered (polled every 5 ms). */
   async start(): Promise<number> {
     const t0 = process.hrtime.bigint();
-    this.daemon = await startDaemon(process.execPath, [currentCacheCli(), 'serve', '--config', this.configFile], join(this.dir, `serve-${++this.starts}.log`));
+    this.daemon = await startDaemon(process.execPath, [...SERVER_NODE_FLAGS, currentCacheCli(), 'serve', '--config', this.configFile], join(this.dir, `serve-${++this.starts}.log`));
     await waitUntil(
       'registry-cache',
       async () => {

@@ -5,6 +5,9 @@ import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { ConfigError, PEER_SECRET_PLACEHOLDER, loadConfig, type Config } from '../../src/config/load.js';
 
+/** The node flags the server runs with wherever this repository starts it (README "Memory"). */
+const SERVER_NODE_FLAGS = ['--max-semi-space-size=2'];
+
 const root = join(import.meta.dirname, '..', '..');
 const read = (p: string): string => readFileSync(join(root, p), 'utf8');
 
@@ -83,11 +86,20 @@ describe('Dockerfile', () => {
     expect(dockerfile).toContain('ln -s /app/dist/cli.js /usr/local/bin/registry-cache');
     expect(lines.find((l) => l.startsWith('USER '))).toBe('USER 65532:65532');
     expect(dockerfile).toMatch(/HEALTHCHECK[^\n]*\n\s+CMD [^\n]*\/healthz/);
-    expect(lines.find((l) => l.startsWith('ENTRYPOINT'))).toBe('ENTRYPOINT ["registry-cache"]');
+    expect(lines.find((l) => l.startsWith('ENTRYPOINT'))).toBe(`ENTRYPOINT ${JSON.stringify(['node', ...SERVER_NODE_FLAGS, '/app/dist/cli.js']).replace(/,/g, ', ')}`);
     expect(lines.find((l) => l.startsWith('CMD'))).toBe('CMD ["serve"]');
     expect(dockerfile).toContain('REGISTRY_CACHE_STORAGE=/var/lib/registry-cache');
     const ignore = read('.dockerignore').split('\n');
     for (const entry of ['node_modules', 'storage', 'dist', '.git']) expect(ignore).toContain(entry);
+  });
+
+  it('starts the server with the same node flags as `npm start` and the benchmark', () => {
+    // A 2 MiB young generation: what README "Memory" measured (idle and herd RSS, GC work per cold GiB).
+    expect(SERVER_NODE_FLAGS).toEqual(['--max-semi-space-size=2']);
+    const pkg = JSON.parse(read('package.json')) as { scripts: Record<string, string> };
+    expect(pkg.scripts.start).toBe(`node ${SERVER_NODE_FLAGS.join(' ')} dist/cli.js serve`);
+    expect(read('bench/systems.ts')).toContain(`export const SERVER_NODE_FLAGS = ${JSON.stringify(SERVER_NODE_FLAGS).replace(/"/g, "'")};`);
+    expect(read('bench/scenarios/store-growth.ts')).toContain("[...SERVER_NODE_FLAGS, currentCacheCli(), 'serve'");
   });
 });
 
