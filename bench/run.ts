@@ -18,6 +18,7 @@ import { load } from './scenarios/load.js';
 import { manifests } from './scenarios/manifests.js';
 import { pullLimit } from './scenarios/pull-limit.js';
 import { rollout } from './scenarios/rollout.js';
+import { settle } from './settle.js';
 import { storeGrowth } from './scenarios/store-growth.js';
 import { warmBlob } from './scenarios/warm-blob.js';
 import { FULL, QUICK, formatBytes } from './settings.js';
@@ -62,6 +63,8 @@ ${SCENARIOS.map((s) => `                       ${s.number} ${s.id}${s.aliases.le
                        (a full run that includes every default scenario writes bench/RESULTS.md)
   --profile          also profile registry-cache (node --cpu-prof) for every target's scenario
   --no-profile       never profile (default: profile the scenarios whose target was missed, full runs only)
+  --no-settle        start each scenario at once (default for full runs: wait up to 150 s for the 1-minute load
+                     average to fall below 1.5, so one scenario's work does not count against the next)
   --cache-cli FILE   run this registry-cache CLI instead of dist/cli.js (to A/B a patched build)
   --out DIR          where RESULTS.md and results.svg go (default: bench/ for a full run of the default
                      scenarios, bench/out/ for --quick or --scenario runs, so smoke runs never overwrite results)
@@ -131,6 +134,7 @@ async function main(): Promise<number> {
       scenario: { type: 'string', multiple: true, default: [] },
       profile: { type: 'boolean', default: false },
       'no-profile': { type: 'boolean', default: false },
+      'no-settle': { type: 'boolean', default: false },
       out: { type: 'string' },
       'cache-cli': { type: 'string' },
       help: { type: 'boolean', default: false },
@@ -203,6 +207,9 @@ async function main(): Promise<number> {
     for (const scenario of selected) {
       if (interrupted) break;
       log(`scenario ${scenario.number} ${scenario.id}`);
+      // The previous scenario's own work lingers in the 1-minute load average (it decays with a 1-minute time constant):
+      // without this wait every scenario after the first is flagged busy by the bench itself.
+      if (settings.mode === 'full' && !values['no-settle']) await settle({ log, stop: () => interrupted });
       const loadAverage = loadavg()[0] ?? Number.NaN;
       loads.push(`${scenario.number}: ${loadAverage.toFixed(2)}`);
       if (loadAverage >= BUSY_LOAD) log(`  the machine is busy: 1-minute load average ${loadAverage.toFixed(2)} (RESULTS.md will say so)`);
