@@ -1,5 +1,6 @@
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
+import { lazyChildLogger } from './log.js';
 import type { BlobCache } from './cache/blobs.js';
 import type { BlobService } from './cache/blob-service.js';
 import type { ManifestService } from './cache/manifest-service.js';
@@ -55,6 +56,7 @@ export function buildApp(deps: AppDeps, options: { opsSeparately?: boolean } = {
     loggerInstance: deps.log,
     // One line per request comes from plugins/request-log.ts, with the cache outcome.
     logController: new LogController({ disableRequestLogging: true }),
+    childLoggerFactory: (logger, bindings, options) => lazyChildLogger(logger as Logger, bindings, options),
     // HEAD routes are registered by hand: the automatic one would run the GET handler and read the blob.
     exposeHeadRoutes: false,
     bodyLimit: 64 * 1024,

@@ -63,9 +63,11 @@ export class ManifestService {
    */
   private async byDigest(access: Access, req: Omit<ManifestRequest, 'credential'>): Promise<ManifestAnswer> {
     const { manifests, verifier } = this.deps;
-    if (manifests.isStored(req.reference) && verifier.allowedLocally(access, req.reference)) {
+    // One SELECT per hit: the row that says the manifest is stored is the row that is served.
+    const row = manifests.storedRow(req.reference);
+    if (row && verifier.allowedLocally(access, req.reference)) {
       verifier.noteLocal();
-      return manifests.get(req);
+      return manifests.serveStored(row, req.method);
     }
     const { value, puller } = await verifier.prove(access, (credential) => manifests.fetchByDigest({ ...req, ...(credential ? { credential } : {}) }));
     verifier.record(access, value.digest, puller);

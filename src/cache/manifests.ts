@@ -1,7 +1,7 @@
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
 import type { RegistryConfig } from '../config/load.js';
-import type { Metadata } from '../db/content-index.js';
+import type { ManifestRow, Metadata } from '../db/content-index.js';
 import { digestOf, parseDigest } from '../oci/digest.js';
 import { OciError } from '../oci/errors.js';
 import { MAX_MANIFEST_BYTES, assertManifest, manifestRefs, parseManifestJson } from '../oci/manifest.js';
@@ -84,9 +84,19 @@ export class ManifestCache {
     },
   ) {}
 
-  /** Whether a manifest is stored under this digest. */
-  isStored(digest: string): boolean {
-    return this.deps.metadata.getManifest(digest) !== undefined;
+  /** The row of the manifest stored under this digest, if it is stored. */
+  storedRow(digest: string): ManifestRow | undefined {
+    return this.deps.metadata.getManifest(digest);
+  }
+
+  /**
+   * Serves a manifest whose row was just read (`storedRow`): notes the access, then its bytes from memory or file.
+   * Not `track`ed: it writes no file and no row (the access time is batched), so shutdown need not wait for it.
+   */
+  serveStored(row: ManifestRow, method: 'GET' | 'HEAD'): Promise<ManifestAnswer> {
+    this.shutdownController.signal.throwIfAborted();
+    this.deps.metadata.touch(row.digest);
+    return this.withBytes({ ...row, source: 'store' }, method);
   }
 
   /** Notes that a client was served `digest` through this repository, so its blobs are found from here. */

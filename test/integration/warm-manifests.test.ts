@@ -1,5 +1,5 @@
 import { writeFile } from 'node:fs/promises';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { startCache, type TestCache } from '../support/cache-server.js';
 import { FakeUpstream, makeImage } from '../support/fake-upstream.js';
 import { call, errorCode } from '../support/http-client.js';
@@ -40,6 +40,18 @@ describe('warm manifests: bytes and repository links remembered in memory', () =
       expect(res.body.equals(image.manifest)).toBe(true);
     }
     expect(upstream.count('GET', /\/manifests\//)).toBe(1);
+  });
+
+  it('reads the manifest row once per hit by digest: the row that says it is stored is the one served', async () => {
+    cache = await startCache({ [upstream.host]: upstream.url }, { imagePullCredentialsVerificationPolicy: 'NeverVerify' });
+    expect((await call(byDigest('team/app'))).status).toBe(200);
+    const reads = vi.spyOn(cache.services.metadata, 'getManifest');
+    for (let i = 0; i < 3; i++) {
+      const res = await call(byDigest('team/app'));
+      expect(res.status).toBe(200);
+      expect(res.body.equals(image.manifest)).toBe(true);
+    }
+    expect(reads.mock.calls.map(([digest]) => digest)).toEqual([image.manifestDigest, image.manifestDigest, image.manifestDigest]);
   });
 
   it('asks the database first: an evicted manifest is not served from memory', async () => {

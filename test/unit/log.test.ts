@@ -1,8 +1,8 @@
 import { Writable } from 'node:stream';
-import { describe, expect, it } from 'vitest';
-import { createLogger } from '../../src/log.js';
+import { describe, expect, it, vi } from 'vitest';
+import { createLogger, lazyChildLogger } from '../../src/log.js';
 
-function capture(): { lines: Record<string, unknown>[]; log: ReturnType<typeof createLogger> } {
+function capture(level = 'info'): { lines: Record<string, unknown>[]; log: ReturnType<typeof createLogger> } {
   const lines: Record<string, unknown>[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
@@ -10,7 +10,7 @@ function capture(): { lines: Record<string, unknown>[]; log: ReturnType<typeof c
       cb();
     },
   });
-  return { lines, log: createLogger('info', sink) };
+  return { lines, log: createLogger(level, sink) };
 }
 
 describe('logging errors', () => {
@@ -39,5 +39,35 @@ describe('logging errors', () => {
     log.error({ err: Object.assign(new Error('disk full'), { code: 'ENOSPC' }) }, 'eviction failed');
     expect(lines[0]?.err).toMatchObject({ type: 'Error', message: 'disk full', code: 'ENOSPC' });
     expect((lines[0]?.err as { stack: string }).stack).toContain('Error: disk full');
+  });
+});
+
+describe('request loggers', () => {
+  it('makes the pino child of a request only when a line is written at an enabled level, with the request id bound', () => {
+    const { lines, log } = capture('warn');
+    const children = vi.spyOn(log, 'child');
+    const requestLog = lazyChildLogger(log, { reqId: 'req-7' }, {});
+    requestLog.info({ path: '/v2/a/manifests/x' }, 'request');
+    requestLog.debug('detail');
+    expect(children).not.toHaveBeenCalled();
+    expect(requestLog.level).toBe('warn');
+    requestLog.warn({ code: 'UNAVAILABLE' }, 'request failed');
+    requestLog.error('and again');
+    expect(children).toHaveBeenCalledTimes(1);
+    expect(lines).toMatchObject([
+      { level: 40, reqId: 'req-7', code: 'UNAVAILABLE', msg: 'request failed' },
+      { level: 50, reqId: 'req-7', msg: 'and again' },
+    ]);
+  });
+
+  it('makes the child at once for a route with its own level, and lets a request logger make children', () => {
+    const { lines, log } = capture('warn');
+    const requestLog = lazyChildLogger(log, { reqId: 'req-8' }, { level: 'info' });
+    requestLog.info('route at info');
+    requestLog.child({ part: 'x' }).warn('from a child');
+    expect(lines).toMatchObject([
+      { level: 30, reqId: 'req-8', msg: 'route at info' },
+      { level: 40, reqId: 'req-8', part: 'x', msg: 'from a child' },
+    ]);
   });
 });
