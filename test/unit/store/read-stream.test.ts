@@ -2,7 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough, Transform, Writable } from 'node:stream';
+import { PassThrough, type Readable, Transform, Writable } from 'node:stream';
+import { once } from 'node:events';
 import { buffer } from 'node:stream/consumers';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -31,8 +32,31 @@ describe('reading stored blobs (FileRangeStream)', () => {
     const sink = new LaggingSink(1, 64 * 1024);
     await pipeline(store.openRead(digest), sink);
     expect(Buffer.concat(sink.received).equals(bytes)).toBe(true);
-    // 8 MiB in 256 KiB reads: 33 reads, 33 buffers when each read allocates.
+    // 8 MiB in 512 KiB reads: 17 reads, 17 buffers when each read allocates.
     expect(sink.arrays.size).toBeLessThanOrEqual(3);
+  });
+
+  it('reads 512 KiB at a time while the read-buffer budget allows, 256 KiB beyond it, and frees budget as reads close', async () => {
+    const reads: Readable[] = [];
+    const open = (): number => {
+      const stream = store.openRead(digest);
+      reads.push(stream);
+      return stream.readableHighWaterMark;
+    };
+    try {
+      // 32 MiB for reads of 3 buffers of 512 KiB: 21 of them.
+      const sizes = Array.from({ length: 23 }, open);
+      expect(sizes.slice(0, 21)).toEqual(Array(21).fill(512 * 1024));
+      expect(sizes.slice(21)).toEqual([256 * 1024, 256 * 1024]);
+      const first = reads[0] as Readable;
+      first.destroy();
+      await once(first, 'close');
+      expect(open()).toBe(512 * 1024);
+      expect(open()).toBe(256 * 1024);
+    } finally {
+      for (const r of reads) r.destroy();
+      await Promise.all(reads.map((r) => (r.closed ? undefined : once(r, 'close'))));
+    }
   });
 
   it('never overwrites a chunk before the destination has finished writing it', async () => {
