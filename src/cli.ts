@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import './thread-pool.js';
 import './runtime-check.js';
 import { Command } from 'commander';
 import { ConfigError, loadConfig } from './config/load.js';

@@ -108,15 +108,12 @@ export class BlobFill extends EventEmitter {
       const { body, size, promised } = await open();
       this.expectedSize = size;
       this.promisedSize = promised;
-      let temp: TempFile;
-      try {
-        temp = await opening;
-      } catch (err) {
-        body.destroy();
-        throw err;
-      }
+      // Readers start from the window at once; the writer waits for the temp file (within its pending limit), so a
+      // thread pool busy with other fills' fsyncs delays the file, never the first byte.
       this.resolveReady();
-      const writer = new HashingWriter(temp.handle, algorithm, {
+      const handle = opening.then((temp) => temp.handle);
+      handle.catch(() => undefined); // a writer that never writes never awaits it; the failure is `opening`'s
+      const writer = new HashingWriter(handle, algorithm, {
         pendingLimit: PENDING_BYTES,
         ...(size === undefined
           ? {}
@@ -148,7 +145,7 @@ export class BlobFill extends EventEmitter {
         },
       });
       await pipeline(body, writer);
-      await this.store.commit(temp, this.digest);
+      await this.store.commit(await opening, this.digest);
       onCommit(this.written);
       this.state = 'committed';
       this.resolveDone();

@@ -17,7 +17,7 @@ export interface CacheProcess {
  * Starts `dist/cli.js serve` (build first: `npm test` does) with `registries` (host → url) and extra YAML lines,
  * on 127.0.0.1 port 0, and resolves with its URL once it logs that it listens.
  */
-export async function startCacheProcess(registries: Record<string, string>, extraYaml: string[] = [], cli = 'dist/cli.js'): Promise<CacheProcess> {
+export async function startCacheProcess(registries: Record<string, string>, extraYaml: string[] = [], cli = 'dist/cli.js', env?: Record<string, string>): Promise<CacheProcess> {
   const dir = await mkdtemp(join(tmpdir(), 'rc-proc-'));
   const config = join(dir, 'config.yaml');
   const hosts = Object.keys(registries);
@@ -36,7 +36,7 @@ export async function startCacheProcess(registries: Record<string, string>, extr
       '',
     ].join('\n'),
   );
-  const daemon = await startDaemon(process.execPath, [cli, 'serve', '--config', config], join(dir, 'cache.log'));
+  const daemon = await startDaemon(process.execPath, [cli, 'serve', '--config', config], join(dir, 'cache.log'), env);
   const stop = async (): Promise<void> => {
     await daemon.stop();
     await rm(dir, { recursive: true, force: true });
