@@ -190,7 +190,7 @@ export interface CacheOptions {
 }
 
 /** The node flags registry-cache ships with (package.json `start`, the Dockerfile's ENTRYPOINT): the bench measures the product as run. */
-export const SERVER_NODE_FLAGS = ['--max-semi-space-size=2'];
+export const SERVER_NODE_FLAGS = ['--max-semi-space-size=2', '--expose-gc'];
 
 /** The compiled CLI the harness runs by default; `npm run bench` builds it first. */
 export const CACHE_CLI = resolve(import.meta.dirname, '..', '..', '..', 'dist', 'cli.js');

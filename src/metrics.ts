@@ -14,6 +14,7 @@ export class Metrics {
   readonly pullWait: Histogram;
   readonly verifications: Counter<'policy' | 'result'>;
   readonly evictions: Counter;
+  readonly idleCollections: Counter;
   readonly storeSize: Gauge;
   readonly requestDuration: Histogram<'route' | 'method'>;
   readonly storeUsage: Gauge;
@@ -75,6 +76,7 @@ export class Metrics {
     });
     this.verifications = new Counter({ name: 'registry_cache_credential_verifications_total', help: 'Credential checks by policy and result', labelNames: ['policy', 'result'], registers });
     this.evictions = new Counter({ name: 'registry_cache_evictions_total', help: 'Images evicted from the store', registers });
+    this.idleCollections = new Counter({ name: 'registry_cache_idle_memory_collections_total', help: 'Memory-reducing collections run once the server went quiet after work', registers });
     this.storeSize = new Gauge({ name: 'registry_cache_store_size_bytes', help: 'Bytes of content in the store', registers, collect() {
       this.set(sources.storeBytes());
     } });

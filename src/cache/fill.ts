@@ -7,7 +7,7 @@ import type { BlobStore, TempFile } from '../store/blob-store.js';
 import { HashingWriter } from '../store/hashing-writer.js';
 import { RecyclingReadable, type Chunk } from '../store/read-stream.js';
 
-/** Bytes read per positional read when serving from a growing file (see READ_HIGH_WATER_MARK in blob-store.ts). */
+/** Bytes per positional read when serving from a growing file (the size blob-store.ts reads stored blobs at when crowded). */
 const READ_CHUNK = 256 * 1024;
 
 /**

@@ -25,7 +25,7 @@ describe('the server process thread pool', () => {
     // Opening the store used the pool, so it exists by the time the server listens.
     expect(await poolThreads(cache.daemon.child.pid as number)).toBe(16);
     await cache.stop();
-    cache = await startCacheProcess({ 'registry.test': 'http://127.0.0.1:9' }, [], 'dist/cli.js', { UV_THREADPOOL_SIZE: '6' });
+    cache = await startCacheProcess({ 'registry.test': 'http://127.0.0.1:9' }, [], 'dist/cli.js', { env: { UV_THREADPOOL_SIZE: '6' } });
     expect(await poolThreads(cache.daemon.child.pid as number)).toBe(6);
   });
 });

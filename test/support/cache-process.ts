@@ -6,6 +6,8 @@ import { startDaemon, tail, type Daemon } from './daemon.js';
 /** A registry-cache running as a child process: a crash ends the child, not the test runner, and is observable. */
 export interface CacheProcess {
   url: string;
+  /** The operations listener's URL, when `metricsListen` is configured. */
+  metricsUrl: string | undefined;
   daemon: Daemon;
   /** Its temp directory (config, store, log). */
   dir: string;
@@ -17,7 +19,12 @@ export interface CacheProcess {
  * Starts `dist/cli.js serve` (build first: `npm test` does) with `registries` (host → url) and extra YAML lines,
  * on 127.0.0.1 port 0, and resolves with its URL once it logs that it listens.
  */
-export async function startCacheProcess(registries: Record<string, string>, extraYaml: string[] = [], cli = 'dist/cli.js', env?: Record<string, string>): Promise<CacheProcess> {
+export async function startCacheProcess(
+  registries: Record<string, string>,
+  extraYaml: string[] = [],
+  cli = 'dist/cli.js',
+  options: { env?: Record<string, string>; nodeFlags?: string[] } = {},
+): Promise<CacheProcess> {
   const dir = await mkdtemp(join(tmpdir(), 'rc-proc-'));
   const config = join(dir, 'config.yaml');
   const hosts = Object.keys(registries);
@@ -36,22 +43,26 @@ export async function startCacheProcess(registries: Record<string, string>, extr
       '',
     ].join('\n'),
   );
-  const daemon = await startDaemon(process.execPath, [cli, 'serve', '--config', config], join(dir, 'cache.log'), env);
+  const daemon = await startDaemon(process.execPath, [...(options.nodeFlags ?? []), cli, 'serve', '--config', config], join(dir, 'cache.log'), options.env);
   const stop = async (): Promise<void> => {
     await daemon.stop();
     await rm(dir, { recursive: true, force: true });
   };
   try {
+    let metricsUrl: string | undefined;
     const url = await new Promise<string>((resolve, reject) => {
       let out = '';
       daemon.child.stdout?.on('data', (c: Buffer) => {
         out += c.toString();
         const m = /"listen":"([^"]+)"/.exec(out);
-        if (m) resolve(`http://${m[1]}`);
+        if (!m) return;
+        // The same line names the operations listener, when there is one.
+        metricsUrl = /"metrics":"(http:\/\/[^"]+)"/.exec(out)?.[1];
+        resolve(`http://${m[1]}`);
       });
       daemon.child.once('exit', () => void daemon.readLog().then((log) => reject(new Error(`registry-cache exited early:\n${tail(log)}`))));
     });
-    return { url, daemon, dir, stop };
+    return { url, metricsUrl, daemon, dir, stop };
   } catch (err) {
     await stop();
     throw err;
