@@ -108,12 +108,15 @@ export class BlobFill extends EventEmitter {
       const { body, size, promised } = await open();
       this.expectedSize = size;
       this.promisedSize = promised;
-      // Readers start from the window at once; the writer waits for the temp file (within its pending limit), so a
-      // thread pool busy with other fills' fsyncs delays the file, never the first byte.
+      let temp: TempFile;
+      try {
+        temp = await opening;
+      } catch (err) {
+        body.destroy();
+        throw err;
+      }
       this.resolveReady();
-      const handle = opening.then((temp) => temp.handle);
-      handle.catch(() => undefined); // a writer that never writes never awaits it; the failure is `opening`'s
-      const writer = new HashingWriter(handle, algorithm, {
+      const writer = new HashingWriter(temp.handle, algorithm, {
         pendingLimit: PENDING_BYTES,
         ...(size === undefined
           ? {}
@@ -145,7 +148,7 @@ export class BlobFill extends EventEmitter {
         },
       });
       await pipeline(body, writer);
-      await this.store.commit(await opening, this.digest);
+      await this.store.commit(temp, this.digest);
       onCommit(this.written);
       this.state = 'committed';
       this.resolveDone();

@@ -44,12 +44,8 @@ export class HashingWriter extends Writable {
   private hex: string | undefined;
   private readonly pendingLimit: number;
 
-  /**
-   * `handle` may still be opening (a promise): chunks are hashed and shown to `onChunk` meanwhile, and wait for it in
-   * the queue, within `pendingLimit`.
-   */
   constructor(
-    private readonly handle: FileHandle | Promise<FileHandle>,
+    private readonly handle: FileHandle,
     readonly algorithm: DigestAlgorithm,
     private readonly options: HashingWriterOptions = {},
   ) {
@@ -100,7 +96,6 @@ export class HashingWriter extends Writable {
   private async flush(): Promise<void> {
     this.flushing = true;
     try {
-      const handle = await this.handle;
       while (this.queue.length > 0) {
         const batch = this.queue.splice(0);
         let bytes = 0;
@@ -109,7 +104,7 @@ export class HashingWriter extends Writable {
         while (done < bytes) {
           // A short write (rare on a regular file) continues with what is left of the batch.
           const rest = done === 0 ? batch : remainder(batch, done);
-          const { bytesWritten } = await handle.writev(rest, this.onDisk);
+          const { bytesWritten } = await this.handle.writev(rest, this.onDisk);
           if (bytesWritten === 0) throw new Error('temp file write made no progress');
           done += bytesWritten;
           this.onDisk += bytesWritten;

@@ -28,10 +28,8 @@ class ObservedStore extends BlobStore {
   fileReads = 0;
   tempOpened = deferred();
   holdWrites: Promise<void> | undefined;
-  holdTemp: Promise<void> | undefined;
 
   override async createTemp(): Promise<TempFile> {
-    if (this.holdTemp) await this.holdTemp;
     const temp = await super.createTemp();
     this.tempOpened.resolve();
     const handle = new Proxy(temp.handle, {
@@ -132,27 +130,6 @@ describe('a blob fill fed from memory', () => {
     await run;
     expect(fill.state).toBe('committed');
   }, 10_000);
-
-  it('serves readers from memory while its temp file is still opening', async () => {
-    const bytes = randomBytes(1 * MiB);
-    const fill = new BlobFill(sha256(bytes), store);
-    const temp = deferred();
-    store.holdTemp = temp.promise;
-    const run = start(fill, () => bodyOf(bytes), bytes.length);
-    // Before: the fill answered only once its temp file was open (a thread pool busy with fsyncs delayed the first byte).
-    await fill.ready;
-    const reader = fill.createReader();
-    const [first] = (await once(reader, 'data')) as [Buffer];
-    expect(first.equals(bytes.subarray(0, first.length))).toBe(true);
-    expect(first.length).toBeGreaterThan(0);
-    temp.resolve();
-    const rest = await collect(reader);
-    expect(rest.error).toBeUndefined();
-    expect(Buffer.concat([first, rest.bytes]).equals(bytes)).toBe(true);
-    await run;
-    expect(fill.state).toBe('committed');
-    expect((await store.readSmall(fill.digest)).equals(bytes)).toBe(true);
-  });
 
   it('hands a reader at the head each chunk from memory while its file write is still under way', async () => {
     const { bytes, fill, writes, run } = await startWithWritesHeld(256 * KiB);
