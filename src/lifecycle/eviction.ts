@@ -1,6 +1,5 @@
 import { statfs, unlink } from 'node:fs/promises';
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import pLimit from 'p-limit';
 import type { Logger } from 'pino';
 import type { EvictionSettings } from '../config/load.js';
 import type { Metadata } from '../db/content-index.js';
@@ -44,7 +43,7 @@ interface Usage {
 const PAGE_ROWS = 2_000;
 /** Roots walked between two turns of the event loop. */
 const ROOTS_PER_TURN = 2_000;
-/** Units whose rows are deleted in one transaction. */
+/** Units whose rows are deleted in one transaction, unless the evictor is told otherwise. */
 const REMOVE_BATCH_UNITS = 100;
 /** Files removed at once after their rows are gone. */
 const REMOVE_CONCURRENCY = 16;
@@ -53,13 +52,28 @@ function ignoreMissing(err: unknown): void {
   if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
 }
 
-/** The store's blobs and references as the eviction list needs them. */
+/**
+ * The store's blobs and references as the eviction list needs them, by blob id (the index of its row in the pages
+ * read): arrays and flags instead of Maps and Sets of digest strings (~0.8 CPU s at 126k rows).
+ */
 interface StoreGraph {
-  lastAccess: Map<string, number>;
-  sizes: Map<string, number>;
-  children: Map<string, string[]>;
-  isChild: Set<string>;
-  manifests: string[];
+  digests: string[];
+  lastAccess: number[];
+  sizes: number[];
+  /** A manifest's references are `refChild[firstRef[id]]` onwards, `refCount[id]` of them (stored children only). */
+  firstRef: Int32Array;
+  refCount: Int32Array;
+  refChild: number[];
+  /** 1 for a blob some manifest references. */
+  isChild: Uint8Array;
+  manifests: number[];
+}
+
+/** An eviction unit by blob id. */
+interface IdUnit {
+  root: number;
+  members: number[];
+  lastAccess: number;
 }
 
 /**
@@ -82,6 +96,12 @@ export class Evictor {
       onEvict?: (units: number) => void;
       /** Called with the digests whose rows were just deleted (before their files go). */
       onRemoved?: (digests: readonly string[]) => void;
+      /**
+       * Units whose rows are deleted in one transaction (default 100: a server's requests wait while one runs). The
+       * `gc` command, alone with the store, deletes everything in one: each further batch rewrites most index
+       * pages again (10 % of 126k rows: 12 batches of 100 units wrote ~5× the database to the WAL).
+       */
+      removeBatchUnits?: number;
     },
   ) {}
 
@@ -134,7 +154,9 @@ export class Evictor {
 
   /** Evictable units in least-recently-used order. */
   async units(): Promise<EvictionUnit[]> {
-    return this.unitsOf(await this.readGraph());
+    const graph = await this.readGraph();
+    const { digests } = graph;
+    return (await this.unitsOf(graph)).map((u) => ({ root: digests[u.root] ?? '', members: u.members.map((m) => digests[m] ?? ''), lastAccess: u.lastAccess }));
   }
 
   /**
@@ -144,24 +166,35 @@ export class Evictor {
    * meanwhile looks unreferenced but was just used, so it sorts last).
    */
   private async readGraph(): Promise<StoreGraph> {
-    const graph: StoreGraph = { lastAccess: new Map(), sizes: new Map(), children: new Map(), isChild: new Set(), manifests: [] };
+    const digests: string[] = [];
+    const lastAccess: number[] = [];
+    const sizes: number[] = [];
+    const idOf = new Map<string, number>();
     for (let after = 0; ; ) {
-      const rows = this.deps.metadata.blobPage(after, PAGE_ROWS);
-      for (const r of rows) {
-        graph.lastAccess.set(r.digest, r.last_access);
-        graph.sizes.set(r.digest, r.size);
+      const rows = this.deps.metadata.blobTuples(after, PAGE_ROWS);
+      for (const [, digest, at, size] of rows) {
+        idOf.set(digest, digests.length);
+        digests.push(digest);
+        lastAccess.push(at);
+        sizes.push(size);
       }
       if (rows.length < PAGE_ROWS) break;
-      after = rows[rows.length - 1]?.rowid ?? after;
+      after = rows[rows.length - 1]?.[0] ?? after;
       await nextTurn();
     }
-    for (let after = { manifest: '', child: '' }; ; ) {
+    const n = digests.length;
+    const graph: StoreGraph = { digests, lastAccess, sizes, firstRef: new Int32Array(n), refCount: new Int32Array(n), refChild: [], isChild: new Uint8Array(n), manifests: [] };
+    // References come in manifest order, so each manifest's stored children are one run of refChild.
+    for (let after: readonly [string, string] = ['', '']; ; ) {
       const rows = this.deps.metadata.refPage(after, PAGE_ROWS);
-      for (const r of rows) {
-        let list = graph.children.get(r.manifest);
-        if (!list) graph.children.set(r.manifest, (list = []));
-        list.push(r.child);
-        graph.isChild.add(r.child);
+      for (const [manifest, child] of rows) {
+        const m = idOf.get(manifest);
+        const c = idOf.get(child);
+        if (m === undefined || c === undefined) continue;
+        if (graph.refCount[m] === 0) graph.firstRef[m] = graph.refChild.length;
+        graph.refChild.push(c);
+        graph.refCount[m] = (graph.refCount[m] ?? 0) + 1;
+        graph.isChild[c] = 1;
       }
       if (rows.length < PAGE_ROWS) break;
       after = rows[rows.length - 1] ?? after;
@@ -169,7 +202,10 @@ export class Evictor {
     }
     for (let after = ''; ; ) {
       const rows = this.deps.metadata.manifestPage(after, PAGE_ROWS);
-      graph.manifests.push(...rows);
+      for (const digest of rows) {
+        const id = idOf.get(digest);
+        if (id !== undefined) graph.manifests.push(id);
+      }
       if (rows.length < PAGE_ROWS) break;
       after = rows[rows.length - 1] ?? after;
       await nextTurn();
@@ -177,31 +213,33 @@ export class Evictor {
     return graph;
   }
 
-  private async unitsOf(graph: StoreGraph): Promise<EvictionUnit[]> {
-    const { lastAccess, children, isChild } = graph;
-    const units: EvictionUnit[] = [];
-    const covered = new Set<string>();
+  private async unitsOf(graph: StoreGraph): Promise<IdUnit[]> {
+    const { lastAccess, firstRef, refCount, refChild, isChild } = graph;
+    const units: IdUnit[] = [];
+    const covered = new Uint8Array(lastAccess.length);
+    // The walk that last reached each blob: a unit's members without a Set per root.
+    const seenBy = new Int32Array(lastAccess.length);
     let walked = 0;
     for (const root of graph.manifests) {
-      if (isChild.has(root)) continue;
-      const members = new Set<string>();
-      const walk = (d: string): void => {
-        if (members.has(d) || !lastAccess.has(d)) return;
-        members.add(d);
-        for (const c of children.get(d) ?? []) walk(c);
-      };
-      walk(root);
-      // A manifest stored after the blob pages were read: not part of this round.
-      if (members.size === 0) continue;
+      // A manifest another manifest references (a platform's image of an index) goes with its index.
+      if (isChild[root] === 1) continue;
+      const walk = ++walked;
+      const members: number[] = [];
       let newest = 0;
-      for (const m of members) {
-        covered.add(m);
-        newest = Math.max(newest, lastAccess.get(m) ?? 0);
-      }
-      units.push({ root, members: [...members], lastAccess: newest });
-      if (++walked % ROOTS_PER_TURN === 0) await nextTurn();
+      const visit = (d: number): void => {
+        if (seenBy[d] === walk) return;
+        seenBy[d] = walk;
+        members.push(d);
+        covered[d] = 1;
+        newest = Math.max(newest, lastAccess[d] ?? 0);
+        const first = firstRef[d] ?? 0;
+        for (let i = first; i < first + (refCount[d] ?? 0); i++) visit(refChild[i] ?? d);
+      };
+      visit(root);
+      units.push({ root, members, lastAccess: newest });
+      if (walked % ROOTS_PER_TURN === 0) await nextTurn();
     }
-    for (const [digest, at] of lastAccess) if (!covered.has(digest)) units.push({ root: digest, members: [digest], lastAccess: at });
+    for (let d = 0; d < lastAccess.length; d++) if (covered[d] === 0) units.push({ root: d, members: [d], lastAccess: lastAccess[d] ?? 0 });
     return units.sort((a, b) => a.lastAccess - b.lastAccess);
   }
 
@@ -225,37 +263,47 @@ export class Evictor {
     this.deps.metadata.flushTouches();
     const graph = await this.readGraph();
     const units = await this.unitsOf(graph);
-    const sizes = graph.sizes;
+    const { digests, sizes } = graph;
     const pinned = this.pinnedDigests();
-    const holders = new Map<string, number>();
-    for (const u of units) for (const m of u.members) holders.set(m, (holders.get(m) ?? 0) + 1);
+    // How many units hold each blob: a shared layer goes only with the last image that holds it.
+    const holders = new Int32Array(digests.length);
+    for (const u of units) for (const m of u.members) holders[m] = (holders[m] ?? 0) + 1;
+    const batchUnits = this.deps.removeBatchUnits ?? REMOVE_BATCH_UNITS;
     // Units' rows go in batches: one transaction per unit wrote the same index pages to the WAL again and again
     // (912 units, 10k blobs: 3.8 CPU s). Each batch's busy checks and its delete run in one synchronous stretch.
     let batch: string[] = [];
-    let batchUnits = 0;
+    let inBatch = 0;
     for (const unit of units) {
       if (result.freedBytes >= usage.bytesToFree) break;
-      if (unit.members.some((m) => pinned.has(m))) {
+      const members = unit.members.map((m) => digests[m] ?? '');
+      if (members.some((m) => pinned.has(m))) {
         result.skippedPinned++;
         continue;
       }
-      if (unit.members.some((m) => this.deps.isBusy(m))) {
+      if (members.some((m) => this.deps.isBusy(m))) {
         result.skippedBusy++;
         continue;
       }
       // Only what no other kept image references goes.
-      const doomed = unit.members.filter((m) => (holders.get(m) ?? 0) <= 1);
-      for (const m of unit.members) holders.set(m, (holders.get(m) ?? 1) - 1);
-      const bytes = doomed.reduce((n, d) => n + (sizes.get(d) ?? 0), 0);
+      const doomed: string[] = [];
+      let bytes = 0;
+      for (const m of unit.members) {
+        if ((holders[m] ?? 0) <= 1) {
+          bytes += sizes[m] ?? 0;
+          doomed.push(digests[m] ?? '');
+        }
+        holders[m] = (holders[m] ?? 1) - 1;
+      }
       result.freedBytes += bytes;
+      const root = digests[unit.root] ?? '';
       // Named before its rows go (eviction removes the tags and links that name it), and only what is evicted.
-      result.evicted.push({ root: unit.root, bytes, lastAccess: unit.lastAccess, ...(options.names ? { names: this.deps.metadata.imageNames(unit.root) } : {}) });
+      result.evicted.push({ root, bytes, lastAccess: unit.lastAccess, ...(options.names ? { names: this.deps.metadata.imageNames(root) } : {}) });
       if (options.dryRun) continue;
       batch.push(...doomed);
-      if (++batchUnits >= REMOVE_BATCH_UNITS) {
+      if (++inBatch >= batchUnits) {
         await this.remove(batch);
         batch = [];
-        batchUnits = 0;
+        inBatch = 0;
       }
     }
     if (batch.length > 0) await this.remove(batch);
@@ -270,8 +318,13 @@ export class Evictor {
     // Rows (and, by cascade, manifests, references, pull records, preloaded marks) first, in one transaction.
     this.deps.metadata.deleteContent(digests);
     this.deps.onRemoved?.(digests);
-    const limit = pLimit(REMOVE_CONCURRENCY);
     // unlink, not rm: rm's lstat and recursion handling cost ~5× as much per file, and these are plain files.
-    await Promise.all(digests.map((d) => limit(() => unlink(this.deps.store.pathFor(d)).catch(ignoreMissing))));
+    // A few loops over one list, not a limiter per file: p-limit's queue cost about as much as the unlinks
+    // (12.6k files: ~0.65 s against ~0.35 s).
+    let next = 0;
+    const unlinkRest = async (): Promise<void> => {
+      for (let d = digests[next++]; d !== undefined; d = digests[next++]) await unlink(this.deps.store.pathFor(d)).catch(ignoreMissing);
+    };
+    await Promise.all(Array.from({ length: REMOVE_CONCURRENCY }, unlinkRest));
   }
 }

@@ -29,8 +29,9 @@ export interface OpenStore {
  * `exclusive` demands the lock (the server, `gc`, `verify --repair`); otherwise a held lock means "open as is".
  * `readOnly` (`records`, `verify`, `gc --dry-run`) never recovers and takes the lock only when also exclusive.
  * After a clean shutdown (the mark its lock holder leaves) the per-file reconciliation is skipped.
+ * `cacheBytes`: the database connection's page cache (see `DatabaseOptions`).
  */
-export async function openStore(config: Config, log: Logger, options: { exclusive?: boolean; readOnly?: boolean } = {}): Promise<OpenStore> {
+export async function openStore(config: Config, log: Logger, options: { exclusive?: boolean; readOnly?: boolean; cacheBytes?: number } = {}): Promise<OpenStore> {
   const store = new BlobStore(config.storage);
   await store.ensureDirectories();
   let lock: StoreLock | undefined;
@@ -41,7 +42,7 @@ export async function openStore(config: Config, log: Logger, options: { exclusiv
       if (options.exclusive) throw err;
     }
   }
-  const { index: metadata, records, intents } = openMetadata(store.layout.databaseFile);
+  const { index: metadata, records, intents } = openMetadata(store.layout.databaseFile, { cacheBytes: options.cacheBytes });
   // Set once disk and rows are known to agree; only then may a clean close say so for the next start.
   let consistent = false;
   const close = async (): Promise<void> => {

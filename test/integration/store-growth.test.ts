@@ -159,6 +159,66 @@ describe('costs that stay flat as the store grows', () => {
     expect(units.every((u) => u.members.length === 11)).toBe(true);
   });
 
+  it('journals statements in memory, and gives a connection the page cache it asks for', async () => {
+    const dir = await tempDir('rc-pragmas-');
+    const plain = openDatabase(join(dir, 'db'));
+    // temp_store 2 = MEMORY: a blob row's cascading delete journalled each page it changed with a write() to a file.
+    expect(plain.pragma('temp_store', { simple: true })).toBe(2);
+    // better-sqlite3's build default: 16,000 KiB.
+    expect(plain.pragma('cache_size', { simple: true })).toBe(-16_000);
+    plain.close();
+    const large = openDatabase(join(dir, 'db'), { cacheBytes: 64 * 1024 * 1024 });
+    expect(large.pragma('cache_size', { simple: true })).toBe(-65_536);
+    large.close();
+  });
+
+  it('gc deletes every evicted image in one transaction, timing its pass; a server deletes in batches between turns', async () => {
+    const dir = await tempDir('rc-gc-one-');
+    const storage = join(dir, 'store');
+    const store = new BlobStore(storage);
+    await store.ensureDirectories();
+    const db = openDatabase(store.layout.databaseFile);
+    const metadata = new Metadata(db);
+    // 250 images of a manifest and a layer, each with its files; a bound of all their bytes at 100 % → 0 %: all go.
+    db.transaction(() => {
+      for (let i = 0; i < 250; i++) {
+        const child = digestOf(1_000 + i);
+        metadata.insertBlob(child, 100, null);
+        metadata.insertManifest({ digest: digestOf(i + 1), size: 50, mediaType: OCI_MANIFEST }, [{ child, kind: 'blob' }], { registry: 'reg.test', repository: `app${i}` });
+      }
+    })();
+    for (let i = 0; i < 250; i++) {
+      for (const d of [digestOf(i + 1), digestOf(1_000 + i)]) {
+        await mkdir(dirname(store.pathFor(d)), { recursive: true });
+        await writeFile(store.pathFor(d), 'x');
+      }
+    }
+    metadata.close();
+    const deletes = vi.spyOn(Metadata.prototype, 'deleteContent');
+    const settings = { highThresholdPercent: 1, lowThresholdPercent: 0, maxStorageBytes: 250 * 150, pinnedImages: [] };
+    // A server's evictor: 100 images' rows per transaction.
+    const copy = join(dir, 'copy.db');
+    await writeFile(copy, await readFile(store.layout.databaseFile));
+    const serverMetadata = new Metadata(openDatabase(copy));
+    cleanup.push(async () => serverMetadata.close());
+    const server = new Evictor({ store: new BlobStore(join(dir, 'other')), metadata: serverMetadata, settings, log: createLogger('silent'), isBusy: () => false });
+    expect((await server.collect()).evicted).toHaveLength(250);
+    expect(deletes.mock.calls.map((c) => c[0].length)).toEqual([200, 200, 100]);
+    deletes.mockClear();
+
+    const configFile = join(dir, 'config.yaml');
+    await writeFile(configFile, `storage: ${storage}\nregistries:\n  "reg.test": { url: "http://127.0.0.1:9" }\ndefaultRegistry: reg.test\nmaxStorageBytes: ${250 * 150}\nimageGCHighThresholdPercent: 1\nimageGCLowThresholdPercent: 0\n`);
+    const out: string[] = [];
+    vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => out.push(String(chunk)) > 0);
+    const { runGc } = await import('../../src/commands.js');
+    const { loadConfig } = await import('../../src/config/load.js');
+    await runGc(loadConfig({ file: configFile }), false);
+    vi.mocked(process.stdout.write).mockRestore();
+    expect(deletes.mock.calls.map((c) => c[0].length)).toEqual([500]);
+    expect(out.at(-1)).toMatch(/; evicted 250 images, 37500 bytes; 0 pinned kept; pass \d+\.\d{3} s\n$/);
+    for (let i = 0; i < 250; i++) expect(await store.size(digestOf(i + 1))).toBeUndefined();
+  });
+
   it('records prints every record of a large store once, in order, across its chunked writes', async () => {
     const dir = await tempDir('rc-records-many-');
     const storage = join(dir, 'store');

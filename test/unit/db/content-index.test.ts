@@ -90,9 +90,10 @@ describe('content index (db/content-index.ts) against an in-memory database', ()
     expect(first.map((r) => r.size)).toEqual([1, 2, 3]);
     const rest = index.blobPage(first[2]?.rowid ?? 0, 10);
     expect(rest.map((r) => r.digest)).toEqual([digest(4), digest(5), digest(10), digest(11)]);
-    const refs = index.refPage({ manifest: '', child: '' }, 2);
-    expect(refs).toEqual([{ manifest: digest(10), child: digest(1) }, { manifest: digest(10), child: digest(2) }]);
-    expect(index.refPage(refs[1] ?? { manifest: '', child: '' }, 10)).toEqual([{ manifest: digest(10), child: digest(3) }, { manifest: digest(11), child: digest(4) }]);
+    expect(index.blobTuples(first[2]?.rowid ?? 0, 10)).toEqual(rest.map((r) => [r.rowid, r.digest, r.last_access, r.size]));
+    const refs = index.refPage(['', ''], 2);
+    expect(refs).toEqual([[digest(10), digest(1)], [digest(10), digest(2)]]);
+    expect(index.refPage(refs[1] ?? ['', ''], 10)).toEqual([[digest(10), digest(3)], [digest(11), digest(4)]]);
     expect(index.manifestPage('', 1)).toEqual([digest(10)]);
     expect(index.manifestPage(digest(10), 5)).toEqual([digest(11)]);
   });
