@@ -70,4 +70,16 @@ describe('the bench report', () => {
     expect(judged.get('#17 At 100,000 blobs: warm manifest hit p99 within 1.3× its value at 1k')?.met).toBe(false);
     expect(judged.get('#14 At 100,000 blobs: warm manifest hit p99 ≤ 2× its value at 1,000 blobs')?.met).toBe(true);
   });
+
+  it("judges #14's eviction pass on the pass inside `gc` and #17's `gc` on the whole CLI process", () => {
+    const row = (id: string, v: number) => ({ id, label: id, unit: 's', better: 'lower' as const, digits: 2, samples: { '100k blobs': [v] } });
+    const growth: ScenarioResult = { ...scenario('9', 'store-growth', 0.2), columns: ['100k blobs'], rows: [row('sg-gc', 1.8), row('sg-gc-pass', 1.2)] };
+    const judged = evaluateTargets([growth]).filter((t) => t.scenario === '9');
+    const pass = judged.find((t) => t.source === '#14' && /eviction pass/.test(t.target));
+    expect(pass?.target).toMatch(/the pass inside the `gc` process: list, row deletes and file removals; Node start-up and opening the store excluded/);
+    expect(pass).toMatchObject({ met: false, measured: '1.20 s at 100k blobs' });
+    const cli = judged.find((t) => t.source === '#17' && /`gc` freeing 10 %/.test(t.target));
+    expect(cli?.target).toMatch(/as a CLI process, Node start-up included/);
+    expect(cli).toMatchObject({ met: true, measured: '1.80 s at 100k blobs' });
+  });
 });
