@@ -246,6 +246,39 @@ describe('costs that stay flat as the store grows', () => {
     expect(new Set(rows.map((r) => r[2]))).toEqual(new Set(['nodePodsAccessible']));
   });
 
+  it('records lays out credential, node and unverified records in aligned columns, verification times in UTC', async () => {
+    const dir = await tempDir('rc-records-table-');
+    const storage = join(dir, 'store');
+    await mkdir(storage);
+    const { openMetadata } = await import('../../src/db/open.js');
+    const { index } = openMetadata(join(storage, 'registry-cache.db'));
+    const db = (index as unknown as { db: Database.Database }).db;
+    for (const i of [1, 2, 3, 4]) index.insertBlob(digestOf(i), 10, null);
+    const record = db.prepare('INSERT INTO pull_records (registry, repository, digest, node_pods_accessible, created_at, last_verified) VALUES (?, ?, ?, ?, 0, ?)');
+    const credential = db.prepare("INSERT INTO pull_record_credentials (registry, repository, digest, credential_hash, verified_at) VALUES ('reg.test', ?, ?, ?, 0)");
+    record.run('reg.test', 'a', digestOf(1), 0, Date.UTC(2026, 0, 2, 3, 4, 5));
+    credential.run('a', digestOf(1), 'a'.repeat(64));
+    credential.run('a', digestOf(1), 'b'.repeat(64));
+    record.run('reg.test', 'a', digestOf(2), 0, null);
+    credential.run('a', digestOf(2), 'c'.repeat(64));
+    record.run('reg.test', 'long/name', digestOf(3), 1, null);
+    record.run('reg.test', 'long/name', digestOf(4), 0, null);
+    index.close();
+    const configFile = join(dir, 'config.yaml');
+    await writeFile(configFile, `storage: ${storage}\nregistries:\n  "reg.test": { url: "http://127.0.0.1:9" }\ndefaultRegistry: reg.test\n`);
+    const out = await runCli(['records', '--config', configFile]);
+    expect(out.stdout).toBe(
+      [
+        'IMAGE               DIGEST               PULLED BY                            PRELOADED  LAST VERIFIED',
+        `reg.test/a          ${digestOf(1).slice(0, 19)}  2 credentials (aaaaaaaa, bbbbbbbb…)  no         2026-01-02T03:04:05.000Z`,
+        `reg.test/a          ${digestOf(2).slice(0, 19)}  1 credential (cccccccc…)             no         -`,
+        `reg.test/long/name  ${digestOf(3).slice(0, 19)}  nodePodsAccessible                   no         -`,
+        `reg.test/long/name  ${digestOf(4).slice(0, 19)}  nobody (verify next time)            no         -`,
+        '',
+      ].join('\n'),
+    );
+  });
+
   it('records, verify and gc --dry-run open a crashed store as is: no recovery, no lock', async () => {
     const image = makeImage([4096]);
     const upstream = await new FakeUpstream().start();
