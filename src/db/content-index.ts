@@ -1,4 +1,5 @@
 import type { Statement } from 'better-sqlite3';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { LRUCache } from 'lru-cache';
 import type { Db } from './database.js';
 
@@ -52,6 +53,11 @@ export type { ManifestRef };
 
 /** How often batched last-access updates are written; access times need not be exact. */
 const TOUCH_FLUSH_MS = 5_000;
+/**
+ * Access times written per transaction by the periodic flush, which yields between them: the distinct digests
+ * touched in 5 s grow with the store (3,000 random warm hits at 126k rows: one 60-90 ms stretch of CPU).
+ */
+const TOUCH_FLUSH_ROWS = 250;
 /** Repository links remembered as written; one forgotten costs one INSERT that does nothing. */
 const LINK_MEMO_ENTRIES = 65_536;
 
@@ -227,8 +233,28 @@ export class Metadata {
     // Stamped now: stamping at the flush would make an old access look newer than content stored since (LRU).
     this.pendingTouches.set(digest, Date.now());
     if (!this.touchTimer) {
-      this.touchTimer = setTimeout(() => this.flushTouches(), TOUCH_FLUSH_MS);
+      this.touchTimer = setTimeout(() => void this.flushTouchesInTurns(), TOUCH_FLUSH_MS);
       this.touchTimer.unref();
+    }
+  }
+
+  /**
+   * Writes pending access times in transactions of TOUCH_FLUSH_ROWS, giving the event loop a turn between them.
+   * Touches noted meanwhile join the rest (a digest touched again is written again, with the later time); a
+   * synchronous `flushTouches` (eviction, close) meanwhile writes whatever is left.
+   */
+  async flushTouchesInTurns(): Promise<void> {
+    if (this.touchTimer) clearTimeout(this.touchTimer);
+    this.touchTimer = undefined;
+    while (this.pendingTouches.size > 0) {
+      const touches: [string, number][] = [];
+      for (const entry of this.pendingTouches) {
+        touches.push(entry);
+        this.pendingTouches.delete(entry[0]);
+        if (touches.length === TOUCH_FLUSH_ROWS) break;
+      }
+      this.writeTouches(touches);
+      if (this.pendingTouches.size > 0) await nextTurn();
     }
   }
 
@@ -239,6 +265,10 @@ export class Metadata {
     if (this.pendingTouches.size === 0) return;
     const touches = [...this.pendingTouches];
     this.pendingTouches.clear();
+    this.writeTouches(touches);
+  }
+
+  private writeTouches(touches: readonly (readonly [string, number])[]): void {
     this.db.transaction(() => {
       for (const [d, at] of touches) this.stmt.touch.run(at, d);
     })();

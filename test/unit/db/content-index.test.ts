@@ -80,6 +80,28 @@ describe('content index (db/content-index.ts) against an in-memory database', ()
     expect(lastAccess).toEqual(new Map([[digest(1), 5_000], [digest(2), 1_000]]));
   });
 
+  it('writes many pending access times in transactions of 250, letting the event loop run between them', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      const { index } = open();
+      for (let i = 1; i <= 600; i++) index.insertBlob(digest(i), 1, null);
+      vi.spyOn(Date, 'now').mockReturnValue(9_000_000_000_000);
+      for (let i = 1; i <= 600; i++) index.touch(digest(i));
+      const written = (): number => index.blobPage(0, 1_000).filter((r) => r.last_access === 9_000_000_000_000).length;
+      expect(written()).toBe(0);
+      // The periodic flush: one transaction now, the next after other callbacks had their turn.
+      vi.advanceTimersByTime(5_000);
+      const seen = [written()];
+      for (let turn = 0; turn < 3; turn++) {
+        await new Promise((resolve) => setImmediate(resolve));
+        seen.push(written());
+      }
+      expect(seen).toEqual([250, 500, 600, 600]);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it('pages blobs by rowid, references by key and manifests by digest, each page after the last one read', () => {
     const { index } = open();
     for (let i = 1; i <= 5; i++) index.insertBlob(digest(i), i, null);
