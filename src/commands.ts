@@ -141,10 +141,18 @@ function summarize(r: PullRecord): { image: string; digest: string; pulledBy: st
 }
 
 /**
- * `gc`'s SQLite page cache: deleting 10 % of a large store touches most index pages, which the default 16 MB cache
- * evicted and re-read (100k blobs: a ~110 MB database). Pages are allocated only as they are read.
+ * The real `gc` pass's SQLite page cache: deleting 10 % of a large store touches most index pages, which the default
+ * 16 MB cache evicted and re-read (100k blobs: a ~110 MB database). Pages are allocated only as they are read.
  */
 const GC_CACHE_BYTES = 256 * 1024 * 1024;
+
+/**
+ * How `gc` opens the store: a real pass alone with it (under its lock) with a large page cache; a dry run as a reader
+ * with the default cache, since it may run next to a live server, in the same pod's memory, and reads each page once.
+ */
+export function gcOpenOptions(dryRun: boolean): { readOnly?: boolean; exclusive?: boolean; cacheBytes?: number } {
+  return dryRun ? { readOnly: true } : { exclusive: true, cacheBytes: GC_CACHE_BYTES };
+}
 
 /** `registry-cache gc [--dry-run]`: one eviction pass by hand; prints what it freed (or would free) and how long the pass took. */
 export async function runGc(config: Config, dryRun: boolean): Promise<void> {
@@ -155,7 +163,7 @@ export async function runGc(config: Config, dryRun: boolean): Promise<void> {
     !dryRun,
     'the running server evicts on its own (above imageGCHighThresholdPercent, checked every gcInterval and after each download); run `gc --dry-run` to see what it would evict, or stop the server to evict by hand',
   );
-  const opened = await openStore(config, log, dryRun ? { readOnly: true, cacheBytes: GC_CACHE_BYTES } : { exclusive: true, cacheBytes: GC_CACHE_BYTES });
+  const opened = await openStore(config, log, gcOpenOptions(dryRun));
   try {
     // Alone with the store (a real pass holds its lock): every row in one transaction, no batches for other work.
     const evictor = new Evictor({ store: opened.store, metadata: opened.metadata, settings: config.eviction, log, isBusy: () => false, removeBatchUnits: Number.POSITIVE_INFINITY });

@@ -217,6 +217,10 @@ describe('costs that stay flat as the store grows', () => {
     expect(deletes.mock.calls.map((c) => c[0].length)).toEqual([500]);
     expect(out.at(-1)).toMatch(/; evicted 250 images, 37500 bytes; 0 pinned kept; pass \d+\.\d{3} s\n$/);
     for (let i = 0; i < 250; i++) expect(await store.size(digestOf(i + 1))).toBeUndefined();
+    // A dry run may run next to a live server, in its pod's memory: a reader with the default page cache.
+    const { gcOpenOptions } = await import('../../src/commands.js');
+    expect(gcOpenOptions(true)).toEqual({ readOnly: true });
+    expect(gcOpenOptions(false)).toEqual({ exclusive: true, cacheBytes: 256 * 1024 * 1024 });
   });
 
   it('records prints every record of a large store once, in order, across its chunked writes', async () => {
