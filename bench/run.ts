@@ -51,8 +51,8 @@ const TOOLS: Record<string, string[]> = {
 };
 const APT_LINE = 'apt-get install -y docker-registry nginx wrk apache2-utils curl containerd';
 
-/** Hard ceilings on a whole run, so a wedged server can never keep the harness (and its daemons) alive. */
-const RUN_DEADLINE_MS = { full: 40 * 60_000, quick: 6 * 60_000 };
+/** Hard ceilings on a whole run (a full run also waits for the load to settle before each scenario), so a wedged server can never keep the harness (and its daemons) alive. */
+const RUN_DEADLINE_MS = { full: 60 * 60_000, quick: 6 * 60_000 };
 
 const USAGE = `usage: npm run bench [-- [--quick] [--scenario NAME]... [--profile | --no-profile] [--out DIR]]
 
