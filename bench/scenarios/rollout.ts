@@ -124,8 +124,10 @@ export const rollout: Scenario = {
             rows.add(`rollout-k${k}-ttfb-max`, { label: `${at}: time to first layer byte, slowest node`, unit: 'ms', better: 'lower', digits: 0 }, system, ttfb[ttfb.length - 1] as number);
           }
           rows.add(`rollout-k${k}-failed`, { label: `${at}: failed pulls`, unit: 'count', better: 'lower', digits: 0 }, system, failed);
-          if (system === 'rc sharing' && k > 1 && upstream > 1.5 && !notes.some((n) => n.startsWith('rc sharing did not share'))) {
-            notes.push(`rc sharing did not share (${upstream.toFixed(2)}× the image upstream at K = ${k}): this build of registry-cache does not use its peers.`);
+          if (system === 'rc sharing' && k > 1 && upstream > 1.5 && !notes.some((n) => n.startsWith('rc sharing fetched'))) {
+            // Either the build does not share, or nodes fell back to the upstream (a late coordinator answer): the
+            // upstream GETs per layer tell which.
+            notes.push(`rc sharing fetched ${upstream.toFixed(2)}× the image upstream at K = ${k} (most-fetched layer: ${run.maxGetsPerLayer} GETs): some nodes did not get the layers from their peers.`);
           }
           ctx.log(
             `  rep ${rep + 1} K=${k} ${system}: wall ${(run.wallSeconds * 1000).toFixed(0)} ms, upstream ${upstream.toFixed(2)}× image, max GETs/layer ${run.maxGetsPerLayer}, first byte ${ttfb.map((t) => t.toFixed(0)).join('/')} ms, failed ${failed}`,
