@@ -8,6 +8,13 @@ export interface IdleCollectorOptions {
   busy: () => boolean;
   /** The collection; undefined when the process was started without `--expose-gc` (then nothing runs). */
   collect?: (() => Promise<void>) | undefined;
+  /**
+   * Resident bytes the process must have grown by since the last collection (or its start) for a quiet spell to be
+   * worth one (default 16 MiB): probes and scrapes every few seconds are work too, and grow nothing.
+   */
+  minGrowthBytes?: number;
+  /** Resident bytes now (tests pass their own). */
+  rss?: () => number;
   onCollected?: (info: { ms: number; rssBefore: number; rssAfter: number }) => void;
 }
 
@@ -20,9 +27,9 @@ function memoryReducingGc(): (() => Promise<void>) | undefined {
 /**
  * Gives memory back once the server goes quiet. A burst of pulls grows V8's heap and the Buffers behind it, and V8
  * keeps those pages (a full collection happens only under allocation pressure, which a quiet server no longer has), so
- * a node's cache would hold its peak between bursts. After `quietMs` with no new request and no download running, it
- * runs one memory-reducing collection; then nothing more until the next burst. `tick` is driven by a timer, or by
- * tests with their own clock.
+ * a node's cache would hold its peak between bursts. After `quietMs` with no new request and no download running, and
+ * once the process has grown by `minGrowthBytes` since the last collection, it runs one memory-reducing collection;
+ * then nothing more until the next burst. `tick` is driven by a timer, or by tests with their own clock.
  */
 export class IdleCollector {
   private lastActivity: number;
@@ -32,12 +39,17 @@ export class IdleCollector {
   private collecting = false;
   private timer: NodeJS.Timeout | undefined;
   private readonly collect: (() => Promise<void>) | undefined;
+  private readonly rss: () => number;
+  /** Resident bytes after the last collection, or at start. */
+  private baseline: number;
 
   constructor(
     private readonly options: IdleCollectorOptions,
     now = Date.now(),
   ) {
     this.collect = 'collect' in options ? options.collect : memoryReducingGc();
+    this.rss = options.rss ?? ((): number => process.memoryUsage.rss());
+    this.baseline = this.rss();
     this.lastActivity = options.activity();
     this.quietSince = now;
   }
@@ -72,12 +84,16 @@ export class IdleCollector {
     }
     if (!this.dirty || this.collecting || !this.collect || now - this.quietSince < this.options.quietMs) return;
     this.dirty = false;
+    const rssBefore = this.rss();
+    // A burst that grew little leaves nothing worth a full collection; its growth still counts towards the next.
+    if (rssBefore - this.baseline < (this.options.minGrowthBytes ?? 16 * 1024 * 1024)) return;
     this.collecting = true;
-    const rssBefore = process.memoryUsage.rss();
     const started = performance.now();
     try {
       await this.collect();
-      this.options.onCollected?.({ ms: performance.now() - started, rssBefore, rssAfter: process.memoryUsage.rss() });
+      const rssAfter = this.rss();
+      this.baseline = rssAfter;
+      this.options.onCollected?.({ ms: performance.now() - started, rssBefore, rssAfter });
     } finally {
       this.collecting = false;
     }
