@@ -61,7 +61,7 @@ export class IdleCollector {
 
   /** Checks every quietMs / 2 on an unref'd timer; does nothing without a collection to run. */
   start(): this {
-    if (this.collect && !this.timer) {
+    if (this.enabled && !this.timer) {
       this.timer = setInterval(() => void this.tick(), Math.max(50, this.options.quietMs / 2));
       this.timer.unref();
     }

@@ -119,6 +119,31 @@ describe('a blob fill fed from memory', () => {
     return { bytes, fill, writes, run };
   }
 
+  /** A fill of `size` random bytes whose upstream body stops before the chunk at `holdAt` until `held` resolves. */
+  async function startHeldAt(
+    size: number,
+    holdAt: number,
+  ): Promise<{ bytes: Buffer; fill: BlobFill; held: ReturnType<typeof deferred>; reachedHold: ReturnType<typeof deferred>; run: Promise<void> }> {
+    const bytes = randomBytes(size);
+    const fill = new BlobFill(sha256(bytes), store);
+    const held = deferred();
+    const reachedHold = deferred();
+    const run = start(
+      fill,
+      () =>
+        bodyOf(bytes, {
+          before: async (offset) => {
+            if (offset !== holdAt) return;
+            reachedHold.resolve();
+            await held.promise;
+          },
+        }),
+      bytes.length,
+    );
+    await fill.ready;
+    return { bytes, fill, held, reachedHold, run };
+  }
+
   it('opens its temp file while the upstream request is in flight', async () => {
     const bytes = randomBytes(100 * KiB);
     const fill = new BlobFill(sha256(bytes), store);
@@ -186,23 +211,7 @@ describe('a blob fill fed from memory', () => {
   }, 60_000);
 
   it('lets a reader that fell behind the window continue from the file, then catch up with the fill', async () => {
-    const bytes = randomBytes(16 * MiB);
-    const fill = new BlobFill(sha256(bytes), store);
-    const held = deferred();
-    const reachedHold = deferred();
-    const run = start(
-      fill,
-      () =>
-        bodyOf(bytes, {
-          before: async (offset) => {
-            if (offset !== 12 * MiB) return;
-            reachedHold.resolve();
-            await held.promise;
-          },
-        }),
-      bytes.length,
-    );
-    await fill.ready;
+    const { bytes, fill, held, reachedHold, run } = await startHeldAt(16 * MiB, 12 * MiB);
     const reader = fill.createReader();
     await reachedHold.promise;
     // 12 MiB received, the reader still at 0: 8 MiB behind the window's start.
@@ -218,23 +227,7 @@ describe('a blob fill fed from memory', () => {
   }, 30_000);
 
   it('piped into sockets, readers behind the window read the file into a few reused buffers', async () => {
-    const bytes = randomBytes(16 * MiB);
-    const fill = new BlobFill(sha256(bytes), store);
-    const held = deferred();
-    const reachedHold = deferred();
-    const run = start(
-      fill,
-      () =>
-        bodyOf(bytes, {
-          before: async (offset) => {
-            if (offset !== 12 * MiB) return;
-            reachedHold.resolve();
-            await held.promise;
-          },
-        }),
-      bytes.length,
-    );
-    await fill.ready;
+    const { bytes, fill, held, reachedHold, run } = await startHeldAt(16 * MiB, 12 * MiB);
     const readers = Array.from({ length: 4 }, () => fill.createReader());
     await reachedHold.promise;
     // 12 MiB received, every reader still at 0: 8 MiB of file behind the window for each, 32 reads of 256 KiB.

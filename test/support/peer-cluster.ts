@@ -52,11 +52,10 @@ export async function startCluster(
   return { nodes, secret, stop };
 }
 
-/** The operations listener's URL, as a cache process logs it. */
+/** The operations listener's URL, as the cache process logged it when it started listening. */
 export async function opsUrlOf(node: CacheProcess): Promise<string> {
-  const m = /"metrics":"(http:\/\/[^"]+)"/.exec(await node.daemon.readLog());
-  if (!m) throw new Error('the node logged no operations listener');
-  return m[1] as string;
+  if (node.metricsUrl === undefined) throw new Error('the node logged no operations listener');
+  return node.metricsUrl;
 }
 
 /** The sum of a metric's samples whose labels contain `labels` (e.g. `source="peer"`), from a node's /metrics. */
