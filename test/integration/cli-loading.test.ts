@@ -6,16 +6,26 @@ import { makeTempDir, removeTempDir } from '../support/temp-dir.js';
 
 /**
  * A module hook (`node --import`) that writes the packages a process loaded (one name per line) to the file named
- * by its query string, at exit. Sync hooks see ESM imports and CommonJS requires alike.
+ * by its query string, at exit. Sync hooks see ESM imports and CommonJS requires alike: a package loaded from
+ * node_modules counts, and so does every package whose code a loaded file of the bundle (dist/*.js) holds, read from
+ * that file's source map.
  */
 function packageRecorder(outFile: string): string {
   const source = `
     import { registerHooks } from 'node:module';
-    import { writeFileSync } from 'node:fs';
+    import { readFileSync, writeFileSync } from 'node:fs';
+    import { fileURLToPath } from 'node:url';
     const packages = new Set();
+    const pkg = /node_modules\\/((?:@[^/]+\\/)?[^/]+)\\//;
     registerHooks({ load(url, context, next) {
-      const m = /node_modules\\/((?:@[^/]+\\/)?[^/]+)\\//.exec(url);
+      const m = pkg.exec(url);
       if (m) packages.add(m[1]);
+      else if (url.startsWith('file:') && url.includes('/dist/')) {
+        for (const s of JSON.parse(readFileSync(fileURLToPath(url) + '.map', 'utf8')).sources) {
+          const inner = pkg.exec(s);
+          if (inner) packages.add(inner[1]);
+        }
+      }
       return next(url, context);
     } });
     process.on('exit', () => writeFileSync(${JSON.stringify(outFile)}, [...packages].join('\\n')));

@@ -72,6 +72,12 @@ describe('Dockerfile', () => {
       const parts = copy.split(/\s+/).slice(1, -1);
       for (const src of parts) expect(existsSync(join(root, src)), `${src} exists`).toBe(true);
     }
+    // The build stage has every file `npm run build` names (tsc's config, the bundling script).
+    const copied = copies.flatMap((copy) => copy.split(/\s+/).slice(1, -1));
+    const build = (JSON.parse(read('package.json')) as { scripts: Record<string, string> }).scripts.build ?? '';
+    const named = build.split(/\s+/).filter((w) => /\.(json|mjs|js)$/.test(w));
+    expect(named.length).toBeGreaterThan(0);
+    for (const file of named) expect(copied.some((c) => file === c || file.startsWith(`${c}/`)), `${file} copied`).toBe(true);
     const fromBuild = lines.filter((l) => l.startsWith('COPY --from=build'));
     expect(fromBuild.map((l) => l.split(/\s+/)[2])).toEqual(['/src/package.json', '/src/node_modules', '/src/dist']);
   });
