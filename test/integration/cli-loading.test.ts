@@ -1,5 +1,8 @@
-import { readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
 import { runCli } from '../support/cli.js';
 import { makeTempDir, removeTempDir } from '../support/temp-dir.js';
@@ -55,6 +58,32 @@ describe('maintenance commands load only what they use', () => {
       // The recorder works: the command's own dependencies show up.
       expect(loaded, args.join(' ')).toEqual(expect.arrayContaining(['commander', 'better-sqlite3']));
       expect(loaded.filter((p) => SERVER_ONLY.includes(p)), args.join(' ')).toEqual([]);
+    }
+  });
+
+  it("runs verify's hashing threads from the entry next to the bundled code that starts them", async () => {
+    // Threads start only on stores of more than a page of rows, which the process tests do not build: a bundle that
+    // moved the starting code away from dist/small-files.js would fail only there. The one file that starts them,
+    // and a thread started the way it does (its URL, its workerData) that hashes a file.
+    const starters: string[] = [];
+    for (const f of (await readdir('dist')).filter((n) => n.endsWith('.js'))) {
+      if ((await readFile(join('dist', f), 'utf8')).includes('new Worker(url, { workerData: HASH_THREAD })')) starters.push(f);
+    }
+    expect(starters).toHaveLength(1);
+    const url = new URL('./small-files.js', pathToFileURL(resolve('dist', starters[0] ?? '')));
+    dir = await makeTempDir('rc-cli-thread-');
+    const file = join(dir, 'blob');
+    await writeFile(file, 'hello');
+    const thread = new Worker(url, { workerData: 'registry-cache:small-file-hasher' });
+    try {
+      const answer = new Promise((resolve, reject) => {
+        thread.once('message', resolve);
+        thread.once('error', reject);
+      });
+      thread.postMessage([{ path: file, algorithm: 'sha256', size: 5 }]);
+      expect(await answer).toEqual([{ size: 5, digest: `sha256:${createHash('sha256').update('hello').digest('hex')}` }]);
+    } finally {
+      await thread.terminate();
     }
   });
 });
