@@ -5,7 +5,7 @@ import { parseDigest } from '../oci/digest.js';
 import { OciError } from '../oci/errors.js';
 import type { BlobStore, TempFile } from '../store/blob-store.js';
 import { HashingWriter } from '../store/hashing-writer.js';
-import { RecyclingReadable, type Chunk } from '../store/read-stream.js';
+import { RecyclingReadable, type Chunk, type ReadBufferBudget } from '../store/read-stream.js';
 
 /** Bytes per positional read when serving from a growing file (the size blob-store.ts reads stored blobs at when crowded). */
 const READ_CHUNK = 256 * 1024;
@@ -170,6 +170,11 @@ export class BlobFill extends EventEmitter {
     }
   }
 
+  /** The read-ahead budget its readers share with every other fill's (readers behind the window read the file). */
+  get readAhead(): ReadBufferBudget {
+    return this.store.fillReadAhead;
+  }
+
   /** Bytes of this fill held in memory for its readers (the shared window), for tests and metrics. */
   get bufferedBytes(): number {
     return this.windowBytes;
@@ -272,7 +277,7 @@ class FillReader extends RecyclingReadable {
     end: number | undefined,
     private readonly last = end ?? Number.POSITIVE_INFINITY,
   ) {
-    super(READ_CHUNK);
+    super(READ_CHUNK, fill.readAhead);
   }
 
   protected async readChunk(reuse: Buffer | undefined): Promise<Chunk | null> {

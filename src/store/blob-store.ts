@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { blobPath, storeLayout, type StoreLayout } from './layout.js';
-import { FileRangeStream } from './read-stream.js';
+import { BUFFERS_READING_AHEAD, FileRangeStream, ReadBufferBudget } from './read-stream.js';
 
 /** A temp file being filled; committed by rename into the content-addressed tree. */
 export interface TempFile {
@@ -24,9 +24,17 @@ const READ_SIZE = 512 * 1024;
  * 2.4 GB (179 MB with 256 KiB).
  */
 const READ_BUFFER_BUDGET = 32 * 1024 * 1024;
-const BUFFERS_PER_READ = 3;
 /** Read size of reads opened while READ_BUFFER_BUDGET is taken. */
 const READ_SIZE_CROWDED = 256 * 1024;
+
+/**
+ * Read-ahead memory of the readers of blobs still being filled (BlobFill's readers of the temp file), for all fills
+ * together: readers beyond it hold one 256 KiB buffer instead of three. Such a reader reads the file only when it fell
+ * behind the fill's window, so its client is slower than the upstream and reading ahead does not make it faster; a
+ * herd of 64 hashing clients on one cold blob held 64 × 768 KiB (50 MB of a 182 MB peak RSS) before. Five readers
+ * catching up with the fill (joined late) still read ahead.
+ */
+const FILL_READ_AHEAD_BUDGET = 4 * 1024 * 1024;
 
 /** Store directories and files are the cache user's alone. */
 export const DIR_MODE = 0o700;
@@ -36,8 +44,10 @@ export const FILE_MODE = 0o600;
 /** Content-addressed files on disk. Knows nothing of the database. */
 export class BlobStore {
   readonly layout: StoreLayout;
-  /** Open reads at READ_SIZE (counted against READ_BUFFER_BUDGET until they close). */
-  private wideReads = 0;
+  /** Read-ahead budget shared by the readers of every fill in progress (see FILL_READ_AHEAD_BUDGET). */
+  readonly fillReadAhead = new ReadBufferBudget(FILL_READ_AHEAD_BUDGET);
+  /** Open reads at READ_SIZE, until they close. */
+  private readonly wideReads = new ReadBufferBudget(READ_BUFFER_BUDGET);
 
   constructor(root: string) {
     this.layout = storeLayout(root);
@@ -84,12 +94,10 @@ export class BlobStore {
    * READ_BUFFER_BUDGET allows, of READ_SIZE_CROWDED beyond.
    */
   openRead(digest: string, start?: number, end?: number): FileRangeStream {
-    const wide = (this.wideReads + 1) * BUFFERS_PER_READ * READ_SIZE <= READ_BUFFER_BUDGET;
+    const bytes = BUFFERS_READING_AHEAD * READ_SIZE;
+    const wide = this.wideReads.take(bytes);
     const stream = new FileRangeStream(this.pathFor(digest), wide ? READ_SIZE : READ_SIZE_CROWDED, { start, end });
-    if (wide) {
-      this.wideReads++;
-      stream.once('close', () => this.wideReads--);
-    }
+    if (wide) stream.once('close', () => this.wideReads.give(bytes));
     return stream;
   }
 

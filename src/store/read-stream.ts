@@ -9,8 +9,34 @@ import { Readable, type Writable } from 'node:stream';
  */
 export const HANDS_OFF = Symbol('registry-cache.handsOffOnCallback');
 
-/** Buffers a piped reader keeps for reuse: one being written out while the next is read is the steady state. */
+/** Buffers a piped reader that reads ahead keeps for reuse: one being written out while the next is read is the steady state. */
 const SPARE_BUFFERS = 2;
+/** Buffers a piped reader that reads ahead may hold at once: one being written, one being read, one spare. */
+export const BUFFERS_READING_AHEAD = SPARE_BUFFERS + 1;
+
+/**
+ * Memory that piped readers may hold for reading ahead, shared by the readers given it. A reader with a place reads its
+ * next chunk while the last one is written out (up to BUFFERS_READING_AHEAD buffers); one without reads only once its
+ * destination has drained, into the one buffer it keeps. Behind a slow client, whose kernel socket buffer still holds
+ * plenty when the destination drains, both keep it as busy; what reading ahead buys is a fast client's throughput.
+ */
+export class ReadBufferBudget {
+  private used = 0;
+
+  constructor(readonly bytes: number) {}
+
+  /** Takes `bytes` of the budget when they fit (true), else takes nothing (false). */
+  take(bytes: number): boolean {
+    if (this.used + bytes > this.bytes) return false;
+    this.used += bytes;
+    return true;
+  }
+
+  /** Gives back what `take` took. */
+  give(bytes: number): void {
+    this.used -= bytes;
+  }
+}
 
 /** One chunk to send: the bytes, and the buffer they are a view of when that buffer may be reused afterwards. */
 export interface Chunk {
@@ -29,8 +55,14 @@ export interface Chunk {
 export abstract class RecyclingReadable extends Readable {
   private readonly spare: Buffer[] = [];
   private piped = false;
+  /** Reads the next chunk while the last one is written out; without a place in the budget, only after 'drain'. */
+  private readsAhead = true;
 
-  constructor(highWaterMark: number) {
+  /** `readAhead`: the budget that reading ahead when piped takes a place in; without one, it always reads ahead. */
+  constructor(
+    highWaterMark: number,
+    private readonly readAhead?: ReadBufferBudget,
+  ) {
     super({ highWaterMark });
   }
 
@@ -67,6 +99,12 @@ export abstract class RecyclingReadable extends Readable {
       return piped;
     }
     this.piped = true;
+    const budget = this.readAhead;
+    if (budget) {
+      const bytes = BUFFERS_READING_AHEAD * this.readableHighWaterMark;
+      this.readsAhead = budget.take(bytes);
+      if (this.readsAhead) this.once('close', () => budget.give(bytes));
+    }
     destination.emit('pipe', this);
     void this.pumpInto(destination as unknown as Writable, options?.end !== false);
     return destination;
@@ -82,19 +120,24 @@ export abstract class RecyclingReadable extends Readable {
           this.destroy();
           return;
         }
-        // The next read runs while this chunk is written out. It gets a spare buffer only if one was given back.
-        next = this.readChunk(this.spare.pop());
-        next.catch(() => undefined);
+        if (this.readsAhead) {
+          // The next read runs while this chunk is written out. It gets a spare buffer only if one was given back.
+          next = this.readChunk(this.spare.pop());
+          next.catch(() => undefined);
+        }
         const { buffer } = chunk;
+        const spares = this.readsAhead ? SPARE_BUFFERS : 1;
         const more = destination.write(
           chunk.bytes,
           buffer === undefined
             ? undefined
             : (err?: Error | null) => {
-                if (!err && this.spare.length < SPARE_BUFFERS) this.spare.push(buffer);
+                if (!err && this.spare.length < spares) this.spare.push(buffer);
               },
         );
         if (!more) await this.drained(destination);
+        // Drained, the write's callback has run (it comes right after 'drain'): the next read reuses its buffer.
+        if (!this.readsAhead) next = this.readChunk(this.spare.pop());
       }
     } catch (err) {
       this.destroy(err as Error);

@@ -245,6 +245,30 @@ describe('a blob fill fed from memory', () => {
     expect(store.fileReads).toBeGreaterThanOrEqual(4 * 32);
   }, 30_000);
 
+  it('piped into sockets, a herd of readers behind the window holds one read buffer each beyond the read-ahead budget', async () => {
+    const { bytes, fill, held, reachedHold, run } = await startHeldAt(16 * MiB, 12 * MiB);
+    // The budget (4 MiB, blob-store.ts) lets 5 readers read ahead into 3 buffers of 256 KiB; the other 11 hold one.
+    const readers = Array.from({ length: 16 }, () => fill.createReader());
+    await reachedHold.promise;
+    const sinks = readers.map(() => new LaggingSink(2, 64 * KiB));
+    const piped = readers.map((reader, i) => pipeline(reader, sinks[i] as LaggingSink));
+    held.resolve();
+    await Promise.all(piped);
+    await run;
+    // Buffers each reader read the file into: every array but the body's (the window's chunks are views of it).
+    const own = sinks.map((sink) => [...sink.arrays].filter((a) => a !== bytes.buffer).length);
+    for (const sink of sinks) {
+      expect(Buffer.concat(sink.received).equals(bytes)).toBe(true);
+      expect(sink.overwritten).toBe(0);
+    }
+    expect(own.slice(5)).toEqual(Array(11).fill(1));
+    for (const n of own.slice(0, 5)) expect(n).toBeLessThanOrEqual(3);
+    // Every reader read its 8 MiB behind the window from the file (32 reads of 256 KiB or more).
+    expect(store.fileReads).toBeGreaterThanOrEqual(16 * 32);
+    // Closed, the readers gave their places back: the next ones read ahead again.
+    expect(store.fillReadAhead.take(4 * MiB - 256 * KiB)).toBe(true);
+  }, 30_000);
+
   it('serves many readers at different offsets and ranges, joining before, during and after the fill', async () => {
     const size = 10 * MiB + 12_345;
     const bytes = randomBytes(size);
