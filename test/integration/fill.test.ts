@@ -6,6 +6,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BlobFill } from '../../src/cache/fill.js';
+import { ExternalMemoryGuard } from '../../src/lifecycle/external-memory.js';
 import { BlobStore, type TempFile } from '../../src/store/blob-store.js';
 import { sha256 } from '../support/fake-upstream.js';
 import { LaggingSink } from '../support/lagging-sink.js';
@@ -268,6 +269,20 @@ describe('a blob fill fed from memory', () => {
     // Closed, the readers gave their places back: the next ones read ahead again.
     expect(store.fillReadAhead.take(4 * MiB - 256 * KiB)).toBe(true);
   }, 30_000);
+
+  it('checks the external-memory guard as received bytes pass, about once per MiB', async () => {
+    const bytes = randomBytes(8 * MiB + 12_345);
+    let checks = 0;
+    const guard = new (class extends ExternalMemoryGuard {
+      override check(): void {
+        checks++;
+      }
+    })({ limitBytes: 40 * MiB, collect: undefined });
+    const fill = new BlobFill(sha256(bytes), store, guard);
+    const got = collect(await start(fill, () => bodyOf(bytes), bytes.length).then(() => fill.createReader()));
+    expect((await got).bytes.equals(bytes)).toBe(true);
+    expect(checks).toBe(8);
+  });
 
   it('serves many readers at different offsets and ranges, joining before, during and after the fill', async () => {
     const size = 10 * MiB + 12_345;
