@@ -227,16 +227,25 @@ describe('a blob fill fed from memory', () => {
     await run;
   }, 30_000);
 
-  it('piped into sockets, readers behind the window read the file into a few reused buffers', async () => {
+  /**
+   * `count` readers of a 16 MiB fill, each piped into a socket-like sink that lags `lagTurns`, all still at 0 when 12 MiB
+   * were received: 8 MiB of file behind the window for each, 32 reads of 256 KiB. Resolves when the fill and every pipe
+   * are done.
+   */
+  async function pipedBehindWindow(count: number, lagTurns: number): Promise<{ bytes: Buffer; sinks: LaggingSink[] }> {
     const { bytes, fill, held, reachedHold, run } = await startHeldAt(16 * MiB, 12 * MiB);
-    const readers = Array.from({ length: 4 }, () => fill.createReader());
+    const readers = Array.from({ length: count }, () => fill.createReader());
     await reachedHold.promise;
-    // 12 MiB received, every reader still at 0: 8 MiB of file behind the window for each, 32 reads of 256 KiB.
-    const sinks = readers.map(() => new LaggingSink(1, 64 * KiB));
+    const sinks = readers.map(() => new LaggingSink(lagTurns, 64 * KiB));
     const piped = readers.map((reader, i) => pipeline(reader, sinks[i] as LaggingSink));
     held.resolve();
     await Promise.all(piped);
     await run;
+    return { bytes, sinks };
+  }
+
+  it('piped into sockets, readers behind the window read the file into a few reused buffers', async () => {
+    const { bytes, sinks } = await pipedBehindWindow(4, 1);
     for (const sink of sinks) {
       expect(Buffer.concat(sink.received).equals(bytes)).toBe(true);
       expect(sink.overwritten).toBe(0);
@@ -247,15 +256,8 @@ describe('a blob fill fed from memory', () => {
   }, 30_000);
 
   it('piped into sockets, a herd of readers behind the window holds one read buffer each beyond the read-ahead budget', async () => {
-    const { bytes, fill, held, reachedHold, run } = await startHeldAt(16 * MiB, 12 * MiB);
     // The budget (4 MiB, blob-store.ts) lets 5 readers read ahead into 3 buffers of 256 KiB; the other 11 hold one.
-    const readers = Array.from({ length: 16 }, () => fill.createReader());
-    await reachedHold.promise;
-    const sinks = readers.map(() => new LaggingSink(2, 64 * KiB));
-    const piped = readers.map((reader, i) => pipeline(reader, sinks[i] as LaggingSink));
-    held.resolve();
-    await Promise.all(piped);
-    await run;
+    const { bytes, sinks } = await pipedBehindWindow(16, 2);
     // Buffers each reader read the file into: every array but the body's (the window's chunks are views of it).
     const own = sinks.map((sink) => [...sink.arrays].filter((a) => a !== bytes.buffer).length);
     for (const sink of sinks) {
