@@ -6,6 +6,11 @@ export class Metrics {
   readonly httpRequests: Counter<'route' | 'method' | 'status'>;
   readonly cacheResults: Counter<'kind' | 'result'>;
   readonly bytesServed: Counter<'source'>;
+  /** What every request adds to `httpRequests`, `cacheResults`, `bytesServed` and `verifications` (see CounterTally). */
+  readonly requestCounts = new CounterTally(['route', 'method', 'status'] as const);
+  readonly cacheResultCounts = new CounterTally(['kind', 'result'] as const);
+  readonly bytesServedCounts = new CounterTally(['source'] as const);
+  readonly verificationCounts = new CounterTally(['policy', 'result'] as const);
   readonly bytesFetched: Counter<'registry'>;
   readonly upstreamLatency: Histogram<'registry' | 'method' | 'status'>;
   readonly upstreamErrors: Counter<'registry' | 'class'>;
@@ -45,9 +50,9 @@ export class Metrics {
   }) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'registry_cache_process_' });
-    this.httpRequests = new Counter({ name: 'registry_cache_http_requests_total', help: 'Requests by route kind, method and status', labelNames: ['route', 'method', 'status'], registers });
-    this.cacheResults = new Counter({ name: 'registry_cache_cache_results_total', help: 'Manifest and blob answers by outcome (hit, miss, inflight, revalidated, stale)', labelNames: ['kind', 'result'], registers });
-    this.bytesServed = new Counter({ name: 'registry_cache_bytes_served_total', help: 'Response body bytes by where they came from (store: this node\'s disk, upstream, peer: another node)', labelNames: ['source'], registers });
+    this.httpRequests = new Counter({ name: 'registry_cache_http_requests_total', help: 'Requests by route kind, method and status', labelNames: ['route', 'method', 'status'], registers, collect: flushing(this.requestCounts) });
+    this.cacheResults = new Counter({ name: 'registry_cache_cache_results_total', help: 'Manifest and blob answers by outcome (hit, miss, inflight, revalidated, stale)', labelNames: ['kind', 'result'], registers, collect: flushing(this.cacheResultCounts) });
+    this.bytesServed = new Counter({ name: 'registry_cache_bytes_served_total', help: 'Response body bytes by where they came from (store: this node\'s disk, upstream, peer: another node)', labelNames: ['source'], registers, collect: flushing(this.bytesServedCounts) });
     this.bytesFetched = new Counter({ name: 'registry_cache_upstream_bytes_fetched_total', help: 'Blob bytes downloaded from upstreams', labelNames: ['registry'], registers });
     this.upstreamLatency = new Histogram({
       name: 'registry_cache_upstream_request_duration_seconds',
@@ -74,7 +79,7 @@ export class Metrics {
       buckets: [0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
       registers,
     });
-    this.verifications = new Counter({ name: 'registry_cache_credential_verifications_total', help: 'Credential checks by policy and result', labelNames: ['policy', 'result'], registers });
+    this.verifications = new Counter({ name: 'registry_cache_credential_verifications_total', help: 'Credential checks by policy and result', labelNames: ['policy', 'result'], registers, collect: flushing(this.verificationCounts) });
     this.evictions = new Counter({ name: 'registry_cache_evictions_total', help: 'Images evicted from the store', registers });
     this.idleCollections = new Counter({ name: 'registry_cache_idle_memory_collections_total', help: 'Memory-reducing collections run once the server went quiet after work', registers });
     this.storeSize = new Gauge({ name: 'registry_cache_store_size_bytes', help: 'Bytes of content in the store', registers, collect() {
@@ -148,4 +153,49 @@ export class Metrics {
   async render(): Promise<{ contentType: string; body: string }> {
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }
+}
+
+/**
+ * Increments of a labelled counter on the request path, kept per label set and added to the counter whenever it is
+ * read (a scrape or the status page: prom-client runs a metric's `collect` first), so every reading sees every
+ * increment. prom-client's own `inc` builds a key string from the label object, validates it and looks it up in a
+ * dictionary on every call: ~0.4 µs, four times per manifest hit.
+ */
+export class CounterTally<L extends string> {
+  private readonly pending = new Map<string, { labels: Partial<Record<L, string>>; n: number }>();
+
+  constructor(private readonly labelNames: readonly L[]) {}
+
+  /**
+   * Adds `n` to the label set whose values (in `labelNames` order) are `a`, `b`, `c`. `key` is those values joined
+   * by a character none of them contains; the set is built only the first time its key is seen.
+   */
+  add(key: string, n: number, a: string, b?: string, c?: string): void {
+    const slot = this.pending.get(key);
+    if (slot) {
+      slot.n += n;
+      return;
+    }
+    const labels: Partial<Record<L, string>> = {};
+    [a, b, c].forEach((value, i) => {
+      const name = this.labelNames[i];
+      if (name !== undefined && value !== undefined) labels[name] = value;
+    });
+    this.pending.set(key, { labels, n });
+  }
+
+  /** Adds what was counted since the last flush to `counter`. */
+  flushInto(counter: Counter<L>): void {
+    for (const slot of this.pending.values()) {
+      if (slot.n === 0) continue;
+      counter.inc(slot.labels, slot.n);
+      slot.n = 0;
+    }
+  }
+}
+
+function flushing<L extends string>(tally: CounterTally<L>): (this: Counter<L>) => void {
+  return function (this: Counter<L>) {
+    tally.flushInto(this);
+  };
 }

@@ -69,7 +69,7 @@ export class Metadata {
   private readonly stmt: {
     getBlob: Statement<[string], { digest: string; size: number; media_type: string | null; node_open: number }>;
     insertBlob: Statement<[string, number, string | null, number, number, number]>;
-    getManifest: Statement<[string], { digest: string; size: number; media_type: string }>;
+    getManifest: Statement<[string], [size: number, mediaType: string]>;
     insertManifest: Statement<[string, string]>;
     insertRef: Statement<[string, string, string]>;
     getTag: Statement<[string, string, string], { digest: string; fetched_at: number }>;
@@ -111,9 +111,9 @@ export class Metadata {
         'INSERT INTO blobs (digest, size, media_type, created_at, last_access, node_open) VALUES (?, ?, ?, ?, ?, ?) ' +
           'ON CONFLICT(digest) DO UPDATE SET node_open = 1 WHERE excluded.node_open = 1 AND blobs.node_open = 0',
       ),
-      getManifest: db.prepare(
-        'SELECT m.digest AS digest, b.size AS size, m.media_type AS media_type FROM manifests m JOIN blobs b USING (digest) WHERE m.digest = ?',
-      ),
+      // Raw (an array, not an object with named keys) and without the digest it is looked up by: this read runs on
+      // every manifest hit.
+      getManifest: db.prepare<[string], [size: number, mediaType: string]>('SELECT b.size, m.media_type FROM manifests m JOIN blobs b USING (digest) WHERE m.digest = ?').raw(),
       insertManifest: db.prepare('INSERT INTO manifests (digest, media_type) VALUES (?, ?) ON CONFLICT(digest) DO NOTHING'),
       insertRef: db.prepare('INSERT INTO manifest_refs (manifest, child, kind) VALUES (?, ?, ?) ON CONFLICT DO NOTHING'),
       getTag: db.prepare('SELECT digest, fetched_at FROM tags WHERE registry = ? AND repository = ? AND tag = ?'),
@@ -179,7 +179,7 @@ export class Metadata {
   /** A stored manifest's row. */
   getManifest(digest: string): ManifestRow | undefined {
     const row = this.stmt.getManifest.get(digest);
-    return row && { digest: row.digest, size: row.size, mediaType: row.media_type };
+    return row && { digest, size: row[0], mediaType: row[1] };
   }
 
   /** Records a committed manifest, what it references, and the repository it came through, in one transaction. */

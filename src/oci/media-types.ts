@@ -20,11 +20,13 @@ export function isIndexMediaType(mediaType: string): boolean {
 }
 
 /**
- * Splits one or more Accept header values into bare media types.
+ * Splits one or more Accept header values into bare media types (frozen: the last header's list is reused).
  * Clients such as skopeo send each type as its own header; others join them with commas.
  */
-export function parseAccept(header: string | string[] | undefined): string[] {
-  if (header === undefined) return [];
+export function parseAccept(header: string | string[] | undefined): readonly string[] {
+  if (header === undefined) return NO_TYPES;
+  // A client sends the same Accept on every request (containerd: four types): split it once, not per manifest hit.
+  if (header === lastAccept.header) return lastAccept.types;
   const values = Array.isArray(header) ? header : [header];
   const out: string[] = [];
   for (const value of values) {
@@ -33,8 +35,13 @@ export function parseAccept(header: string | string[] | undefined): string[] {
       if (type) out.push(type);
     }
   }
-  return out;
+  const types = Object.freeze(out);
+  if (typeof header === 'string') lastAccept = { header, types };
+  return types;
 }
+
+const NO_TYPES: readonly string[] = Object.freeze([]);
+let lastAccept: { header: string | undefined; types: readonly string[] } = { header: undefined, types: NO_TYPES };
 
 /** Whether a stored manifest of `mediaType` satisfies the client's Accept list (none or `*\/*` accepts all). */
 export function accepts(acceptList: readonly string[], mediaType: string): boolean {

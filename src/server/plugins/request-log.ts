@@ -32,14 +32,17 @@ export function registerRequestLog(app: FastifyInstance, metrics: Metrics): void
     const path = query < 0 ? url : url.slice(0, query);
     const route = routeKind(path);
     const ms = reply.elapsedTime;
-    // Label objects, not labels(): prom-client's labels() builds a child (for a histogram, two closures) per call.
-    metrics.httpRequests.inc({ route, method, status: String(reply.statusCode) });
+    // Tallies, added to the counters when they are read: prom-client's inc hashes and validates a label object per call.
+    const status = reply.statusCode;
+    metrics.requestCounts.add(`${route} ${method} ${status}`, 1, route, method, String(status));
     metrics.requestDuration.observe({ route, method }, ms / 1000);
-    if ((route === 'manifest' || route === 'blob') && request.cacheStatus) {
-      metrics.cacheResults.inc({ kind: route, result: request.cacheStatus });
+    const cacheStatus = request.cacheStatus;
+    if ((route === 'manifest' || route === 'blob') && cacheStatus) {
+      metrics.cacheResultCounts.add(`${route} ${cacheStatus}`, 1, route, cacheStatus);
       const length = Number(reply.getHeader('content-length'));
-      if (method === 'GET' && (reply.statusCode === 200 || reply.statusCode === 206) && Number.isFinite(length)) {
-        metrics.bytesServed.inc({ source: request.bytesFrom ?? (request.cacheStatus === 'hit' ? 'store' : 'upstream') }, length);
+      if (method === 'GET' && (status === 200 || status === 206) && Number.isFinite(length)) {
+        const source = request.bytesFrom ?? (cacheStatus === 'hit' ? 'store' : 'upstream');
+        metrics.bytesServedCounts.add(source, length, source);
       }
     }
     request.log.info(

@@ -28,7 +28,7 @@ export function registerV2Routes(app: FastifyInstance, deps: V2Deps): void {
   const known = new Set(deps.config.registries.keys());
 
   const handler = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
-    const route = parseV2Path((request.url.split('?')[0] ?? '').replace(/^\/v2\/?/, ''));
+    const route = parseV2Path(afterV2(request.url));
     const query = request.query as Record<string, string | string[] | undefined>;
     const method = request.method === 'HEAD' ? 'HEAD' : 'GET';
     const ns = singleNs(query.ns);
@@ -77,6 +77,14 @@ export function registerV2Routes(app: FastifyInstance, deps: V2Deps): void {
     onRequest: refuseWrite,
     handler: refuseWrite,
   });
+}
+
+/** The path after `/v2/` (or `/v2`), without the query string: what `parseV2Path` reads. */
+function afterV2(url: string): string {
+  const query = url.indexOf('?');
+  const path = query < 0 ? url : url.slice(0, query);
+  if (!path.startsWith('/v2')) return path;
+  return path.charCodeAt(3) === 47 /* '/' */ ? path.slice(4) : path.slice(3);
 }
 
 /**
