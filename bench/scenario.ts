@@ -16,6 +16,8 @@ export interface ScenarioOutput extends SectionOutput {
 export interface StandaloneEnv {
   teardown: Teardown;
   log(line: string): void;
+  /** In a full run: waits for the load average to settle, as before every scenario (a scenario's own steps raise it too). */
+  settle?: () => Promise<unknown>;
 }
 
 /** One benchmark scenario, selectable with `--scenario` by id, alias or number. */

@@ -376,6 +376,8 @@ export async function storeGrowth(env: StandaloneEnv): Promise<ScenarioOutput> {
       await populate(mods, storage, upstream.host, populatedImages, toAdd);
       populatedImages += toAdd;
       log(`  ${col}: populated ${toAdd} images directly in ${secondsSince(t0).toFixed(1)} s`);
+      // Populating (and the previous size's measurements) raised the load the measurements below would run in.
+      await env.settle?.();
       loads.push({ column: col, load: loadavg()[0] ?? Number.NaN });
       await cache.start();
 
@@ -481,7 +483,7 @@ export async function storeGrowth(env: StandaloneEnv): Promise<ScenarioOutput> {
   return {
     method:
       `One registry-cache process (NeverVerify, tagTtl 0s, no maxStorageBytes, GC thresholds 100/99 %) in front of an in-process synthetic upstream serving images of a manifest, a config and 9 layers of 1–4 KiB random bytes. ` +
-      `For each size the store is first brought near the target by writing images directly with the build's own Metadata, PullRecords and BlobStore modules (server stopped; files without fsync; a nodePodsAccessible pull record per digest), because filling 100k blobs through HTTP takes longer than the run may; ` +
+      `For each size the store is first brought near the target by writing images directly with the build's own Metadata, PullRecords and BlobStore modules (server stopped; files without fsync; a nodePodsAccessible pull record per digest), because filling 100k blobs through HTTP takes longer than the run may (a full run then waits up to 150 s for the 1-minute load average to fall below 1.5, as before every scenario); ` +
       `then the server is started and the last ${STEPS.map((s) => s.fillImages).join('/')} images are pulled through it, ${FILL_CLIENTS} pulls at once (fill rate = images/s over the last half of them). ` +
       'CPU rows: user + system seconds of the server until its first answer (/proc/PID/stat) or of the CLI process (GNU time); on a machine shared with other work they move far less than wall time. ' +
       `Warm hits: ${HIT_REQUESTS} GETs of random stored manifests by digest, ${HIT_CONCURRENCY} at a time (after 300 to warm up), in ${HIT_SETS} sets (after the fill, after the clean restart, after the crash restart: each in a process that had served none of them); p50 and p99 are the median set's. Idle RSS: VmRSS 2 s after the first set. ` +
