@@ -210,7 +210,8 @@ async function main(): Promise<number> {
       // The previous scenario's own work lingers in the 1-minute load average (it decays with a 1-minute time constant):
       // without this wait every scenario after the first is flagged busy by the bench itself.
       const settles = settings.mode === 'full' && !values['no-settle'];
-      if (settles) await settle({ log, stop: () => interrupted });
+      const settleLoad = (): Promise<number> => settle({ log, stop: () => interrupted });
+      if (settles) await settleLoad();
       const loadAverage = loadavg()[0] ?? Number.NaN;
       loads.push(`${scenario.number}: ${loadAverage.toFixed(2)}`);
       if (loadAverage >= BUSY_LOAD) log(`  the machine is busy: 1-minute load average ${loadAverage.toFixed(2)} (RESULTS.md will say so)`);
@@ -218,7 +219,7 @@ async function main(): Promise<number> {
       const seconds = (): number => Number(process.hrtime.bigint() - t0) / 1e9;
       const base = { id: scenario.id, number: scenario.number, title: scenario.title, loadAverage };
       try {
-        const out = scenario.standalone ? await scenario.standalone({ teardown, log, ...(settles ? { settle: () => settle({ log, stop: () => interrupted }) } : {}) }) : await scenario.run(ctx as BenchContext);
+        const out = scenario.standalone ? await scenario.standalone({ teardown, log, ...(settles ? { settle: settleLoad } : {}) }) : await scenario.run(ctx as BenchContext);
         const { sections, ...main } = out;
         results.push({ ...base, ...main, status: 'ok', seconds: seconds() });
         for (const s of sections ?? []) results.push({ ...s, status: 'ok', seconds: 0 });

@@ -23,6 +23,7 @@ import { registerHealthRoutes } from './server/routes/health.js';
 import { registerStatusRoutes } from './server/routes/status.js';
 import type { StatusReporter } from './cache/status.js';
 import { registerV2Routes } from './server/routes/v2.js';
+import { urlPath } from './server/url-path.js';
 
 /** Everything the HTTP layer needs, built by services.ts. */
 export interface AppDeps {
@@ -65,7 +66,7 @@ export function buildApp(deps: AppDeps, options: { opsSeparately?: boolean } = {
   }) as unknown as FastifyInstance;
   app.setErrorHandler((err, request, reply) => sendError(err, request, reply));
   app.setNotFoundHandler((request, reply) =>
-    sendError(new OciError('NAME_UNKNOWN', 'not found', { status: 404, detail: { path: request.url.split('?')[0]?.slice(0, 200) } }), request, reply),
+    sendError(new OciError('NAME_UNKNOWN', 'not found', { status: 404, detail: { path: urlPath(request.url).slice(0, 200) } }), request, reply),
   );
   registerRequestLog(app, deps.metrics);
   registerHealthRoutes(app, deps.ready);

@@ -167,10 +167,11 @@ export class CounterTally<L extends string> {
   constructor(private readonly labelNames: readonly L[]) {}
 
   /**
-   * Adds `n` to the label set whose values (in `labelNames` order) are `a`, `b`, `c`. `key` is those values joined
-   * by a character none of them contains; the set is built only the first time its key is seen.
+   * Adds `n` to the label set whose values (in `labelNames` order) are `a`, `b`, `c`: kept by those values joined with
+   * a space (no label value here has one); the set's label object is built only the first time.
    */
-  add(key: string, n: number, a: string, b?: string, c?: string): void {
+  add(n: number, a: string, b?: string, c?: string): void {
+    const key = b === undefined ? a : c === undefined ? `${a} ${b}` : `${a} ${b} ${c}`;
     const slot = this.pending.get(key);
     if (slot) {
       slot.n += n;

@@ -252,7 +252,7 @@ async function createCredentialPolicy(config: Config, log: Logger, opened: OpenS
     metadata,
     nodeCredentials,
     log,
-    onOutcome: (p, outcome) => metrics.verificationCounts.add(`${p} ${outcome}`, 1, p, outcome),
+    onOutcome: (p, outcome) => metrics.verificationCounts.add(1, p, outcome),
   });
   return {
     verifier,

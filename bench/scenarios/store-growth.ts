@@ -14,7 +14,7 @@ import { MANIFEST_ACCEPT, forEachLimited, pullImage, runLoad, type LoadRequest }
 import { BUSY_LOAD } from '../report.js';
 import { RowSet, type SystemName } from '../results.js';
 import type { StandaloneEnv, ScenarioOutput } from '../scenario.js';
-import { secondsSince } from '../stats.js';
+import { secondsSince, summarize } from '../stats.js';
 import { currentCacheCli, SERVER_NODE_FLAGS } from '../systems.js';
 
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
@@ -321,11 +321,6 @@ async function copyStore(storage: string, copy: string): Promise<string> {
   return copy;
 }
 
-function median(values: readonly number[]): number {
-  const sorted = values.slice().sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)] ?? Number.NaN;
-}
-
 /**
  * Cost as the store grows (issue 17): stores of 1k, 10k and 100k blob rows (images of a manifest, a config and 9
  * layers of 1–4 KiB); at each size the fill rate of new images through the server, warm manifest hits, idle RSS,
@@ -422,8 +417,8 @@ export async function storeGrowth(env: StandaloneEnv): Promise<ScenarioOutput> {
       await measureHits();
       await cache.stop();
       const p99s = hitSets.map((h) => h.p99Ms);
-      rows.add('sg-hit-p99', { label: `warm manifest hit p99, median of ${HIT_SETS} sets`, unit: 'ms', better: 'lower', digits: 2 }, col, median(p99s));
-      rows.add('sg-hit-p50', { label: `warm manifest hit p50, median of ${HIT_SETS} sets`, unit: 'ms', better: 'lower', digits: 2 }, col, median(hitSets.map((h) => h.p50Ms)));
+      rows.add('sg-hit-p99', { label: `warm manifest hit p99, median of ${HIT_SETS} sets`, unit: 'ms', better: 'lower', digits: 2 }, col, summarize(p99s).median);
+      rows.add('sg-hit-p50', { label: `warm manifest hit p50, median of ${HIT_SETS} sets`, unit: 'ms', better: 'lower', digits: 2 }, col, summarize(hitSets.map((h) => h.p50Ms)).median);
       notes.push(`${col}: warm manifest hit p99 of each set ${p99s.map((v) => v.toFixed(2)).join(' / ')} ms (after the fill / after a clean restart / after a crash).`);
 
       rows.add('sg-rows', { label: 'rows in blobs (manifests included) when measured', unit: 'count', better: 'none', digits: 0 }, col, facts.rows);
@@ -460,7 +455,7 @@ export async function storeGrowth(env: StandaloneEnv): Promise<ScenarioOutput> {
       rows.add('sg-gc-images', { label: '`gc` images evicted', unit: 'count', better: 'none', digits: 0 }, col, gc.images);
       notes.push(`${col}: \`gc\` runs ${gcRuns.map((r) => `${r.seconds.toFixed(2)} s (pass ${r.pass.toFixed(2)} s, ${r.images} images)`).join(' / ')}.`);
       log(
-        `  ${col}: ${facts.rows} rows; fill ${lastHalfRate.toFixed(1)} images/s; hit p99 ${median(p99s).toFixed(2)} ms; records ${records.seconds.toFixed(2)} s; verify ${verify.seconds.toFixed(2)} s; gc ${gc.seconds.toFixed(2)} s, pass ${gc.pass.toFixed(2)} s (${gc.images} images)`,
+        `  ${col}: ${facts.rows} rows; fill ${lastHalfRate.toFixed(1)} images/s; hit p99 ${summarize(p99s).median.toFixed(2)} ms; records ${records.seconds.toFixed(2)} s; verify ${verify.seconds.toFixed(2)} s; gc ${gc.seconds.toFixed(2)} s, pass ${gc.pass.toFixed(2)} s (${gc.images} images)`,
       );
     }
   } catch (err) {

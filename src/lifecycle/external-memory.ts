@@ -1,3 +1,5 @@
+import { fullCollection } from './full-collection.js';
+
 /** What the guard watches and runs; both are injectable for tests. */
 export interface ExternalMemoryGuardOptions {
   /** Growth of external memory since the last collection that asks for the next one. */
@@ -25,7 +27,7 @@ export class ExternalMemoryGuard {
 
   constructor(private readonly options: ExternalMemoryGuardOptions) {
     this.external = options.external ?? ((): number => process.memoryUsage().external);
-    this.collect = 'collect' in options ? options.collect : fullGc();
+    this.collect = 'collect' in options ? options.collect : fullCollection('regular');
     this.baseline = this.external();
   }
 
@@ -47,10 +49,4 @@ export class ExternalMemoryGuard {
       },
     );
   }
-}
-
-/** A regular full collection run as a task of its own; only with `--expose-gc`. */
-function fullGc(): (() => Promise<void>) | undefined {
-  const gc = globalThis.gc;
-  return gc ? () => gc({ type: 'major', execution: 'async' }) : undefined;
 }

@@ -1,3 +1,5 @@
+import { fullCollection } from './full-collection.js';
+
 /** What the idle collector watches and does; `collect` defaults to V8's memory-reducing collection. */
 export interface IdleCollectorOptions {
   /** Quiet time after work before memory is given back. */
@@ -16,12 +18,6 @@ export interface IdleCollectorOptions {
   /** Resident bytes now (tests pass their own). */
   rss?: () => number;
   onCollected?: (info: { ms: number; rssBefore: number; rssAfter: number }) => void;
-}
-
-/** V8's "last resort" full collection, which compacts and returns pages to the OS; only with `--expose-gc`. */
-function memoryReducingGc(): (() => Promise<void>) | undefined {
-  const gc = globalThis.gc;
-  return gc ? () => gc({ type: 'major', execution: 'async', flavor: 'last-resort' }) : undefined;
 }
 
 /**
@@ -47,7 +43,7 @@ export class IdleCollector {
     private readonly options: IdleCollectorOptions,
     now = Date.now(),
   ) {
-    this.collect = 'collect' in options ? options.collect : memoryReducingGc();
+    this.collect = 'collect' in options ? options.collect : fullCollection('last-resort');
     this.rss = options.rss ?? ((): number => process.memoryUsage.rss());
     this.baseline = this.rss();
     this.lastActivity = options.activity();

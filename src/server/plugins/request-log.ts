@@ -1,5 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Metrics } from '../../metrics.js';
+import { urlPath } from '../url-path.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -28,21 +29,20 @@ export function registerRequestLog(app: FastifyInstance, metrics: Metrics): void
   // A callback hook, not an async one: fastify then skips a promise and its microtask on every request.
   app.addHook('onResponse', (request: FastifyRequest, reply, done) => {
     const { url, method } = request;
-    const query = url.indexOf('?');
-    const path = query < 0 ? url : url.slice(0, query);
+    const path = urlPath(url);
     const route = routeKind(path);
     const ms = reply.elapsedTime;
     // Tallies, added to the counters when they are read: prom-client's inc hashes and validates a label object per call.
     const status = reply.statusCode;
-    metrics.requestCounts.add(`${route} ${method} ${status}`, 1, route, method, String(status));
+    metrics.requestCounts.add(1, route, method, String(status));
     metrics.requestDuration.observe({ route, method }, ms / 1000);
     const cacheStatus = request.cacheStatus;
     if ((route === 'manifest' || route === 'blob') && cacheStatus) {
-      metrics.cacheResultCounts.add(`${route} ${cacheStatus}`, 1, route, cacheStatus);
+      metrics.cacheResultCounts.add(1, route, cacheStatus);
       const length = Number(reply.getHeader('content-length'));
       if (method === 'GET' && (status === 200 || status === 206) && Number.isFinite(length)) {
         const source = request.bytesFrom ?? (cacheStatus === 'hit' ? 'store' : 'upstream');
-        metrics.bytesServedCounts.add(source, length, source);
+        metrics.bytesServedCounts.add(length, source);
       }
     }
     request.log.info(

@@ -10,6 +10,7 @@ import { OciError } from '../../oci/errors.js';
 import { parseAccept } from '../../oci/media-types.js';
 import { parseV2Path, resolveTarget } from '../../oci/path.js';
 import { challengeFor, clientAccess, identify, type ClientAuthDeps } from '../client-auth.js';
+import { urlPath } from '../url-path.js';
 
 /** What the v2 routes need: one pull-through service per kind of object, and the client's authentication. */
 export interface V2Deps extends ClientAuthDeps {
@@ -52,7 +53,7 @@ export function registerV2Routes(app: FastifyInstance, deps: V2Deps): void {
         break;
       case 'tags':
         if (method === 'HEAD') throw new OciError('UNSUPPORTED', 'HEAD is not supported on tags/list', { status: 405 });
-        answer = await deps.tagService.tags(access, { n: single(query.n, 'n'), last: single(query.last, 'last'), selfPath: request.url.split('?')[0] ?? '', ns, signal: clientGone(reply) });
+        answer = await deps.tagService.tags(access, { n: single(query.n, 'n'), last: single(query.last, 'last'), selfPath: urlPath(request.url), ns, signal: clientGone(reply) });
         break;
       case 'referrers':
         if (method === 'HEAD') throw new OciError('UNSUPPORTED', 'HEAD is not supported on referrers', { status: 405 });
@@ -81,8 +82,7 @@ export function registerV2Routes(app: FastifyInstance, deps: V2Deps): void {
 
 /** The path after `/v2/` (or `/v2`), without the query string: what `parseV2Path` reads. */
 function afterV2(url: string): string {
-  const query = url.indexOf('?');
-  const path = query < 0 ? url : url.slice(0, query);
+  const path = urlPath(url);
   if (!path.startsWith('/v2')) return path;
   return path.charCodeAt(3) === 47 /* '/' */ ? path.slice(4) : path.slice(3);
 }
