@@ -263,7 +263,7 @@ export class ManifestCache {
     // Every answer without bytes comes from a row read just now: the database has said the manifest is stored.
     let bytes = this.memory.get(answer.digest);
     if (!bytes) {
-      bytes = await this.deps.store.readSmall(answer.digest);
+      bytes = await this.deps.store.readWhole(answer.digest, answer.size);
       this.memory.set(answer.digest, bytes);
     }
     return { ...answer, bytes };

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { close as closeFd, closeSync, open as openFd, openSync, read as readFd, readSync } from 'node:fs';
 import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { blobPath, storeLayout, type StoreLayout } from './layout.js';
@@ -17,6 +18,8 @@ export interface TempFile {
  * core's cache between the file read and the socket write.
  */
 const READ_SIZE = 512 * 1024;
+/** Stored files up to this size are read synchronously by `readWhole` (a few pages, like a SQLite lookup). */
+const SMALL_READ_BYTES = 16 * 1024;
 /**
  * Buffer memory the reads at READ_SIZE may hold together (a piped read holds at most 3 buffers: one being written,
  * one being read, one spare). Reads opened beyond it use READ_SIZE_CROWDED, so 64 clients cost what they did at
@@ -106,6 +109,51 @@ export class BlobStore {
     return readFile(this.pathFor(digest));
   }
 
+  /**
+   * Reads a stored file whose size its row gives, whole. Up to SMALL_READ_BYTES (nearly every manifest) with three
+   * synchronous syscalls, as SQLite reads its pages: each thread-pool round trip costs more than the read itself
+   * (first reads of warm manifests at 100k rows, 3,000 hits: readFile 2,900 hits/s, open and read on the pool 3,250,
+   * synchronous 3,700). Larger files: an open and one read on the pool, the close not waited for. A file that is not
+   * `size` bytes is corrupt and rejected, never served short or long.
+   */
+  readWhole(digest: string, size: number): Promise<Buffer> {
+    const path = this.pathFor(digest);
+    // One byte more than the row says, so a file that grew is seen too; never a slice of the shared pool, which a
+    // remembered manifest would keep alive.
+    const bytes = Buffer.allocUnsafeSlow(size + 1);
+    if (size <= SMALL_READ_BYTES) {
+      try {
+        const fd = openSync(path, 'r');
+        try {
+          let filled = 0;
+          for (let read = -1; read !== 0 && filled < bytes.length; filled += read) read = readSync(fd, bytes, filled, bytes.length - filled, filled);
+          return Promise.resolve(wholeFile(digest, bytes, filled));
+        } finally {
+          closeSync(fd);
+        }
+      } catch (err) {
+        return Promise.reject(err as Error);
+      }
+    }
+    return new Promise((resolve, reject) => {
+      openFd(path, 'r', (openErr, fd) => {
+        if (openErr) return reject(openErr);
+        const readFrom = (filled: number): void =>
+          readFd(fd, bytes, filled, bytes.length - filled, filled, (readErr, read) => {
+            if (!readErr && read > 0 && filled + read < bytes.length) return readFrom(filled + read);
+            closeFd(fd, () => {});
+            if (readErr) return reject(readErr);
+            try {
+              resolve(wholeFile(digest, bytes, filled + read));
+            } catch (err) {
+              reject(err as Error);
+            }
+          });
+        readFrom(0);
+      });
+    });
+  }
+
   /** Opens a new temp file for reading and writing. */
   async createTemp(): Promise<TempFile> {
     const path = join(this.layout.tmpDir, `${Date.now().toString(36)}-${randomBytes(8).toString('hex')}`);
@@ -151,4 +199,11 @@ export async function syncDirectory(dir: string): Promise<void> {
   } finally {
     await handle.close();
   }
+}
+
+/** The file read into `bytes` (one byte over the row's size), if the `read` bytes are the row's size. */
+function wholeFile(digest: string, bytes: Buffer, read: number): Buffer {
+  const size = bytes.length - 1;
+  if (read !== size) throw new Error(`the stored file of ${digest} is ${read > size ? 'longer than' : `${read} bytes, not`} the ${size} bytes its row says`);
+  return bytes.subarray(0, size);
 }

@@ -1,4 +1,4 @@
-import { writeFile } from 'node:fs/promises';
+import { appendFile, truncate, writeFile } from 'node:fs/promises';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { startCache, type TestCache } from '../support/cache-server.js';
 import { FakeUpstream, makeImage } from '../support/fake-upstream.js';
@@ -93,5 +93,35 @@ describe('warm manifests: bytes and repository links remembered in memory', () =
     const layer = image.blobs[0];
     if (!layer) throw new Error('image without blobs');
     expect((await call(`${cache.url}/v2/team/mirror/blobs/${layer.digest}?ns=${upstream.host}`)).status).toBe(200);
+  });
+
+  it.each([
+    { which: 'small manifest (read synchronously)', layers: 2, large: false },
+    { which: 'manifest over 16 KiB (read on the thread pool)', layers: 150, large: true },
+  ])('never serves a stored $which whose file is not the size its row says', async ({ layers, large }) => {
+    const img = makeImage(Array.from({ length: layers }, () => 10));
+    expect(img.manifest.length > 16 * 1024).toBe(large);
+    upstream.push('team/sized', '1.0', img);
+    cache = await startCache({ [upstream.host]: upstream.url }, { imagePullCredentialsVerificationPolicy: 'NeverVerify' });
+    const url = `${cache.url}/v2/team/sized/manifests/${img.manifestDigest}?ns=${upstream.host}`;
+    expect((await call(url)).body.equals(img.manifest)).toBe(true);
+    const file = cache.services.store.pathFor(img.manifestDigest);
+    const corruptions: Array<{ name: string; corrupt: () => Promise<void> }> = [
+      { name: 'short', corrupt: () => truncate(file, img.manifest.length - 1) },
+      { name: 'long', corrupt: () => appendFile(file, '\n') },
+    ];
+    for (const { name, corrupt } of corruptions) {
+      await writeFile(file, img.manifest);
+      await corrupt();
+      // Read from the file again, not from the bytes remembered at the first answer.
+      cache.services.manifests.forget([img.manifestDigest]);
+      const res = await call(url);
+      expect({ name, status: res.status, code: errorCode(res) }).toEqual({ name, status: 500, code: 'UNKNOWN' });
+    }
+    await writeFile(file, img.manifest);
+    cache.services.manifests.forget([img.manifestDigest]);
+    const res = await call(url);
+    expect(res.status).toBe(200);
+    expect(res.body.equals(img.manifest)).toBe(true);
   });
 });
