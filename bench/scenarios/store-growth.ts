@@ -37,6 +37,8 @@ const HIT_REQUESTS = 3_000;
 const HIT_CONCURRENCY = 8;
 /** Sets of warm hits per size (after the fill, after a clean restart, after a crash); the median is reported. */
 const HIT_SETS = 3;
+/** How long idle RSS waits for the server's idle collection after the first set of hits (none runs below 16 MiB of growth). */
+const IDLE_WAIT_MS = 5_000;
 /** `gc` runs per size, each on an identical copy of the store but the last; the median is reported. */
 const GC_RUNS = 3;
 
@@ -229,7 +231,27 @@ class CacheProcess {
     private readonly dir: string,
     readonly configFile: string,
     readonly port: number,
+    readonly metricsPort: number,
   ) {}
+
+  /** The server's count of idle memory collections so far (its metrics listener). */
+  async idleCollections(): Promise<number> {
+    const res = await fetch(`http://127.0.0.1:${this.metricsPort}/metrics`, { signal: AbortSignal.timeout(5_000) });
+    const text = await res.text();
+    const m = /^registry_cache_idle_memory_collections_total(?:\{[^}]*\})? (\d+)/m.exec(text);
+    if (!m) throw new Error('registry-cache /metrics has no registry_cache_idle_memory_collections_total');
+    return Number(m[1]);
+  }
+
+  /** Waits (polling every 100 ms, up to `timeoutMs`) until the server ran an idle collection after `count`. */
+  async idleCollectionAfter(count: number, timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if ((await this.idleCollections()) > count) return true;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    return false;
+  }
 
   get url(): string {
     return `http://127.0.0.1:${this.port}`;
@@ -282,7 +304,17 @@ class CacheProcess {
 }
 
 function rssBytes(pid: number): number {
-  return Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? Number.NaN) * 1024;
+  return statusKiB(pid, 'VmRSS') * 1024;
+}
+
+/** A `/proc/PID/status` field in KiB (NaN when absent). */
+function statusKiB(pid: number, field: string): number {
+  return Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? Number.NaN);
+}
+
+/** VmRSS's parts (anonymous memory: heap and malloc; file pages: code and mapped files; shared memory), for the notes. */
+function rssParts(pid: number): string {
+  return ['RssAnon', 'RssFile', 'RssShmem'].map((f) => `${f} ${(statusKiB(pid, f) / 1024).toFixed(1)} MiB`).join(', ');
 }
 
 /** Clock ticks per second of /proc/PID/stat's utime and stime (USER_HZ, 100 on Linux). */
@@ -336,8 +368,11 @@ export async function storeGrowth(env: StandaloneEnv): Promise<ScenarioOutput> {
   const storage = join(dir, 'storage');
   await mkdir(storage, { recursive: true });
   const port = await findFreePort();
+  let metricsPort = await findFreePort();
+  while (metricsPort === port) metricsPort = await findFreePort();
   const baseConfig = {
     listen: `127.0.0.1:${port}`,
+    metricsListen: `127.0.0.1:${metricsPort}`,
     storage,
     registries: { [upstream.host]: { url: upstream.url } },
     defaultRegistry: upstream.host,
@@ -350,7 +385,7 @@ export async function storeGrowth(env: StandaloneEnv): Promise<ScenarioOutput> {
   };
   const configFile = join(dir, 'config.yml');
   await writeFile(configFile, JSON.stringify(baseConfig, null, 2));
-  const cache = new CacheProcess(dir, configFile, port);
+  const cache = new CacheProcess(dir, configFile, port, metricsPort);
   const removeCache = teardown.add('store-growth registry-cache', () => cache.crash());
   const rows = new RowSet();
   const notes: string[] = [];
@@ -404,8 +439,16 @@ export async function storeGrowth(env: StandaloneEnv): Promise<ScenarioOutput> {
         hitSets.push(hits);
       };
       await measureHits();
-      await new Promise((resolve) => setTimeout(resolve, 2_000));
-      rows.add('sg-rss', { label: 'idle RSS after fill and hits', unit: 'MB', better: 'lower', digits: 0 }, col, rssBytes(cache.pid) / 1e6);
+      const collectionsBefore = await cache.idleCollections();
+      // Idle means after the server's own idle collection (1 s of quiet, checked every 0.5 s): a fixed 2 s wait raced
+      // it on a busy machine (one full run read 203 MB where the same build's runs alone read 146–149).
+      const rssAtTwo = await new Promise<number>((resolve) => setTimeout(() => resolve(rssBytes(cache.pid)), 2_000));
+      const collected = await cache.idleCollectionAfter(collectionsBefore, IDLE_WAIT_MS);
+      const idleRss = rssBytes(cache.pid);
+      rows.add('sg-rss', { label: 'idle RSS after fill and hits', unit: 'MB', better: 'lower', digits: 0 }, col, idleRss / 1e6);
+      notes.push(
+        `${col}: idle RSS ${(idleRss / 1e6).toFixed(0)} MB (${rssParts(cache.pid)}), ${collected ? 'after the server\'s idle collection' : `no idle collection within ${IDLE_WAIT_MS / 1000} s`}; ${(rssAtTwo / 1e6).toFixed(0)} MB 2 s after the hits.`,
+      );
 
       await cache.stop();
       rows.add('sg-start-clean', { label: 'start-up after a clean shutdown', unit: 's', better: 'lower', digits: 2 }, col, await cache.start());
@@ -481,7 +524,7 @@ export async function storeGrowth(env: StandaloneEnv): Promise<ScenarioOutput> {
       `For each size the store is first brought near the target by writing images directly with the build's own Metadata, PullRecords and BlobStore modules (server stopped; files without fsync; a nodePodsAccessible pull record per digest), because filling 100k blobs through HTTP takes longer than the run may (a full run then waits up to 150 s for the 1-minute load average to fall below 1.5, as before every scenario); ` +
       `then the server is started and the last ${STEPS.map((s) => s.fillImages).join('/')} images are pulled through it, ${FILL_CLIENTS} pulls at once (fill rate = images/s over the last half of them). ` +
       'CPU rows: user + system seconds of the server until its first answer (/proc/PID/stat) or of the CLI process (GNU time); on a machine shared with other work they move far less than wall time. ' +
-      `Warm hits: ${HIT_REQUESTS} GETs of random stored manifests by digest, ${HIT_CONCURRENCY} at a time (after 300 to warm up), in ${HIT_SETS} sets (after the fill, after the clean restart, after the crash restart: each in a process that had served none of them); p50 and p99 are the median set's. Idle RSS: VmRSS 2 s after the first set. ` +
+      `Warm hits: ${HIT_REQUESTS} GETs of random stored manifests by digest, ${HIT_CONCURRENCY} at a time (after 300 to warm up), in ${HIT_SETS} sets (after the fill, after the clean restart, after the crash restart: each in a process that had served none of them); p50 and p99 are the median set's. Idle RSS: VmRSS after the first set, once the server's idle collection ran (its metrics counter, waited for up to ${IDLE_WAIT_MS / 1000} s; the value 2 s after the set is in the notes). ` +
       `Start-up: spawn until GET /v2/ first answers, after SIGTERM and after SIGKILL. \`records\`, \`verify\` and \`gc\` (maxStorageBytes = stored bytes, thresholds 100/90 %: frees ~10 %) run as CLI processes with the server stopped, Node start-up included; \`gc\` runs ${GC_RUNS} times, on identical copies of the store (files hard-linked, database copied) and last on the store itself, and the median run is reported; it also prints the time of its eviction pass alone (the evictor inside the process: the list, the row deletes and the file removals, without Node start-up, module loading and opening the store).`,
     columns: STEPS.map((s) => s.column),
     ratios: [
