@@ -51,12 +51,19 @@ export interface ServiceOptions {
 }
 
 /**
+ * The server's SQLite page cache (SQLite's default here is 16 MB). Hot lookups touch the upper levels of a few
+ * B-trees, which 8 MiB holds at 100k blobs: first hits of 9k manifests at 100k rows ran as fast (p50 1.59-1.93 against
+ * 1.76-1.93 ms, 4 sets each) with 8 MB less resident (115-117 against 123-125 MB).
+ */
+const SERVER_DB_CACHE_BYTES = 8 * 1024 * 1024;
+
+/**
  * Opens the store and wires the running cache from its parts, in order: metrics, pull limits, the upstream client,
  * the credential policy, the sources of missing bytes, the caches, the eviction loop, and the pull-through services
  * the routes call. Each part is built by one function below from the parts before it.
  */
 export async function createServices(config: Config, log: Logger, options: ServiceOptions = {}): Promise<Services> {
-  const opened = await openStore(config, log, { exclusive: true });
+  const opened = await openStore(config, log, { exclusive: true, cacheBytes: SERVER_DB_CACHE_BYTES });
   const { store, metadata, records } = opened;
   const { metrics, bindGauges } = createMetrics(config, metadata);
   const pulls = createPullLimits(config, metadata, metrics);

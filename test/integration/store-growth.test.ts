@@ -172,6 +172,19 @@ describe('costs that stay flat as the store grows', () => {
     large.close();
   });
 
+  it("gives the running server's connection an 8 MiB page cache, not SQLite's 16 MB default", async () => {
+    const upstream = await new FakeUpstream().start();
+    const cache = await startCache({ [upstream.host]: upstream.url });
+    try {
+      // The connection the server's queries run on (private to Metadata: nothing else needs it).
+      const { db } = cache.services.metadata as unknown as { db: Database.Database };
+      expect(db.pragma('cache_size', { simple: true })).toBe(-8_192);
+    } finally {
+      await cache.stop();
+      await upstream.stop();
+    }
+  });
+
   it('gc deletes every evicted image in one transaction, timing its pass; a server deletes in batches between turns', async () => {
     const dir = await tempDir('rc-gc-one-');
     const storage = join(dir, 'store');
