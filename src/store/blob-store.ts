@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { close as closeFd, closeSync, open as openFd, openSync, read as readFd, readSync } from 'node:fs';
 import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { digestOf, parseDigest } from '../oci/digest.js';
 import { blobPath, storeLayout, type StoreLayout } from './layout.js';
 import { BUFFERS_READING_AHEAD, FileRangeStream, ReadBufferBudget } from './read-stream.js';
 
@@ -110,11 +111,13 @@ export class BlobStore {
   }
 
   /**
-   * Reads a stored file whose size its row gives, whole. Up to SMALL_READ_BYTES (nearly every manifest) with three
-   * synchronous syscalls, as SQLite reads its pages: each thread-pool round trip costs more than the read itself
-   * (first reads of warm manifests at 100k rows, 3,000 hits: readFile 2,900 hits/s, open and read on the pool 3,250,
-   * synchronous 3,700). Larger files: an open and one read on the pool, the close not waited for. A file that is not
-   * `size` bytes is corrupt and rejected, never served short or long.
+   * Reads a stored file whose size its row gives, whole, and checks it against its digest (once per manifest per
+   * process: the memory of manifest bytes then holds verified bytes). Up to SMALL_READ_BYTES (nearly every manifest)
+   * with synchronous syscalls (open, a read of the size plus one byte, the read that finds the end, close), as SQLite
+   * reads its pages: each thread-pool round trip costs more than the read itself (first reads of warm manifests at
+   * 100k rows, 3,000 hits: readFile 2,900 hits/s, open and reads on the pool 3,250, synchronous 3,700). Larger files:
+   * an open and reads on the pool, the close not waited for. A file that is not `size` bytes or does not hash to its
+   * digest is corrupt and rejected, never served.
    */
   readWhole(digest: string, size: number): Promise<Buffer> {
     const path = this.pathFor(digest);
@@ -201,9 +204,11 @@ export async function syncDirectory(dir: string): Promise<void> {
   }
 }
 
-/** The file read into `bytes` (one byte over the row's size), if the `read` bytes are the row's size. */
+/** The file read into `bytes` (one byte over the row's size), if the `read` bytes are the row's size and its digest. */
 function wholeFile(digest: string, bytes: Buffer, read: number): Buffer {
   const size = bytes.length - 1;
   if (read !== size) throw new Error(`the stored file of ${digest} is ${read > size ? 'longer than' : `${read} bytes, not`} the ${size} bytes its row says`);
-  return bytes.subarray(0, size);
+  const file = bytes.subarray(0, size);
+  if (digestOf(file, parseDigest(digest).algorithm) !== digest) throw new Error(`the stored file of ${digest} does not hash to its digest`);
+  return file;
 }

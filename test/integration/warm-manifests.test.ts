@@ -98,7 +98,7 @@ describe('warm manifests: bytes and repository links remembered in memory', () =
   it.each([
     { which: 'small manifest (read synchronously)', layers: 2, large: false },
     { which: 'manifest over 16 KiB (read on the thread pool)', layers: 150, large: true },
-  ])('never serves a stored $which whose file is not the size its row says', async ({ layers, large }) => {
+  ])('never serves a stored $which whose file is not the size its row says or does not hash to its digest', async ({ layers, large }) => {
     const img = makeImage(Array.from({ length: layers }, () => 10));
     expect(img.manifest.length > 16 * 1024).toBe(large);
     upstream.push('team/sized', '1.0', img);
@@ -109,6 +109,8 @@ describe('warm manifests: bytes and repository links remembered in memory', () =
     const corruptions: Array<{ name: string; corrupt: () => Promise<void> }> = [
       { name: 'short', corrupt: () => truncate(file, img.manifest.length - 1) },
       { name: 'long', corrupt: () => appendFile(file, '\n') },
+      // Same length, other bytes (a flipped bit): only the digest tells.
+      { name: 'same length', corrupt: () => writeFile(file, Buffer.from(img.manifest).fill(0x20, 0, 1)) },
     ];
     for (const { name, corrupt } of corruptions) {
       await writeFile(file, img.manifest);
