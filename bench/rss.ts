@@ -9,15 +9,28 @@ export interface RssPeak {
   samples: number;
 }
 
-function readStatusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number | undefined {
+/**
+ * Fields of /proc/PID/status that are given in kB, in bytes, from one read of the file (a field it lacks, or every
+ * field once the process has exited, is undefined).
+ */
+export function readStatusBytes<F extends string>(pid: number, fields: readonly F[]): Partial<Record<F, number>> {
+  let status: string;
   try {
-    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status);
-    return m ? Number(m[1]) * 1024 : undefined;
+    status = readFileSync(`/proc/${pid}/status`, 'utf8');
   } catch {
     // The process may have exited between two samples.
-    return undefined;
+    return {};
   }
+  const values: Partial<Record<F, number>> = {};
+  for (const field of fields) {
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status);
+    if (m) values[field] = Number(m[1]) * 1024;
+  }
+  return values;
+}
+
+function readStatusField(pid: number, field: 'VmRSS' | 'VmHWM'): number | undefined {
+  return readStatusBytes(pid, [field])[field];
 }
 
 /**
@@ -25,10 +38,10 @@ function readStatusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number | undefined
  * ordered; a busy event loop delays samples, which VmHWM (read at the end) makes up for.
  */
 export function sampleRss(pid: number, intervalMs = 50): { stop(): RssPeak } {
-  let peak = readStatusKb(pid, 'VmRSS') ?? 0;
+  let peak = readStatusField(pid, 'VmRSS') ?? 0;
   let samples = 1;
   const timer = setInterval(() => {
-    const rss = readStatusKb(pid, 'VmRSS');
+    const rss = readStatusField(pid, 'VmRSS');
     if (rss !== undefined) {
       peak = Math.max(peak, rss);
       samples++;
@@ -37,9 +50,9 @@ export function sampleRss(pid: number, intervalMs = 50): { stop(): RssPeak } {
   return {
     stop() {
       clearInterval(timer);
-      const last = readStatusKb(pid, 'VmRSS');
+      const last = readStatusField(pid, 'VmRSS');
       if (last !== undefined) peak = Math.max(peak, last);
-      return { sampledPeakBytes: peak, highWaterMarkBytes: readStatusKb(pid, 'VmHWM') ?? peak, samples };
+      return { sampledPeakBytes: peak, highWaterMarkBytes: readStatusField(pid, 'VmHWM') ?? peak, samples };
     },
   };
 }

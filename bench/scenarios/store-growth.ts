@@ -13,6 +13,7 @@ import { makeTempDir, removeTempDir } from '../../test/support/temp-dir.js';
 import { MANIFEST_ACCEPT, forEachLimited, pullImage, runLoad, type LoadRequest } from '../clients.js';
 import { BUSY_LOAD } from '../report.js';
 import { RowSet, type SystemName } from '../results.js';
+import { readStatusBytes } from '../rss.js';
 import type { StandaloneEnv, ScenarioOutput } from '../scenario.js';
 import { secondsSince, summarize } from '../stats.js';
 import { currentCacheCli, SERVER_NODE_FLAGS } from '../systems.js';
@@ -304,17 +305,14 @@ class CacheProcess {
 }
 
 function rssBytes(pid: number): number {
-  return statusKiB(pid, 'VmRSS') * 1024;
+  return readStatusBytes(pid, ['VmRSS']).VmRSS ?? Number.NaN;
 }
 
-/** A `/proc/PID/status` field in KiB (NaN when absent). */
-function statusKiB(pid: number, field: string): number {
-  return Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? Number.NaN);
-}
-
-/** VmRSS's parts (anonymous memory: heap and malloc; file pages: code and mapped files; shared memory), for the notes. */
-function rssParts(pid: number): string {
-  return ['RssAnon', 'RssFile', 'RssShmem'].map((f) => `${f} ${(statusKiB(pid, f) / 1024).toFixed(1)} MiB`).join(', ');
+/** VmRSS and its parts (anonymous memory: heap and malloc; file pages: code and mapped files; shared memory), one read. */
+function rssSample(pid: number): { bytes: number; parts: string } {
+  const parts = ['RssAnon', 'RssFile', 'RssShmem'] as const;
+  const status = readStatusBytes(pid, ['VmRSS', ...parts]);
+  return { bytes: status.VmRSS ?? Number.NaN, parts: parts.map((f) => `${f} ${((status[f] ?? Number.NaN) / 2 ** 20).toFixed(1)} MiB`).join(', ') };
 }
 
 /** Clock ticks per second of /proc/PID/stat's utime and stime (USER_HZ, 100 on Linux). */
@@ -444,10 +442,10 @@ export async function storeGrowth(env: StandaloneEnv): Promise<ScenarioOutput> {
       // it on a busy machine (one full run read 203 MB where the same build's runs alone read 146–149).
       const rssAtTwo = await new Promise<number>((resolve) => setTimeout(() => resolve(rssBytes(cache.pid)), 2_000));
       const collected = await cache.idleCollectionAfter(collectionsBefore, IDLE_WAIT_MS);
-      const idleRss = rssBytes(cache.pid);
-      rows.add('sg-rss', { label: 'idle RSS after fill and hits', unit: 'MB', better: 'lower', digits: 0 }, col, idleRss / 1e6);
+      const idleRss = rssSample(cache.pid);
+      rows.add('sg-rss', { label: 'idle RSS after fill and hits', unit: 'MB', better: 'lower', digits: 0 }, col, idleRss.bytes / 1e6);
       notes.push(
-        `${col}: idle RSS ${(idleRss / 1e6).toFixed(0)} MB (${rssParts(cache.pid)}), ${collected ? 'after the server\'s idle collection' : `no idle collection within ${IDLE_WAIT_MS / 1000} s`}; ${(rssAtTwo / 1e6).toFixed(0)} MB 2 s after the hits.`,
+        `${col}: idle RSS ${(idleRss.bytes / 1e6).toFixed(0)} MB (${idleRss.parts}), ${collected ? 'after the server\'s idle collection' : `no idle collection within ${IDLE_WAIT_MS / 1000} s`}; ${(rssAtTwo / 1e6).toFixed(0)} MB 2 s after the hits.`,
       );
 
       await cache.stop();

@@ -99,7 +99,8 @@ export class Metadata {
   private touchTimer: NodeJS.Timeout | undefined;
   /**
    * (registry, repository, digest) links this connection wrote or found stored: a warm hit skips the SELECT it would
-   * otherwise make on every request. Only `deleteContent` deletes links, and it clears this, so a remembered link is a stored row.
+   * otherwise make on every request. Only `deleteContent` deletes links, and it clears this, so a remembered link is a
+   * stored row.
    */
   private readonly linked = new LRUCache<string, true>({ max: LINK_MEMO_ENTRIES });
 
