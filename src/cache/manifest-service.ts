@@ -1,4 +1,5 @@
 import { isOciError } from '../oci/errors.js';
+import { StoredFileUnusable } from '../store/blob-store.js';
 import { manifestHeaders } from '../oci/content-headers.js';
 import type { Access, CredentialVerifier } from '../policy/verifier.js';
 import type { ManifestAnswer, ManifestCache, ManifestRequest } from './manifests.js';
@@ -67,7 +68,12 @@ export class ManifestService {
     const row = manifests.storedRow(req.reference);
     if (row && verifier.allowedLocally(access, req.reference)) {
       verifier.noteLocal();
-      return manifests.serveStored(row, req.method);
+      try {
+        return await manifests.serveStored(row, req.method);
+      } catch (err) {
+        // Its file was missing or corrupt and is gone with its rows: fetched as on a miss.
+        if (!(err instanceof StoredFileUnusable)) throw err;
+      }
     }
     const { value, puller } = await verifier.prove(access, (credential) => manifests.fetchByDigest({ ...req, ...(credential ? { credential } : {}) }));
     verifier.record(access, value.digest, puller);

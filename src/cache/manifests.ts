@@ -1,3 +1,4 @@
+import { unlinkSync } from 'node:fs';
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
 import type { RegistryConfig } from '../config/load.js';
@@ -7,7 +8,7 @@ import { OciError } from '../oci/errors.js';
 import { MAX_MANIFEST_BYTES, assertManifest, manifestRefs, parseManifestJson } from '../oci/manifest.js';
 import { firstHeader } from '../oci/content-headers.js';
 import { MANIFEST_MEDIA_TYPES, accepts, manifestMediaType, parseAccept } from '../oci/media-types.js';
-import type { BlobStore } from '../store/blob-store.js';
+import { StoredFileUnusable, type BlobStore } from '../store/blob-store.js';
 import type { UpstreamClient } from '../upstream/client.js';
 import { expectStatus, readCapped, type UpstreamResponse } from '../upstream/response.js';
 import { credentialKey, type Credential } from '../upstream/credentials.js';
@@ -104,9 +105,10 @@ export class ManifestCache {
     this.deps.metadata.linkRepository(registry, repository, digest);
   }
 
-  /** The manifest a digest names: stored bytes, or one upstream GET when it is not stored yet. */
+  /** The manifest a digest names: stored bytes, or one upstream GET when it is not stored yet (or its file was unusable). */
   get(req: ManifestRequest): Promise<ManifestAnswer> {
-    return this.track(() => this.getByDigest(req).then((answer) => this.withBytes(answer, req.method)));
+    const once = (): Promise<ManifestAnswer> => this.getByDigest(req).then((answer) => this.withBytes(answer, req.method));
+    return this.track(() => once().catch((err: unknown) => (err instanceof StoredFileUnusable ? once() : Promise.reject(err))));
   }
 
   /**
@@ -250,7 +252,11 @@ export class ManifestCache {
     });
   }
 
-  /** The answer as a GET or HEAD wants it: with the stored bytes (read if the answer lacks them), or without. */
+  /**
+   * The answer as a GET or HEAD wants it: with the stored bytes (read if the answer lacks them), or without. A stored
+   * file found missing or corrupt is dropped with its rows, as eviction would drop it, and StoredFileUnusable thrown:
+   * the caller asks again, which fetches it upstream. (A HEAD reads no file, so it still answers from the row.)
+   */
   async withBytes(answer: ManifestAnswer, method: 'GET' | 'HEAD'): Promise<ManifestAnswer> {
     if (method === 'HEAD') {
       const { bytes: _omit, ...rest } = answer;
@@ -263,10 +269,33 @@ export class ManifestCache {
     // Every answer without bytes comes from a row read just now: the database has said the manifest is stored.
     let bytes = this.memory.get(answer.digest);
     if (!bytes) {
-      bytes = await this.deps.store.readWhole(answer.digest, answer.size);
+      try {
+        bytes = await this.deps.store.readWhole(answer.digest, answer.size);
+      } catch (err) {
+        if (err instanceof StoredFileUnusable) this.dropUnusable(answer.digest, answer.size, err);
+        throw err;
+      }
       this.memory.set(answer.digest, bytes);
     }
     return { ...answer, bytes };
+  }
+
+  /**
+   * Removes a stored manifest whose file `readWhole` refused: the file, then its rows (tags, links, records and
+   * references with it), in one synchronous stretch, so a fetch that stores it again cannot interleave and lose its
+   * new file. A read on the thread pool spans turns of the event loop: if the file is sound by now (another request
+   * dropped and fetched it meanwhile), nothing is removed and the caller's retry serves it.
+   */
+  private dropUnusable(digest: string, size: number, err: StoredFileUnusable): void {
+    if (this.deps.store.isWholeSync(digest, size)) return;
+    try {
+      unlinkSync(this.deps.store.pathFor(digest));
+    } catch (unlinkErr) {
+      if ((unlinkErr as NodeJS.ErrnoException).code !== 'ENOENT') throw unlinkErr;
+    }
+    this.deps.metadata.deleteContent([digest]);
+    this.memory.delete(digest);
+    this.deps.log.warn({ digest, reason: err.message }, 'stored manifest unusable: dropped with its rows, fetching it again');
   }
 }
 

@@ -6,6 +6,7 @@ import { OciError, isOciError } from '../oci/errors.js';
 import { API_VERSION_HEADERS, firstHeader } from '../oci/content-headers.js';
 import { accepts } from '../oci/media-types.js';
 import type { Access, CredentialVerifier } from '../policy/verifier.js';
+import { StoredFileUnusable } from '../store/blob-store.js';
 import type { UpstreamClient } from '../upstream/client.js';
 import { credentialKey } from '../upstream/credentials.js';
 import { drain, expectStatus, readCapped, type UpstreamResponse } from '../upstream/response.js';
@@ -38,10 +39,14 @@ export class TagCache {
     },
   ) {}
 
-  /** The manifest `req.reference` (a tag) names now, revalidating or fetching upstream as needed. */
+  /**
+   * The manifest `req.reference` (a tag) names now, revalidating or fetching upstream as needed. A stored manifest
+   * whose file proves unusable goes with its rows, the tag's included, so asking again fetches the tag upstream.
+   */
   get(req: ManifestRequest): Promise<ManifestAnswer> {
     const { manifests } = this.deps;
-    return manifests.track(() => this.resolve(req).then((answer) => manifests.withBytes(answer, req.method)));
+    const once = (): Promise<ManifestAnswer> => this.resolve(req).then((answer) => manifests.withBytes(answer, req.method));
+    return manifests.track(() => once().catch((err: unknown) => (err instanceof StoredFileUnusable ? once() : Promise.reject(err))));
   }
 
   /** The digest a tag last resolved to, if its manifest is still stored. */

@@ -1,10 +1,18 @@
 import { randomBytes } from 'node:crypto';
-import { close as closeFd, closeSync, open as openFd, openSync, read as readFd, readSync } from 'node:fs';
+import { close as closeFd, closeSync, open as openFd, openSync, read as readFd, readFileSync, readSync, statSync } from 'node:fs';
 import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { digestOf, parseDigest } from '../oci/digest.js';
 import { blobPath, storeLayout, type StoreLayout } from './layout.js';
 import { BUFFERS_READING_AHEAD, FileRangeStream, ReadBufferBudget } from './read-stream.js';
+
+/**
+ * A stored file that is missing, or not the size or the digest its row says: the row is wrong and the file is never
+ * served. Its holder drops both and fetches the content again.
+ */
+export class StoredFileUnusable extends Error {
+  override readonly name = 'StoredFileUnusable';
+}
 
 /** A temp file being filled; committed by rename into the content-addressed tree. */
 export interface TempFile {
@@ -116,8 +124,8 @@ export class BlobStore {
    * with synchronous syscalls (open, a read of the size plus one byte, the read that finds the end, close), as SQLite
    * reads its pages: each thread-pool round trip costs more than the read itself (first reads of warm manifests at
    * 100k rows, 3,000 hits: readFile 2,900 hits/s, open and reads on the pool 3,250, synchronous 3,700). Larger files:
-   * an open and reads on the pool, the close not waited for. A file that is not `size` bytes or does not hash to its
-   * digest is corrupt and rejected, never served.
+   * an open and reads on the pool, the close not waited for. A file that is missing, not `size` bytes or does not
+   * hash to its digest is rejected with StoredFileUnusable, never served.
    */
   readWhole(digest: string, size: number): Promise<Buffer> {
     const path = this.pathFor(digest);
@@ -135,12 +143,12 @@ export class BlobStore {
           closeSync(fd);
         }
       } catch (err) {
-        return Promise.reject(err as Error);
+        return Promise.reject(unusableIfMissing(digest, err));
       }
     }
     return new Promise((resolve, reject) => {
       openFd(path, 'r', (openErr, fd) => {
-        if (openErr) return reject(openErr);
+        if (openErr) return reject(unusableIfMissing(digest, openErr));
         const readFrom = (filled: number): void =>
           readFd(fd, bytes, filled, bytes.length - filled, filled, (readErr, read) => {
             if (!readErr && read > 0 && filled + read < bytes.length) return readFrom(filled + read);
@@ -155,6 +163,17 @@ export class BlobStore {
         readFrom(0);
       });
     });
+  }
+
+  /** Whether the stored file of `digest` is whole now: `size` bytes that hash to it (a synchronous read: rare paths only). */
+  isWholeSync(digest: string, size: number): boolean {
+    try {
+      const path = this.pathFor(digest);
+      if (statSync(path).size !== size) return false;
+      return digestOf(readFileSync(path), parseDigest(digest).algorithm) === digest;
+    } catch {
+      return false;
+    }
   }
 
   /** Opens a new temp file for reading and writing. */
@@ -207,8 +226,13 @@ export async function syncDirectory(dir: string): Promise<void> {
 /** The file read into `bytes` (one byte over the row's size), if the `read` bytes are the row's size and its digest. */
 function wholeFile(digest: string, bytes: Buffer, read: number): Buffer {
   const size = bytes.length - 1;
-  if (read !== size) throw new Error(`the stored file of ${digest} is ${read > size ? 'longer than' : `${read} bytes, not`} the ${size} bytes its row says`);
+  if (read !== size) throw new StoredFileUnusable(`the stored file of ${digest} is ${read > size ? 'longer than' : `${read} bytes, not`} the ${size} bytes its row says`);
   const file = bytes.subarray(0, size);
-  if (digestOf(file, parseDigest(digest).algorithm) !== digest) throw new Error(`the stored file of ${digest} does not hash to its digest`);
+  if (digestOf(file, parseDigest(digest).algorithm) !== digest) throw new StoredFileUnusable(`the stored file of ${digest} does not hash to its digest`);
   return file;
+}
+
+/** A missing file as StoredFileUnusable (its row says it is stored); any other error as it is. */
+function unusableIfMissing(digest: string, err: unknown): Error {
+  return (err as NodeJS.ErrnoException).code === 'ENOENT' ? new StoredFileUnusable(`the stored file of ${digest} is missing`) : (err as Error);
 }

@@ -1,4 +1,4 @@
-import { appendFile, truncate, writeFile } from 'node:fs/promises';
+import { appendFile, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { startCache, type TestCache } from '../support/cache-server.js';
 import { FakeUpstream, makeImage } from '../support/fake-upstream.js';
@@ -98,7 +98,7 @@ describe('warm manifests: bytes and repository links remembered in memory', () =
   it.each([
     { which: 'small manifest (read synchronously)', layers: 2, large: false },
     { which: 'manifest over 16 KiB (read on the thread pool)', layers: 150, large: true },
-  ])('never serves a stored $which whose file is not the size its row says or does not hash to its digest', async ({ layers, large }) => {
+  ])('never serves a stored $which whose file is missing, not the size its row says or not its digest: fetches it again', async ({ layers, large }) => {
     const img = makeImage(Array.from({ length: layers }, () => 10));
     expect(img.manifest.length > 16 * 1024).toBe(large);
     upstream.push('team/sized', '1.0', img);
@@ -111,19 +111,58 @@ describe('warm manifests: bytes and repository links remembered in memory', () =
       { name: 'long', corrupt: () => appendFile(file, '\n') },
       // Same length, other bytes (a flipped bit): only the digest tells.
       { name: 'same length', corrupt: () => writeFile(file, Buffer.from(img.manifest).fill(0x20, 0, 1)) },
+      { name: 'missing', corrupt: () => rm(file) },
     ];
+    let fetches = upstream.count('GET', /\/manifests\//);
     for (const { name, corrupt } of corruptions) {
-      await writeFile(file, img.manifest);
       await corrupt();
       // Read from the file again, not from the bytes remembered at the first answer.
       cache.services.manifests.forget([img.manifestDigest]);
       const res = await call(url);
-      expect({ name, status: res.status, code: errorCode(res) }).toEqual({ name, status: 500, code: 'UNKNOWN' });
+      fetches++;
+      expect({ name, status: res.status, served: res.body.equals(img.manifest), fetches: upstream.count('GET', /\/manifests\//) }).toEqual({
+        name,
+        status: 200,
+        served: true,
+        fetches,
+      });
+      // Stored again, whole: the next reads need no upstream.
+      expect((await readFile(file)).equals(img.manifest)).toBe(true);
+      expect(cache.services.metadata.getManifest(img.manifestDigest)?.size).toBe(img.manifest.length);
     }
-    await writeFile(file, img.manifest);
     cache.services.manifests.forget([img.manifestDigest]);
-    const res = await call(url);
+    expect((await call(url)).body.equals(img.manifest)).toBe(true);
+    expect(upstream.count('GET', /\/manifests\//)).toBe(fetches);
+  });
+
+  it.each([
+    { how: 'a fresh tag answered from the store', tagTtl: '1h', corrupt: (file: string) => writeFile(file, 'not the manifest') },
+    { how: 'a tag revalidated by HEAD whose file went before it was read', tagTtl: '0s', corrupt: (file: string) => rm(file) },
+  ])('fetches $how again when its stored file is unusable', async ({ tagTtl, corrupt }) => {
+    cache = await startCache({ [upstream.host]: upstream.url }, { imagePullCredentialsVerificationPolicy: 'NeverVerify', tagTtl });
+    const byTag = `${cache.url}/v2/team/app/manifests/1.0?ns=${upstream.host}`;
+    expect((await call(byTag)).body.equals(image.manifest)).toBe(true);
+    await corrupt(cache.services.store.pathFor(image.manifestDigest));
+    cache.services.manifests.forget([image.manifestDigest]);
+    const res = await call(byTag);
     expect(res.status).toBe(200);
-    expect(res.body.equals(img.manifest)).toBe(true);
+    expect(res.body.equals(image.manifest)).toBe(true);
+    expect(res.headers['docker-content-digest']).toBe(image.manifestDigest);
+    expect(upstream.count('GET', /\/manifests\/1\.0/)).toBe(2);
+    expect((await readFile(cache.services.store.pathFor(image.manifestDigest))).equals(image.manifest)).toBe(true);
+  });
+
+  it('drops an unusable stored manifest the upstream no longer has: the answer a miss gets, not a 500', async () => {
+    cache = await startCache({ [upstream.host]: upstream.url }, { imagePullCredentialsVerificationPolicy: 'NeverVerify' });
+    expect((await call(byDigest('team/app'))).status).toBe(200);
+    const file = cache.services.store.pathFor(image.manifestDigest);
+    await writeFile(file, Buffer.alloc(image.manifest.length, 0x20));
+    cache.services.manifests.forget([image.manifestDigest]);
+    upstream.fault = (r) => (r.path.includes('/manifests/') ? { kind: 'status', status: 404 } : undefined);
+    const res = await call(byDigest('team/app'));
+    expect(res.status).toBe(404);
+    expect(errorCode(res)).toBe('MANIFEST_UNKNOWN');
+    expect(cache.services.metadata.getManifest(image.manifestDigest)).toBeUndefined();
+    await expect(readFile(file)).rejects.toMatchObject({ code: 'ENOENT' });
   });
 });
