@@ -49,7 +49,8 @@ export class Metrics {
     settings?: { highThresholdRatio: number; lowThresholdRatio: number; pullQueueTimeoutSeconds: number };
   }) {
     const registers = [this.registry];
-    collectDefaultMetrics({ register: this.registry, prefix: 'registry_cache_process_' });
+    // prom-client's own names already say process_ or nodejs_: the prefix adds only the product's.
+    collectDefaultMetrics({ register: this.registry, prefix: 'registry_cache_' });
     this.httpRequests = new Counter({ name: 'registry_cache_http_requests_total', help: 'Requests by route kind, method and status', labelNames: ['route', 'method', 'status'], registers, collect: flushing(this.requestCounts) });
     this.cacheResults = new Counter({ name: 'registry_cache_cache_results_total', help: 'Manifest and blob answers by outcome (hit, miss, inflight, revalidated, stale)', labelNames: ['kind', 'result'], registers, collect: flushing(this.cacheResultCounts) });
     this.bytesServed = new Counter({ name: 'registry_cache_bytes_served_total', help: 'Response body bytes by where they came from (store: this node\'s disk, upstream, peer: another node)', labelNames: ['source'], registers, collect: flushing(this.bytesServedCounts) });

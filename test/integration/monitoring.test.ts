@@ -81,6 +81,12 @@ describe('monitoring: dashboard and alerts read only what the server exports', (
     await upstream?.stop();
   });
 
+  it("exports the process's own metrics under one registry_cache_ prefix, as Node's client names them", () => {
+    expect(exported.has('registry_cache_process_resident_memory_bytes')).toBe(true);
+    expect(exported.has('registry_cache_nodejs_eventloop_lag_seconds')).toBe(true);
+    expect([...exported].filter((name) => name.includes('process_process') || name.startsWith('registry_cache_process_nodejs'))).toEqual([]);
+  });
+
   it('finds the metric names of an expression, and only those', () => {
     expect(
       metricNames('histogram_quantile(0.95, sum by (route, le) (rate(registry_cache_x_bucket{node=~"$node",a="b c"}[$__rate_interval]))) / ignoring(threshold) up'),
