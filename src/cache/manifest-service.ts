@@ -46,7 +46,8 @@ export class ManifestService {
         const refused = isOciError(err) && (err.code === 'UNAUTHORIZED' || err.code === 'DENIED');
         const knownDigest = refused ? tags.lastKnownDigest(registry.host, repository, reference) : undefined;
         if (!knownDigest || !verifier.allowedLocally(access, knownDigest)) throw err;
-        answer = await manifests.get({ ...base, reference: knownDigest });
+        // By digest as any such request: a stored file found unusable is fetched with this client's credentials.
+        answer = await this.byDigest(access, { ...base, reference: knownDigest });
       }
     }
     manifests.noteServed(registry.host, repository, answer.digest);
@@ -71,7 +72,7 @@ export class ManifestService {
       try {
         return await manifests.serveStored(row, req.method);
       } catch (err) {
-        // Its file was missing or corrupt and is gone with its rows: fetched as on a miss.
+        // Its file was missing or corrupt and is gone with its row: fetched as on a miss.
         if (!(err instanceof StoredFileUnusable)) throw err;
       }
     }

@@ -92,7 +92,8 @@ export class ManifestCache {
 
   /**
    * Serves a manifest whose row was just read (`storedRow`): notes the access, then its bytes from memory or file.
-   * Not `track`ed: it writes no file and no row (the access time is batched), so shutdown need not wait for it.
+   * Not `track`ed (the access time is batched): it writes nothing unless its file proves unusable, and that drop
+   * checks for shutdown first.
    */
   serveStored(row: ManifestRow, method: 'GET' | 'HEAD'): Promise<ManifestAnswer> {
     this.shutdownController.signal.throwIfAborted();
@@ -103,12 +104,6 @@ export class ManifestCache {
   /** Notes that a client was served `digest` through this repository, so its blobs are found from here. */
   noteServed(registry: string, repository: string, digest: string): void {
     this.deps.metadata.linkRepository(registry, repository, digest);
-  }
-
-  /** The manifest a digest names: stored bytes, or one upstream GET when it is not stored yet (or its file was unusable). */
-  get(req: ManifestRequest): Promise<ManifestAnswer> {
-    const once = (): Promise<ManifestAnswer> => this.getByDigest(req).then((answer) => this.withBytes(answer, req.method));
-    return this.track(() => once().catch((err: unknown) => (err instanceof StoredFileUnusable ? once() : Promise.reject(err))));
   }
 
   /**
@@ -164,17 +159,6 @@ export class ManifestCache {
   async shutdown(): Promise<void> {
     this.shutdownController.abort(new Error('registry-cache is shutting down'));
     while (this.tasks.size > 0) await Promise.allSettled([...this.tasks]);
-  }
-
-  private async getByDigest(req: ManifestRequest): Promise<ManifestAnswer> {
-    const row = this.deps.metadata.getManifest(req.reference);
-    if (row) {
-      this.deps.metadata.touch(row.digest);
-      return { ...row, source: 'store' };
-    }
-    // A manifest by digest never changes: one upstream GET, ever, per digest.
-    // Keyed by credential too: one client's successful fetch must not answer for another's credentials.
-    return this.byDigest.run(`${credentialKey(req.credential)}||${req.reference}`, () => this.fetch(req, req.reference, UPSTREAM_ACCEPT, req.reference));
   }
 
   /** GETs a manifest upstream, verifies it against `expectedDigest` (or the upstream's claim), stores it. */
@@ -254,7 +238,7 @@ export class ManifestCache {
 
   /**
    * The answer as a GET or HEAD wants it: with the stored bytes (read if the answer lacks them), or without. A stored
-   * file found missing or corrupt is dropped with its rows, as eviction would drop it, and StoredFileUnusable thrown:
+   * file found missing or corrupt is dropped with its row, as `verify --repair` would drop it, and StoredFileUnusable thrown:
    * the caller asks again, which fetches it upstream. (A HEAD reads no file, so it still answers from the row.)
    */
   async withBytes(answer: ManifestAnswer, method: 'GET' | 'HEAD'): Promise<ManifestAnswer> {
@@ -281,21 +265,23 @@ export class ManifestCache {
   }
 
   /**
-   * Removes a stored manifest whose file `readWhole` refused: the file, then its rows (tags, links, records and
-   * references with it), in one synchronous stretch, so a fetch that stores it again cannot interleave and lose its
-   * new file. A read on the thread pool spans turns of the event loop: if the file is sound by now (another request
+   * Removes a stored manifest whose file `readWhole` refused, as `verify --repair` does: the file, then its row (its
+   * references, pull records and preloaded marks go with it by cascade; tags and repository links stay, the names
+   * it is fetched again by), in one synchronous stretch, so a fetch that stores it again cannot interleave and lose
+   * its new file. A read on the thread pool spans turns of the event loop: if the file is sound by now (another request
    * dropped and fetched it meanwhile), nothing is removed and the caller's retry serves it.
    */
   private dropUnusable(digest: string, size: number, err: StoredFileUnusable): void {
-    if (this.deps.store.isWholeSync(digest, size)) return;
+    // After shutdown began the database may be closed: the file stays refused and is dropped at the next read.
+    if (this.shutdownController.signal.aborted || this.deps.store.isWholeSync(digest, size)) return;
     try {
       unlinkSync(this.deps.store.pathFor(digest));
     } catch (unlinkErr) {
       if ((unlinkErr as NodeJS.ErrnoException).code !== 'ENOENT') throw unlinkErr;
     }
-    this.deps.metadata.deleteContent([digest]);
+    this.deps.metadata.deleteBlob(digest);
     this.memory.delete(digest);
-    this.deps.log.warn({ digest, reason: err.message }, 'stored manifest unusable: dropped with its rows, fetching it again');
+    this.deps.log.warn({ digest, reason: err.message }, 'stored manifest unusable: dropped with its row, fetching it again');
   }
 }
 

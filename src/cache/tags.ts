@@ -41,7 +41,7 @@ export class TagCache {
 
   /**
    * The manifest `req.reference` (a tag) names now, revalidating or fetching upstream as needed. A stored manifest
-   * whose file proves unusable goes with its rows, the tag's included, so asking again fetches the tag upstream.
+   * whose file proves unusable loses its row, so asking again fetches the tag upstream.
    */
   get(req: ManifestRequest): Promise<ManifestAnswer> {
     const { manifests } = this.deps;
