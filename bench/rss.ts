@@ -29,6 +29,22 @@ export function readStatusBytes<F extends string>(pid: number, fields: readonly 
   return values;
 }
 
+/** Clock ticks per second of /proc/PID/stat's utime and stime (USER_HZ, 100 on Linux). */
+const USER_HZ = 100;
+
+/** CPU seconds (user + system) a process has used so far, to 10 ms; NaN once it has exited. */
+export function processCpuSeconds(pid: number): number {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return Number.NaN;
+  }
+  // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / USER_HZ;
+}
+
 function readStatusField(pid: number, field: 'VmRSS' | 'VmHWM'): number | undefined {
   return readStatusBytes(pid, [field])[field];
 }

@@ -13,7 +13,7 @@ import { makeTempDir, removeTempDir } from '../../test/support/temp-dir.js';
 import { MANIFEST_ACCEPT, forEachLimited, pullImage, runLoad, type LoadRequest } from '../clients.js';
 import { BUSY_LOAD } from '../report.js';
 import { RowSet, type SystemName } from '../results.js';
-import { readStatusBytes } from '../rss.js';
+import { processCpuSeconds, readStatusBytes } from '../rss.js';
 import type { StandaloneEnv, ScenarioOutput } from '../scenario.js';
 import { secondsSince, summarize } from '../stats.js';
 import { currentCacheCli, SERVER_NODE_FLAGS } from '../systems.js';
@@ -280,7 +280,7 @@ class CacheProcess {
       { daemon: this.daemon, timeoutMs: 120_000, intervalMs: 5 },
     );
     const seconds = secondsSince(t0);
-    this.startCpuSeconds = cpuSeconds(this.daemon.pid);
+    this.startCpuSeconds = processCpuSeconds(this.daemon.pid);
     return seconds;
   }
 
@@ -313,17 +313,6 @@ function rssSample(pid: number): { bytes: number; parts: string } {
   const parts = ['RssAnon', 'RssFile', 'RssShmem'] as const;
   const status = readStatusBytes(pid, ['VmRSS', ...parts]);
   return { bytes: status.VmRSS ?? Number.NaN, parts: parts.map((f) => `${f} ${((status[f] ?? Number.NaN) / 2 ** 20).toFixed(1)} MiB`).join(', ') };
-}
-
-/** Clock ticks per second of /proc/PID/stat's utime and stime (USER_HZ, 100 on Linux). */
-const USER_HZ = 100;
-
-/** CPU seconds (user + system) a process has used so far. */
-function cpuSeconds(pid: number): number {
-  // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / USER_HZ;
 }
 
 /**
