@@ -68,9 +68,10 @@ export class ManifestService {
     // One SELECT per hit: the row that says the manifest is stored is the row that is served.
     const row = manifests.storedRow(req.reference);
     if (row && verifier.allowedLocally(access, req.reference)) {
-      verifier.noteLocal();
       try {
-        return await manifests.serveStored(row, req.method);
+        const answer = await manifests.serveStored(row, req.method);
+        verifier.noteLocal();
+        return answer;
       } catch (err) {
         // Its file was missing or corrupt and is gone with its row: fetched as on a miss.
         if (!(err instanceof StoredFileUnusable)) throw err;

@@ -2,6 +2,7 @@ import { writeFile } from 'node:fs/promises';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { startCache, type TestCache } from '../support/cache-server.js';
 import { FakeUpstream, makeImage } from '../support/fake-upstream.js';
+import { sample } from '../support/exposition.js';
 import { call } from '../support/http-client.js';
 import { cacheToken } from '../support/registry-auth.js';
 
@@ -56,6 +57,22 @@ describe('healing a stored manifest under AlwaysVerify', () => {
     expect(res.body.equals(image.manifest)).toBe(true);
     expect(digestGets().slice(before)).toEqual([true]);
     expect(recordedHashes()).toBe(1);
+  });
+
+  it('counts a healed request once, as the upstream verification it took, not also as a local answer', async () => {
+    await start();
+    const a = await auth(A);
+    const outcomes = async (): Promise<{ local: number; verified: number }> => {
+      const text = (await call(`${cache.url}/metrics`)).body.toString();
+      const count = (result: string): number => sample(text, 'registry_cache_credential_verifications_total', { policy: 'AlwaysVerify', result }) ?? 0;
+      return { local: count('local'), verified: count('verified') };
+    };
+    expect((await call(url(image.manifestDigest), { headers: a })).status).toBe(200);
+    expect((await call(url(image.manifestDigest), { headers: a })).status).toBe(200);
+    expect(await outcomes()).toEqual({ local: 1, verified: 1 });
+    await corrupt();
+    expect((await call(url(image.manifestDigest), { headers: a })).status).toBe(200);
+    expect(await outcomes()).toEqual({ local: 1, verified: 2 });
   });
 
   it('a request that found the file unusable before another request stored it again drops nothing: both tenants keep their records', async () => {
