@@ -238,8 +238,8 @@ export class ManifestCache {
 
   /**
    * The answer as a GET or HEAD wants it: with the stored bytes (read if the answer lacks them), or without. A stored
-   * file found missing or corrupt is dropped with its row, as `verify --repair` would drop it, and StoredFileUnusable thrown:
-   * the caller asks again, which fetches it upstream. (A HEAD reads no file, so it still answers from the row.)
+   * file found missing or corrupt is dropped with its row, as `verify --repair` would drop it, and StoredFileUnusable
+   * thrown: the caller asks again, which fetches it upstream. (A HEAD reads no file, so it still answers from the row.)
    */
   async withBytes(answer: ManifestAnswer, method: 'GET' | 'HEAD'): Promise<ManifestAnswer> {
     if (method === 'HEAD') {
@@ -268,8 +268,8 @@ export class ManifestCache {
    * Removes a stored manifest whose file `readWhole` refused, as `verify --repair` does: the file, then its row (its
    * references, pull records and preloaded marks go with it by cascade; tags and repository links stay, the names
    * it is fetched again by), in one synchronous stretch, so a fetch that stores it again cannot interleave and lose
-   * its new file. A read on the thread pool spans turns of the event loop: if the file is sound by now (another request
-   * dropped and fetched it meanwhile), nothing is removed and the caller's retry serves it.
+   * its new file. A read on the thread pool spans turns of the event loop: if the file is sound by now (another
+   * request dropped and fetched it meanwhile), nothing is removed and the caller's retry serves it.
    */
   private dropUnusable(digest: string, size: number, err: StoredFileUnusable): void {
     // After shutdown began the database may be closed: the file stays refused and is dropped at the next read.

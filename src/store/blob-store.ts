@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { close as closeFd, closeSync, open as openFd, openSync, read as readFd, readFileSync, readSync, statSync } from 'node:fs';
+import { close as closeFd, closeSync, open as openFd, openSync, read as readFd, readSync } from 'node:fs';
 import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { digestOf, parseDigest } from '../oci/digest.js';
@@ -128,24 +128,15 @@ export class BlobStore {
    * hash to its digest is rejected with StoredFileUnusable, never served.
    */
   readWhole(digest: string, size: number): Promise<Buffer> {
-    const path = this.pathFor(digest);
-    // One byte more than the row says, so a file that grew is seen too; never a slice of the shared pool, which a
-    // remembered manifest would keep alive.
-    const bytes = Buffer.allocUnsafeSlow(size + 1);
     if (size <= SMALL_READ_BYTES) {
       try {
-        const fd = openSync(path, 'r');
-        try {
-          let filled = 0;
-          for (let read = -1; read !== 0 && filled < bytes.length; filled += read) read = readSync(fd, bytes, filled, bytes.length - filled, filled);
-          return Promise.resolve(wholeFile(digest, bytes, filled));
-        } finally {
-          closeSync(fd);
-        }
+        return Promise.resolve(this.readWholeSync(digest, size));
       } catch (err) {
-        return Promise.reject(unusableIfMissing(digest, err));
+        return Promise.reject(err as Error);
       }
     }
+    const path = this.pathFor(digest);
+    const bytes = Buffer.allocUnsafeSlow(size + 1);
     return new Promise((resolve, reject) => {
       openFd(path, 'r', (openErr, fd) => {
         if (openErr) return reject(unusableIfMissing(digest, openErr));
@@ -168,12 +159,31 @@ export class BlobStore {
   /** Whether the stored file of `digest` is whole now: `size` bytes that hash to it (a synchronous read: rare paths only). */
   isWholeSync(digest: string, size: number): boolean {
     try {
-      const path = this.pathFor(digest);
-      if (statSync(path).size !== size) return false;
-      return digestOf(readFileSync(path), parseDigest(digest).algorithm) === digest;
+      this.readWholeSync(digest, size);
+      return true;
     } catch {
       return false;
     }
+  }
+
+  /** `readWhole` with synchronous syscalls: open, reads until the end or one byte past `size`, close; then the checks. */
+  private readWholeSync(digest: string, size: number): Buffer {
+    // One byte more than the row says, so a file that grew is seen too; never a slice of the shared pool, which a
+    // remembered manifest would keep alive.
+    const bytes = Buffer.allocUnsafeSlow(size + 1);
+    let fd: number;
+    try {
+      fd = openSync(this.pathFor(digest), 'r');
+    } catch (err) {
+      throw unusableIfMissing(digest, err);
+    }
+    let filled = 0;
+    try {
+      for (let read = -1; read !== 0 && filled < bytes.length; filled += read) read = readSync(fd, bytes, filled, bytes.length - filled, filled);
+    } finally {
+      closeSync(fd);
+    }
+    return wholeFile(digest, bytes, filled);
   }
 
   /** Opens a new temp file for reading and writing. */
