@@ -32,11 +32,14 @@ export function readStatusBytes<F extends string>(pid: number, fields: readonly 
 /** Clock ticks per second of /proc/PID/stat's utime and stime (USER_HZ, 100 on Linux). */
 const USER_HZ = 100;
 
-/** CPU seconds (user + system) a process has used so far, to 10 ms; NaN once it has exited. */
-export function processCpuSeconds(pid: number): number {
+/**
+ * CPU seconds (user + system) a process has used so far, or one of its threads (`tid`, e.g. the main thread's is the
+ * pid), to 10 ms; NaN once it has exited.
+ */
+export function processCpuSeconds(pid: number, tid?: number): number {
   let stat: string;
   try {
-    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    stat = readFileSync(tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`, 'utf8');
   } catch {
     return Number.NaN;
   }
@@ -45,7 +48,8 @@ export function processCpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / USER_HZ;
 }
 
-function readStatusField(pid: number, field: 'VmRSS' | 'VmHWM'): number | undefined {
+/** One kB field of /proc/PID/status, in bytes. */
+export function readStatusField(pid: number, field: 'VmRSS' | 'VmHWM'): number | undefined {
   return readStatusBytes(pid, [field])[field];
 }
 

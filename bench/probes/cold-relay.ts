@@ -17,13 +17,13 @@ import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import { mkdir, open, rm } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { once } from 'node:events';
+import { on, once } from 'node:events';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
 import { curlDownload } from '../clients.js';
+import { processCpuSeconds } from '../rss.js';
 import { makeTempDir } from '../../test/support/temp-dir.js';
 import { summarize } from '../stats.js';
 import { startNginx } from '../systems.js';
@@ -36,12 +36,6 @@ type Mode = (typeof MODES)[number];
 const WORKER_CREDITS = 16;
 /** Unwritten bytes the file writer holds before the download waits (the cache's HashingWriter: 1 MiB). */
 const PENDING_LIMIT = 1024 * 1024;
-
-/** CPU seconds of this process's main thread (its task's utime + stime). */
-function mainThreadCpu(): number {
-  const fields = (readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8').split(') ')[1] ?? '').split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
 
 function processCpu(): number {
   const u = process.cpuUsage();
@@ -134,7 +128,7 @@ async function serve(mode: Mode, upstream: string, tmp: string): Promise<void> {
   const self = fileURLToPath(import.meta.url);
   const server = createServer((req, res) => {
     void (async () => {
-      const cpu0 = mainThreadCpu();
+      const cpu0 = processCpuSeconds(process.pid, process.pid);
       const all0 = processCpu();
       const t0 = performance.now();
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': BLOB_BYTES });
@@ -143,7 +137,7 @@ async function serve(mode: Mode, upstream: string, tmp: string): Promise<void> {
       };
       if (mode === 'download-in-worker') {
         const worker = new Worker(self, { workerData: { role: 'download', url: upstream, file: join(tmp, 'download') } });
-        for await (const [m] of on(worker)) {
+        for await (const [m] of on(worker, 'message') as AsyncIterableIterator<[unknown]>) {
           if (m instanceof ArrayBuffer) {
             await send(Buffer.from(m));
             worker.postMessage(1);
@@ -176,7 +170,7 @@ async function serve(mode: Mode, upstream: string, tmp: string): Promise<void> {
       res.end();
       const seconds = (performance.now() - t0) / 1000;
       const gib = BLOB_BYTES / 2 ** 30;
-      process.stdout.write(`${JSON.stringify({ mode, seconds, mainCpu: (mainThreadCpu() - cpu0) / gib, processCpu: (processCpu() - all0) / gib })}\n`);
+      process.stdout.write(`${JSON.stringify({ mode, seconds, mainCpu: (processCpuSeconds(process.pid, process.pid) - cpu0) / gib, processCpu: (processCpu() - all0) / gib })}\n`);
       server.close();
     })();
   });
@@ -184,17 +178,6 @@ async function serve(mode: Mode, upstream: string, tmp: string): Promise<void> {
     const address = server.address();
     process.stdout.write(`${JSON.stringify({ port: typeof address === 'object' && address ? address.port : 0 })}\n`);
   });
-}
-
-/** Messages of a worker as an async iterable of `[message]`. */
-function on(worker: Worker): AsyncIterable<[unknown]> {
-  const events = (async function* () {
-    for (;;) {
-      const [m] = (await once(worker, 'message')) as [unknown];
-      yield [m] as [unknown];
-    }
-  })();
-  return events;
 }
 
 async function runMode(mode: Mode, upstream: string, tmp: string): Promise<{ mbps: number; mainCpu: number; processCpu: number }> {

@@ -14,37 +14,20 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { copyFileSync, rmSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { makeTempDir, removeTempDir } from '../../test/support/temp-dir.js';
 import { summarize } from '../stats.js';
-import { currentCacheCli } from '../systems.js';
+import { loadStoreModules, type StoreModules } from '../store-modules.js';
 
 /** The gc command's page cache (src/commands.ts GC_CACHE_BYTES). */
 const GC_CACHE_KIB = 256 * 1024;
 const REGISTRY = 'probe.invalid:5000';
 
-interface Modules {
-  openDatabase: (file: string) => Database.Database;
-  Metadata: new (db: Database.Database) => {
-    insertBlob(digest: string, size: number, mediaType: string | null): void;
-    linkRepository(registry: string, repository: string, digest: string): void;
-    insertManifest(m: { digest: string; size: number; mediaType: string }, refs: { child: string; kind: string }[], via: { registry: string; repository: string }): void;
-    putTag(registry: string, repository: string, tag: string, digest: string): void;
-  };
-  PullRecords: new (db: Database.Database) => { recordSuccess(registry: string, repository: string, digest: string, puller: { kind: 'nodePodsAccessible' }): void };
-}
-
 const sha = (b: Buffer | string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
-async function load(): Promise<Modules> {
-  const dist = dirname(currentCacheCli());
-  const [database, index, records] = await Promise.all(['db/database.js', 'db/content-index.js', 'db/pull-records.js'].map((rel) => import(join(dist, rel)) as Promise<Record<string, unknown>>));
-  return { openDatabase: database?.['openDatabase'] as Modules['openDatabase'], Metadata: index?.['Metadata'] as Modules['Metadata'], PullRecords: records?.['PullRecords'] as Modules['PullRecords'] };
-}
-
 /** Fills `file` with `images` images; last_access in `order`. */
-function build(mods: Modules, file: string, images: number, order: 'random' | 'inserted'): void {
+function build(mods: StoreModules, file: string, images: number, order: 'random' | 'inserted'): void {
   const db = mods.openDatabase(file);
   const metadata = new mods.Metadata(db);
   const records = new mods.PullRecords(db);
@@ -59,7 +42,7 @@ function build(mods: Modules, file: string, images: number, order: 'random' | 'i
           metadata.insertBlob(b.digest, b.size, null);
           metadata.linkRepository(REGISTRY, repo, b.digest);
         }
-        metadata.insertManifest({ digest, size: manifest.length, mediaType: 'application/vnd.oci.image.manifest.v1+json' }, blobs.map((b) => ({ child: b.digest, kind: 'blob' })), { registry: REGISTRY, repository: repo });
+        metadata.insertManifest({ digest, size: manifest.length, mediaType: 'application/vnd.oci.image.manifest.v1+json' }, blobs.map((b) => ({ child: b.digest, kind: 'blob' as const })), { registry: REGISTRY, repository: repo });
         metadata.putTag(REGISTRY, repo, 'latest', digest);
         for (const d of [digest, ...blobs.map((b) => b.digest)]) records.recordSuccess(REGISTRY, repo, d, { kind: 'nodePodsAccessible' });
       }
@@ -148,7 +131,7 @@ function evict(file: string, integer: boolean): { statements: number; commit: nu
 }
 
 async function main(images: number, runs: number): Promise<void> {
-  const mods = await load();
+  const mods = await loadStoreModules();
   const dir = await makeTempDir('rc-probe-eviction-keys-');
   try {
     console.log(`| ${images} images (${images * 11} blob rows), access order | schema | statements, s | commit, s | together, s | rows deleted | database pages |`);

@@ -38,6 +38,7 @@ export const coldPull: Scenario = {
         client: (client.user + client.system) / 1e6,
       };
     };
+    const label = `cold pull, ${layers} layers (${(total / 2 ** 20).toFixed(1)} MiB)`;
     // One untimed direct pull, so every run finds the upstream's files in the page cache alike.
     await pullImage(ctx.upstream.url, img.repo, img.tag, { concurrency: s.concurrency });
     for (let rep = 0; rep < s.reps; rep++) {
@@ -47,7 +48,6 @@ export const coldPull: Scenario = {
         const r = await pullImage(t.url(), img.repo, img.tag, { concurrency: s.concurrency });
         const after = cpuNow(t);
         const cpu = { system: after.system - before.system, upstream: after.upstream - before.upstream, client: after.client - before.client };
-        const label = `cold pull, ${layers} layers (${(total / 2 ** 20).toFixed(1)} MiB)`;
         rows.add('cold-pull-seconds', { label, unit: 'ms', better: 'lower', digits: 0 }, t.system, r.seconds * 1000);
         rows.add('cold-pull-cpu-system', { label: `${label}: CPU of the system itself`, unit: 'CPU ms', better: 'lower', digits: 0 }, t.system, cpu.system * 1000);
         rows.add('cold-pull-cpu-all', { label: `${label}: CPU of the system, the upstream and the client together`, unit: 'CPU ms', better: 'lower', digits: 0 }, t.system, (cpu.system + cpu.upstream + cpu.client) * 1000);

@@ -1,21 +1,21 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
 import { copyFile, mkdir, readdir, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { startDaemon, tail, waitUntil, type Daemon } from '../../test/support/daemon.js';
+import { sample } from '../../test/support/exposition.js';
 import { findFreePort } from '../../test/support/free-port.js';
 import { runCommand } from '../../test/support/command.js';
 import { makeTempDir, removeTempDir } from '../../test/support/temp-dir.js';
 import { MANIFEST_ACCEPT, forEachLimited, pullImage, runLoad, type LoadRequest } from '../clients.js';
 import { BUSY_LOAD } from '../report.js';
 import { RowSet, type SystemName } from '../results.js';
-import { processCpuSeconds, readStatusBytes } from '../rss.js';
+import { processCpuSeconds, readStatusBytes, readStatusField } from '../rss.js';
 import type { StandaloneEnv, ScenarioOutput } from '../scenario.js';
 import { secondsSince, summarize } from '../stats.js';
+import { loadStoreModules, type StoreModules } from '../store-modules.js';
 import { currentCacheCli, SERVER_NODE_FLAGS } from '../systems.js';
 
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
@@ -116,49 +116,6 @@ async function startSyntheticUpstream(): Promise<{ url: string; host: string; ma
   };
 }
 
-/** The parts of the build under test's own modules this scenario writes the store with (dist/, not src/). */
-interface StoreModules {
-  openDatabase(file: string): SqliteDb;
-  Metadata: new (db: SqliteDb) => {
-    insertBlob(digest: string, size: number, mediaType: string | null): void;
-    insertManifest(m: { digest: string; size: number; mediaType: string }, refs: Array<{ child: string; kind: 'blob' | 'manifest' }>, via: { registry: string; repository: string }): void;
-    linkRepository(registry: string, repository: string, digest: string): void;
-    putTag(registry: string, repository: string, tag: string, digest: string): void;
-    close(): void;
-  };
-  PullRecords: new (db: SqliteDb) => { recordSuccess(registry: string, repository: string, digest: string, puller: { kind: 'nodePodsAccessible' }): void };
-  BlobStore: new (root: string) => { ensureDirectories(): Promise<void>; pathFor(digest: string): string };
-}
-
-/** The little of better-sqlite3's Database this scenario uses. */
-interface SqliteDb {
-  transaction(fn: () => void): () => void;
-  prepare(sql: string): { get(): unknown; all(): unknown[] };
-  close(): void;
-}
-
-async function loadStoreModules(): Promise<StoreModules> {
-  const dist = dirname(currentCacheCli());
-  const load = async (rel: string): Promise<Record<string, unknown>> => (await import(pathToFileURL(join(dist, rel)).href)) as Record<string, unknown>;
-  // A build from before db/ was split per concern keeps these in db/queries.js and policy/records.js.
-  const loadFirst = async (...rels: string[]): Promise<Record<string, unknown>> => {
-    for (const rel of rels.slice(0, -1)) if (existsSync(join(dist, rel))) return load(rel);
-    return load(rels[rels.length - 1] ?? '');
-  };
-  const [database, queries, records, blobStore] = await Promise.all([
-    load('db/database.js'),
-    loadFirst('db/content-index.js', 'db/queries.js'),
-    loadFirst('db/pull-records.js', 'policy/records.js'),
-    load('store/blob-store.js'),
-  ]);
-  return {
-    openDatabase: database.openDatabase as StoreModules['openDatabase'],
-    Metadata: queries.Metadata as StoreModules['Metadata'],
-    PullRecords: records.PullRecords as StoreModules['PullRecords'],
-    BlobStore: blobStore.BlobStore as StoreModules['BlobStore'],
-  };
-}
-
 /**
  * Adds images to a stopped server's store through the build's own Metadata, PullRecords and BlobStore modules:
  * files written where BlobStore puts them (without the per-file fsync of a real fill, for speed), then the rows a
@@ -238,10 +195,9 @@ class CacheProcess {
   /** The server's count of idle memory collections so far (its metrics listener). */
   async idleCollections(): Promise<number> {
     const res = await fetch(`http://127.0.0.1:${this.metricsPort}/metrics`, { signal: AbortSignal.timeout(5_000) });
-    const text = await res.text();
-    const m = /^registry_cache_idle_memory_collections_total(?:\{[^}]*\})? (\d+)/m.exec(text);
-    if (!m) throw new Error('registry-cache /metrics has no registry_cache_idle_memory_collections_total');
-    return Number(m[1]);
+    const count = sample(await res.text(), 'registry_cache_idle_memory_collections_total');
+    if (count === undefined) throw new Error('registry-cache /metrics has no registry_cache_idle_memory_collections_total');
+    return count;
   }
 
   /** Waits (polling every 100 ms, up to `timeoutMs`) until the server ran an idle collection after `count`. */
@@ -305,7 +261,7 @@ class CacheProcess {
 }
 
 function rssBytes(pid: number): number {
-  return readStatusBytes(pid, ['VmRSS']).VmRSS ?? Number.NaN;
+  return readStatusField(pid, 'VmRSS') ?? Number.NaN;
 }
 
 /** VmRSS and its parts (anonymous memory: heap and malloc; file pages: code and mapped files; shared memory), one read. */
