@@ -1,15 +1,14 @@
 /**
- * Probe (not part of `npm run bench`): what the row deletes of one eviction pass cost at 100k blobs with today's
- * digest-keyed schema, and what they would cost with integer keys. Builds a metadata database of `images` images of
- * a manifest and 10 blobs (~11 rows each) through the build's own Metadata and PullRecords (dist/; no files: only
- * SQLite is measured), gives it a least-recently-used order, then on copies deletes the rows of the 10 % least
- * recently used images the way `Evictor.remove` does (one transaction, `DELETE FROM tags/repository_digests/blobs` per
- * digest, cascades for the rest), timing the statements and the commit (with its WAL checkpoint) apart.
+ * Probe (not part of `npm run bench`): what the row deletes of one eviction pass cost at 100k blobs with the schema
+ * keyed by integer blob ids (migration 006, today) and with the digest-keyed schema before it (migrations 001-005).
+ * Builds a metadata database of `images` images of a manifest and 10 blobs (~11 rows each) through the build's own
+ * Metadata and PullRecords (dist/; no files: only SQLite is measured), gives it a least-recently-used order, copies
+ * the same rows into the digest-keyed schema, then on copies deletes the rows of the 10 % least recently used images
+ * the way `Evictor.remove` does (one transaction, `DELETE FROM tags/repository_digests/blobs` per digest, cascades
+ * for the rest), timing the statements and the commit (with its WAL checkpoint) apart.
  *
- * The integer-key variant is the same data with `blobs(id INTEGER PRIMARY KEY, digest UNIQUE)` and every table that
- * names a stored blob (manifests, references by manifest, repository links, pull records) keyed by that id; the
- * references' child stays a digest (a child may not be stored yet), as do tags. Two access orders: random (warm hits
- * over the whole store, as in the store-growth scenario) and oldest-inserted-first (ids follow the eviction order).
+ * Two access orders: random (warm hits over the whole store, as in the store-growth scenario) and
+ * oldest-inserted-first (ids follow the eviction order).
  * Usage: `npm run build && tsc -p bench/tsconfig.json && node bench/out/bench/probes/eviction-keys.js [images] [runs]`.
  */
 import { createHash, randomBytes } from 'node:crypto';
@@ -49,50 +48,51 @@ function build(mods: StoreModules, file: string, images: number, order: 'random'
     })();
   }
   // Each image's rows share one access time: random over the images, or the order they were inserted in.
-  db.exec(`UPDATE blobs SET last_access = ${order === 'random' ? 'abs(random() % 1000000000)' : 'rowid'} WHERE digest IN (SELECT digest FROM manifests)`);
-  db.exec(`UPDATE blobs SET last_access = (SELECT b.last_access FROM manifest_refs r JOIN blobs b ON b.digest = r.manifest WHERE r.child = blobs.digest)
-           WHERE digest NOT IN (SELECT digest FROM manifests)`);
+  db.exec(`UPDATE blobs SET last_access = ${order === 'random' ? 'abs(random() % 1000000000)' : 'id'} WHERE id IN (SELECT blob FROM manifests)`);
+  db.exec(`UPDATE blobs SET last_access = (SELECT b.last_access FROM manifest_refs r JOIN blobs b ON b.id = r.manifest WHERE r.child = blobs.digest)
+           WHERE id NOT IN (SELECT blob FROM manifests)`);
   db.pragma('wal_checkpoint(TRUNCATE)');
   db.close();
 }
 
-const INTEGER_SCHEMA = `
-  CREATE TABLE blobs (id INTEGER PRIMARY KEY, digest TEXT NOT NULL UNIQUE, size INTEGER NOT NULL, media_type TEXT,
-    created_at INTEGER NOT NULL, last_access INTEGER NOT NULL, node_open INTEGER NOT NULL DEFAULT 0) STRICT;
-  INSERT INTO blobs SELECT rowid, digest, size, media_type, created_at, last_access, node_open FROM s.blobs ORDER BY rowid;
+/** The tables of migrations 001-005 (every blob named by its digest), filled with the rows of the attached store `s`. */
+const DIGEST_SCHEMA = `
+  CREATE TABLE blobs (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, media_type TEXT, created_at INTEGER NOT NULL,
+    last_access INTEGER NOT NULL, node_open INTEGER NOT NULL DEFAULT 0) STRICT;
+  INSERT INTO blobs SELECT digest, size, media_type, created_at, last_access, node_open FROM s.blobs ORDER BY id;
   CREATE INDEX blobs_last_access ON blobs(last_access);
-  CREATE TABLE manifests (blob INTEGER PRIMARY KEY REFERENCES blobs(id) ON DELETE CASCADE, media_type TEXT NOT NULL) STRICT;
-  INSERT INTO manifests SELECT b.id, m.media_type FROM s.manifests m JOIN blobs b USING (digest) ORDER BY b.id;
-  CREATE TABLE manifest_refs (manifest INTEGER NOT NULL REFERENCES manifests(blob) ON DELETE CASCADE, child TEXT NOT NULL,
+  CREATE TABLE manifests (digest TEXT PRIMARY KEY REFERENCES blobs(digest) ON DELETE CASCADE, media_type TEXT NOT NULL) STRICT;
+  INSERT INTO manifests SELECT b.digest, m.media_type FROM s.manifests m JOIN s.blobs b ON b.id = m.blob ORDER BY b.id;
+  CREATE TABLE manifest_refs (manifest TEXT NOT NULL REFERENCES manifests(digest) ON DELETE CASCADE, child TEXT NOT NULL,
     kind TEXT NOT NULL, PRIMARY KEY (manifest, child)) STRICT, WITHOUT ROWID;
-  INSERT INTO manifest_refs SELECT b.id, r.child, r.kind FROM s.manifest_refs r JOIN blobs b ON b.digest = r.manifest ORDER BY b.id;
+  INSERT INTO manifest_refs SELECT b.digest, r.child, r.kind FROM s.manifest_refs r JOIN s.blobs b ON b.id = r.manifest;
   CREATE INDEX manifest_refs_child ON manifest_refs(child);
   CREATE TABLE tags (registry TEXT NOT NULL, repository TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL,
     fetched_at INTEGER NOT NULL, PRIMARY KEY (registry, repository, tag)) STRICT, WITHOUT ROWID;
   INSERT INTO tags SELECT * FROM s.tags;
   CREATE INDEX tags_digest ON tags(digest);
-  CREATE TABLE repository_digests (registry TEXT NOT NULL, repository TEXT NOT NULL,
-    blob INTEGER NOT NULL REFERENCES blobs(id) ON DELETE CASCADE, PRIMARY KEY (registry, repository, blob)) STRICT, WITHOUT ROWID;
-  INSERT INTO repository_digests SELECT r.registry, r.repository, b.id FROM s.repository_digests r JOIN blobs b USING (digest);
-  CREATE INDEX repository_digests_blob ON repository_digests(blob);
-  CREATE TABLE pull_records (registry TEXT NOT NULL, repository TEXT NOT NULL, blob INTEGER NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
+  CREATE TABLE repository_digests (registry TEXT NOT NULL, repository TEXT NOT NULL, digest TEXT NOT NULL,
+    PRIMARY KEY (registry, repository, digest)) STRICT, WITHOUT ROWID;
+  INSERT INTO repository_digests SELECT * FROM s.repository_digests;
+  CREATE INDEX repository_digests_digest ON repository_digests(digest);
+  CREATE TABLE pull_records (registry TEXT NOT NULL, repository TEXT NOT NULL, digest TEXT NOT NULL REFERENCES blobs(digest) ON DELETE CASCADE,
     node_pods_accessible INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL, last_verified INTEGER,
-    PRIMARY KEY (registry, repository, blob)) STRICT, WITHOUT ROWID;
-  INSERT INTO pull_records SELECT p.registry, p.repository, b.id, p.node_pods_accessible, p.created_at, p.last_verified
-    FROM s.pull_records p JOIN blobs b USING (digest);
-  CREATE INDEX pull_records_blob ON pull_records(blob);
-  CREATE TABLE pull_record_credentials (registry TEXT NOT NULL, repository TEXT NOT NULL, blob INTEGER NOT NULL,
-    credential_hash TEXT NOT NULL, verified_at INTEGER NOT NULL, PRIMARY KEY (registry, repository, blob, credential_hash),
-    FOREIGN KEY (registry, repository, blob) REFERENCES pull_records(registry, repository, blob) ON DELETE CASCADE) STRICT, WITHOUT ROWID;
-  CREATE TABLE preloaded (blob INTEGER NOT NULL REFERENCES blobs(id) ON DELETE CASCADE, image TEXT NOT NULL DEFAULT '',
-    source TEXT NOT NULL, imported_at INTEGER NOT NULL, PRIMARY KEY (blob, image)) STRICT, WITHOUT ROWID;`;
+    PRIMARY KEY (registry, repository, digest)) STRICT, WITHOUT ROWID;
+  INSERT INTO pull_records SELECT p.registry, p.repository, b.digest, p.node_pods_accessible, p.created_at, p.last_verified
+    FROM s.pull_records p JOIN s.blobs b ON b.id = p.blob;
+  CREATE INDEX pull_records_digest ON pull_records(digest);
+  CREATE TABLE pull_record_credentials (registry TEXT NOT NULL, repository TEXT NOT NULL, digest TEXT NOT NULL,
+    credential_hash TEXT NOT NULL, verified_at INTEGER NOT NULL, PRIMARY KEY (registry, repository, digest, credential_hash),
+    FOREIGN KEY (registry, repository, digest) REFERENCES pull_records(registry, repository, digest) ON DELETE CASCADE) STRICT, WITHOUT ROWID;
+  CREATE TABLE preloaded (digest TEXT NOT NULL REFERENCES blobs(digest) ON DELETE CASCADE, image TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL, imported_at INTEGER NOT NULL, PRIMARY KEY (digest, image)) STRICT, WITHOUT ROWID;`;
 
-/** The same rows keyed by integer ids, written to a new file. */
-function integerCopy(from: string, to: string): void {
+/** The same rows keyed by digests, written to a new file. */
+function digestCopy(from: string, to: string): void {
   const db = new Database(to);
   db.pragma('journal_mode = WAL');
   db.exec(`ATTACH '${from}' AS s`);
-  db.transaction(() => db.exec(INTEGER_SCHEMA))();
+  db.transaction(() => db.exec(DIGEST_SCHEMA))();
   db.exec('DETACH s');
   db.exec('VACUUM');
   db.close();
@@ -114,14 +114,15 @@ function evict(file: string, integer: boolean): { statements: number; commit: nu
     : db.prepare('SELECT c.digest, c.rowid AS id FROM manifest_refs r JOIN blobs c ON c.digest = r.child WHERE r.manifest = ?');
   const doomed = roots.flatMap((r) => [r, ...(children.all(integer ? r.id : r.digest) as { digest: string; id: number }[])]);
   const tags = db.prepare('DELETE FROM tags WHERE digest = ?');
-  const links = integer ? db.prepare('DELETE FROM repository_digests WHERE blob = ?') : db.prepare('DELETE FROM repository_digests WHERE digest = ?');
-  const blob = integer ? db.prepare('DELETE FROM blobs WHERE id = ?') : db.prepare('DELETE FROM blobs WHERE digest = ?');
+  const links = db.prepare('DELETE FROM repository_digests WHERE digest = ?');
+  // By digest on both, as Metadata.deleteContent does.
+  const blob = db.prepare('DELETE FROM blobs WHERE digest = ?');
   const t0 = performance.now();
   db.exec('BEGIN');
   for (const d of doomed) {
     tags.run(d.digest);
-    links.run(integer ? d.id : d.digest);
-    blob.run(integer ? d.id : d.digest);
+    links.run(d.digest);
+    blob.run(d.digest);
   }
   const t1 = performance.now();
   db.exec('COMMIT');
@@ -137,17 +138,17 @@ async function main(images: number, runs: number): Promise<void> {
     console.log(`| ${images} images (${images * 11} blob rows), access order | schema | statements, s | commit, s | together, s | rows deleted | database pages |`);
     console.log('|---|---|---:|---:|---:|---:|---:|');
     for (const order of ['random', 'inserted'] as const) {
-      const digestKeyed = join(dir, `digest-${order}.db`);
-      build(mods, digestKeyed, images, order);
       const integerKeyed = join(dir, `integer-${order}.db`);
-      integerCopy(digestKeyed, integerKeyed);
-      for (const [schema, file] of [['digests (today)', digestKeyed], ['integer ids', integerKeyed]] as const) {
+      build(mods, integerKeyed, images, order);
+      const digestKeyed = join(dir, `digest-${order}.db`);
+      digestCopy(integerKeyed, digestKeyed);
+      for (const [schema, file] of [['digests (005)', digestKeyed], ['integer ids (006, today)', integerKeyed]] as const) {
         const results: ReturnType<typeof evict>[] = [];
         for (let run = 0; run < runs; run++) {
           const copy = join(dir, 'copy.db');
           for (const suffix of ['', '-wal', '-shm']) rmSync(copy + suffix, { force: true });
           copyFileSync(file, copy);
-          results.push(evict(copy, schema === 'integer ids'));
+          results.push(evict(copy, schema !== 'digests (005)'));
         }
         const pages = new Database(file, { readonly: true }).pragma('page_count', { simple: true }) as number;
         const med = (f: (r: (typeof results)[number]) => number): string => summarize(results.map(f)).median.toFixed(2);

@@ -172,7 +172,7 @@ function storeFacts(mods: StoreModules, storage: string): { rows: number; bytes:
   try {
     const { rows, bytes } = db.prepare('SELECT count(*) AS rows, COALESCE(SUM(size), 0) AS bytes FROM blobs').get() as { rows: number; bytes: number };
     const manifests = db
-      .prepare('SELECT d.repository AS repo, m.digest AS digest FROM manifests m JOIN repository_digests d ON d.digest = m.digest')
+      .prepare('SELECT d.repository AS repo, b.digest AS digest FROM manifests m JOIN blobs b ON b.id = m.blob JOIN repository_digests d ON d.digest = b.digest')
       .all() as Array<{ repo: string; digest: string }>;
     return { rows, bytes, manifests };
   } finally {

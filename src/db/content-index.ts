@@ -62,7 +62,7 @@ const TOUCH_FLUSH_ROWS = 250;
 const LINK_MEMO_ENTRIES = 65_536;
 
 /** A keyset page of blobs by rowid: pages follow the table's own order, not one index lookup per row. */
-const BLOB_PAGE = 'SELECT rowid, digest, last_access, size FROM blobs WHERE rowid > ? ORDER BY rowid LIMIT ?';
+const BLOB_PAGE = 'SELECT id AS rowid, digest, last_access, size FROM blobs WHERE id > ? ORDER BY id LIMIT ?';
 
 /** Typed, prepared queries over the metadata database. Short transactions only: better-sqlite3 blocks. */
 export class Metadata {
@@ -70,8 +70,9 @@ export class Metadata {
     getBlob: Statement<[string], { digest: string; size: number; media_type: string | null; node_open: number }>;
     insertBlob: Statement<[string, number, string | null, number, number, number]>;
     getManifest: Statement<[string], [size: number, mediaType: string]>;
-    insertManifest: Statement<[string, string]>;
-    insertRef: Statement<[string, string, string]>;
+    blobId: Statement<[string], number>;
+    insertManifest: Statement<[number, string]>;
+    insertRef: Statement<[number, string, string]>;
     getTag: Statement<[string, string, string], { digest: string; fetched_at: number }>;
     putTag: Statement<[string, string, string, string, number]>;
     link: Statement<[string, string, string]>;
@@ -82,8 +83,8 @@ export class Metadata {
     usage: Statement<[], number>;
     blobPage: Statement<[number, number], BlobPageRow>;
     blobTuples: Statement<[number, number], BlobTuple>;
-    refPage: Statement<[string, string, number], [manifest: string, child: string]>;
-    manifestPage: Statement<[string, number], string>;
+    refPage: Statement<[number, string, number], [manifest: number, child: string]>;
+    manifestPage: Statement<[number, number], number>;
     deleteBlob: Statement<[string]>;
     deleteLinks: Statement<[string]>;
     deleteTags: Statement<[string]>;
@@ -114,8 +115,9 @@ export class Metadata {
       ),
       // Raw (an array, not an object with named keys) and without the digest it is looked up by: this read runs on
       // every manifest hit.
-      getManifest: db.prepare<[string], [size: number, mediaType: string]>('SELECT b.size, m.media_type FROM manifests m JOIN blobs b USING (digest) WHERE m.digest = ?').raw(),
-      insertManifest: db.prepare('INSERT INTO manifests (digest, media_type) VALUES (?, ?) ON CONFLICT(digest) DO NOTHING'),
+      getManifest: db.prepare<[string], [size: number, mediaType: string]>('SELECT b.size, m.media_type FROM blobs b JOIN manifests m ON m.blob = b.id WHERE b.digest = ?').raw(),
+      blobId: db.prepare<[string], number>('SELECT id FROM blobs WHERE digest = ?').pluck(),
+      insertManifest: db.prepare('INSERT INTO manifests (blob, media_type) VALUES (?, ?) ON CONFLICT(blob) DO NOTHING'),
       insertRef: db.prepare('INSERT INTO manifest_refs (manifest, child, kind) VALUES (?, ?, ?) ON CONFLICT DO NOTHING'),
       getTag: db.prepare('SELECT digest, fetched_at FROM tags WHERE registry = ? AND repository = ? AND tag = ?'),
       putTag: db.prepare(
@@ -124,11 +126,12 @@ export class Metadata {
       ),
       link: db.prepare('INSERT INTO repository_digests (registry, repository, digest) VALUES (?, ?, ?) ON CONFLICT DO NOTHING'),
       touch: db.prepare('UPDATE blobs SET last_access = MAX(last_access, ?) WHERE digest = ?'),
-      refs: db.prepare('SELECT child, kind FROM manifest_refs WHERE manifest = ?'),
+      refs: db.prepare('SELECT child, kind FROM manifest_refs WHERE manifest = (SELECT id FROM blobs WHERE digest = ?)'),
       parents: db
         .prepare<[string, string, string], string>(
-          `SELECT r.manifest FROM manifest_refs r JOIN repository_digests d ON d.digest = r.manifest
-           WHERE r.child = ? AND d.registry = ? AND d.repository = ? ORDER BY r.manifest`,
+          // CROSS JOIN keeps the child's references the outer loop: a repository may link thousands of digests.
+          `SELECT b.digest FROM manifest_refs r CROSS JOIN blobs b ON b.id = r.manifest CROSS JOIN repository_digests d ON d.digest = b.digest
+           WHERE r.child = ? AND d.registry = ? AND d.repository = ? ORDER BY b.digest`,
         )
         .pluck(),
       isLinked: db
@@ -140,21 +143,22 @@ export class Metadata {
       // Arrays, not objects: better-sqlite3 builds an object per row several times slower (eviction reads them all).
       blobTuples: db.prepare<[number, number], BlobTuple>(BLOB_PAGE).raw(),
       refPage: db
-        .prepare<[string, string, number], [string, string]>('SELECT manifest, child FROM manifest_refs WHERE (manifest, child) > (?, ?) ORDER BY manifest, child LIMIT ?')
+        .prepare<[number, string, number], [number, string]>('SELECT manifest, child FROM manifest_refs WHERE (manifest, child) > (?, ?) ORDER BY manifest, child LIMIT ?')
         .raw(),
-      manifestPage: db.prepare<[string, number], string>('SELECT digest FROM manifests WHERE digest > ? ORDER BY digest LIMIT ?').pluck(),
+      manifestPage: db.prepare<[number, number], number>('SELECT blob FROM manifests WHERE blob > ? ORDER BY blob LIMIT ?').pluck(),
       deleteBlob: db.prepare('DELETE FROM blobs WHERE digest = ?'),
       deleteLinks: db.prepare('DELETE FROM repository_digests WHERE digest = ?'),
       deleteTags: db.prepare('DELETE FROM tags WHERE digest = ?'),
       // Walks blobs newest first by blobs_last_access (CROSS JOIN keeps blobs the outer table) and stops after
       // `limit` top-level manifests: the cost follows the limit, not the store.
       recentTops: db.prepare(
-        `SELECT b.digest AS digest, b.last_access AS last_access FROM blobs b CROSS JOIN manifests m ON m.digest = b.digest
+        `SELECT b.digest AS digest, b.last_access AS last_access FROM blobs b CROSS JOIN manifests m ON m.blob = b.id
          WHERE b.last_access >= ? AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = b.digest)
          ORDER BY b.last_access DESC LIMIT ?`,
       ),
       imageSize: db.prepare(
-        `WITH RECURSIVE members(digest) AS (SELECT ? UNION SELECT r.child FROM manifest_refs r JOIN members ON r.manifest = members.digest)
+        `WITH RECURSIVE members(digest) AS (
+           SELECT ? UNION SELECT r.child FROM members JOIN blobs p ON p.digest = members.digest JOIN manifest_refs r ON r.manifest = p.id)
          SELECT COALESCE(SUM(b.size), 0) AS size, COALESCE(MAX(b.last_access), 0) AS last_access, COUNT(b.digest) AS stored, COUNT(*) AS total
          FROM members LEFT JOIN blobs b ON b.digest = members.digest`,
       ),
@@ -188,8 +192,7 @@ export class Metadata {
     const now = Date.now();
     this.db.transaction(() => {
       this.stmt.insertBlob.run(manifest.digest, manifest.size, manifest.mediaType, now, now, 0);
-      this.stmt.insertManifest.run(manifest.digest, manifest.mediaType);
-      for (const ref of refs) this.stmt.insertRef.run(manifest.digest, ref.child, ref.kind);
+      this.addManifestRows(manifest.digest, manifest.mediaType, refs);
       this.stmt.link.run(via.registry, via.repository, manifest.digest);
     })();
   }
@@ -199,10 +202,15 @@ export class Metadata {
    * transaction.
    */
   registerManifest(digest: string, mediaType: string, refs: readonly ManifestRef[]): void {
-    this.db.transaction(() => {
-      this.stmt.insertManifest.run(digest, mediaType);
-      for (const ref of refs) this.stmt.insertRef.run(digest, ref.child, ref.kind);
-    })();
+    this.db.transaction(() => this.addManifestRows(digest, mediaType, refs))();
+  }
+
+  /** The manifest row and references of a stored blob (inside the caller's transaction). */
+  private addManifestRows(digest: string, mediaType: string, refs: readonly ManifestRef[]): void {
+    const id = this.stmt.blobId.get(digest);
+    if (id === undefined) throw new Error(`manifest ${digest} has no blob row`);
+    this.stmt.insertManifest.run(id, mediaType);
+    for (const ref of refs) this.stmt.insertRef.run(id, ref.child, ref.kind);
   }
 
   /** The children a manifest references. */
@@ -365,13 +373,13 @@ export class Metadata {
     return this.stmt.blobTuples.all(after, limit);
   }
 
-  /** Up to `limit` references [manifest, child] after `after`, in key order. */
-  refPage(after: readonly [manifest: string, child: string], limit: number): [manifest: string, child: string][] {
+  /** Up to `limit` references [manifest's blob rowid, child digest] after `after`, in key order. */
+  refPage(after: readonly [manifest: number, child: string], limit: number): [manifest: number, child: string][] {
     return this.stmt.refPage.all(after[0], after[1], limit);
   }
 
-  /** Up to `limit` manifest digests after `after`, in order. */
-  manifestPage(after: string, limit: number): string[] {
+  /** Up to `limit` manifests' blob rowids after `after`, in order. */
+  manifestPage(after: number, limit: number): number[] {
     return this.stmt.manifestPage.all(after, limit);
   }
 

@@ -25,7 +25,8 @@ export class PullIntentLog {
       tagDigest: db.prepare<[string, string, string], string>('SELECT digest FROM tags WHERE registry = ? AND repository = ? AND tag = ?').pluck(),
       blobExists: db.prepare<[string], number>('SELECT 1 FROM blobs WHERE digest = ?').pluck(),
       ensureRecord: db.prepare(
-        'INSERT INTO pull_records (registry, repository, digest, node_pods_accessible, created_at) VALUES (?, ?, ?, 0, ?) ON CONFLICT DO NOTHING',
+        `INSERT INTO pull_records (registry, repository, blob, node_pods_accessible, created_at)
+         VALUES (?, ?, (SELECT id FROM blobs WHERE digest = ?), 0, ?) ON CONFLICT DO NOTHING`,
       ),
     };
   }

@@ -32,39 +32,39 @@ export class PullRecords {
   constructor(private readonly db: Db) {
     this.stmt = {
       get: db.prepare<[string, string, string], { node_pods_accessible: number; created_at: number; last_verified: number | null }>(
-        'SELECT node_pods_accessible, created_at, last_verified FROM pull_records WHERE registry = ? AND repository = ? AND digest = ?',
+        'SELECT node_pods_accessible, created_at, last_verified FROM pull_records WHERE registry = ? AND repository = ? AND blob = (SELECT id FROM blobs WHERE digest = ?)',
       ),
       hashes: db.prepare<[string, string, string], string>(
-        'SELECT credential_hash FROM pull_record_credentials WHERE registry = ? AND repository = ? AND digest = ?',
+        'SELECT credential_hash FROM pull_record_credentials WHERE registry = ? AND repository = ? AND blob = (SELECT id FROM blobs WHERE digest = ?)',
       ),
       hasHash: db.prepare<[string, string, string, string], number>(
-        'SELECT 1 FROM pull_record_credentials WHERE registry = ? AND repository = ? AND digest = ? AND credential_hash = ?',
+        'SELECT 1 FROM pull_record_credentials WHERE registry = ? AND repository = ? AND blob = (SELECT id FROM blobs WHERE digest = ?) AND credential_hash = ?',
       ),
       upsert: db.prepare<[string, string, string, number, number, number]>(
-        `INSERT INTO pull_records (registry, repository, digest, node_pods_accessible, created_at, last_verified)
-         VALUES (?, ?, ?, ?, ?, ?)
-         ON CONFLICT (registry, repository, digest) DO UPDATE SET
+        `INSERT INTO pull_records (registry, repository, blob, node_pods_accessible, created_at, last_verified)
+         VALUES (?, ?, (SELECT id FROM blobs WHERE digest = ?), ?, ?, ?)
+         ON CONFLICT (registry, repository, blob) DO UPDATE SET
            node_pods_accessible = max(node_pods_accessible, excluded.node_pods_accessible),
            last_verified = excluded.last_verified`,
       ),
       addHash: db.prepare<[string, string, string, string, number]>(
-        `INSERT INTO pull_record_credentials (registry, repository, digest, credential_hash, verified_at) VALUES (?, ?, ?, ?, ?)
+        `INSERT INTO pull_record_credentials (registry, repository, blob, credential_hash, verified_at) VALUES (?, ?, (SELECT id FROM blobs WHERE digest = ?), ?, ?)
          ON CONFLICT DO UPDATE SET verified_at = excluded.verified_at`,
       ),
       // Preloaded under this name (given at preload, or the name it was fetched through before verification was
       // first enabled), and no pull record for the digest anywhere: one real pull ends "preloaded" for every name.
       preloaded: db.prepare<[string, string, string, string, string], number>(
-        `SELECT 1 FROM preloaded p
-         WHERE p.digest = ?
+        `SELECT 1 FROM blobs b JOIN preloaded p ON p.blob = b.id
+         WHERE b.digest = ?
            AND (p.image = ? OR (p.image = '' AND EXISTS (
-                 SELECT 1 FROM repository_digests d WHERE d.registry = ? AND d.repository = ? AND d.digest = p.digest)))
-           AND NOT EXISTS (SELECT 1 FROM pull_records r WHERE r.digest = ?)
+                 SELECT 1 FROM repository_digests d WHERE d.registry = ? AND d.repository = ? AND d.digest = ?)))
+           AND NOT EXISTS (SELECT 1 FROM pull_records r WHERE r.blob = p.blob)
          LIMIT 1`,
       ),
-      anyPreloaded: db.prepare<[string], number>('SELECT 1 FROM preloaded WHERE digest = ? LIMIT 1'),
-      importedAs: db.prepare<[string, string], number>("SELECT 1 FROM preloaded WHERE digest = ? AND image = ? AND source = 'preload'"),
+      anyPreloaded: db.prepare<[string], number>('SELECT 1 FROM preloaded WHERE blob = (SELECT id FROM blobs WHERE digest = ?) LIMIT 1'),
+      importedAs: db.prepare<[string, string], number>("SELECT 1 FROM preloaded WHERE blob = (SELECT id FROM blobs WHERE digest = ?) AND image = ? AND source = 'preload'"),
       markPreloaded: db.prepare<[string, string, string, number]>(
-        'INSERT INTO preloaded (digest, source, image, imported_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING',
+        'INSERT INTO preloaded (blob, source, image, imported_at) VALUES ((SELECT id FROM blobs WHERE digest = ?), ?, ?, ?) ON CONFLICT DO NOTHING',
       ),
       blobExists: db.prepare<[string], number>('SELECT 1 FROM blobs WHERE digest = ?'),
       openRepository: db.prepare<[string, string], number>(
@@ -164,9 +164,9 @@ export class PullRecords {
     this.db.transaction(() => {
       marked = this.db
         .prepare(
-          `INSERT INTO preloaded (digest, source, image, imported_at)
-           SELECT b.digest, 'first-enable', '', ? FROM blobs b
-           WHERE NOT EXISTS (SELECT 1 FROM pull_records r WHERE r.digest = b.digest)
+          `INSERT INTO preloaded (blob, source, image, imported_at)
+           SELECT b.id, 'first-enable', '', ? FROM blobs b
+           WHERE NOT EXISTS (SELECT 1 FROM pull_records r WHERE r.blob = b.id)
            ON CONFLICT DO NOTHING`,
         )
         .run(Date.now()).changes;
@@ -181,12 +181,17 @@ export class PullRecords {
     // seconds). A record's digest has a pull record, so it is never preloaded (see isPreloaded).
     // Rows as arrays: better-sqlite3 builds an object per row ~4x slower (100k records: 0.36 against 0.09 CPU s).
     const records = this.db
-      .prepare('SELECT registry, repository, digest, node_pods_accessible, created_at, last_verified FROM pull_records ORDER BY registry, repository, digest')
+      .prepare(
+        `SELECT p.registry, p.repository, b.digest, p.node_pods_accessible, p.created_at, p.last_verified
+         FROM pull_records p JOIN blobs b ON b.id = p.blob ORDER BY p.registry, p.repository, b.digest`,
+      )
       .raw()
       .all() as [string, string, string, number, number, number | null][];
     const key = (r: { registry: string; repository: string; digest: string }): string => `${r.registry}\0${r.repository}\0${r.digest}`;
     const hashes = new Map<string, string[]>();
-    const hashRows = this.db.prepare('SELECT registry, repository, digest, credential_hash FROM pull_record_credentials').all() as {
+    const hashRows = this.db
+      .prepare('SELECT c.registry, c.repository, b.digest, c.credential_hash FROM pull_record_credentials c JOIN blobs b ON b.id = c.blob')
+      .all() as {
       registry: string;
       repository: string;
       digest: string;
@@ -209,10 +214,11 @@ export class PullRecords {
     }));
     const preloadedRows = this.db
       .prepare(
-        `SELECT substr(p.image, 1, instr(p.image, '/') - 1) AS registry, substr(p.image, instr(p.image, '/') + 1) AS repository, p.digest AS digest
-           FROM preloaded p JOIN manifests m USING (digest) WHERE p.image != ''
-         UNION SELECT d.registry, d.repository, p.digest
-           FROM preloaded p JOIN manifests m USING (digest) JOIN repository_digests d USING (digest) WHERE p.image = ''`,
+        `SELECT substr(p.image, 1, instr(p.image, '/') - 1) AS registry, substr(p.image, instr(p.image, '/') + 1) AS repository, b.digest AS digest
+           FROM preloaded p JOIN manifests m ON m.blob = p.blob JOIN blobs b ON b.id = p.blob WHERE p.image != ''
+         UNION SELECT d.registry, d.repository, b.digest
+           FROM preloaded p JOIN manifests m ON m.blob = p.blob JOIN blobs b ON b.id = p.blob JOIN repository_digests d ON d.digest = b.digest
+           WHERE p.image = ''`,
       )
       .all() as { registry: string; repository: string; digest: string }[];
     // The records come sorted by their key: only preloaded names without a record are merged in.

@@ -51,6 +51,20 @@ const REMOVE_BATCH_UNITS = 20;
 /** Files removed at once after their rows are gone. */
 const REMOVE_CONCURRENCY = 16;
 
+/** The index of `rowid` in `rowids` (ascending), or undefined when it is not there (a row written after the read). */
+function indexOfRowid(rowids: readonly number[], rowid: number): number | undefined {
+  let lo = 0;
+  let hi = rowids.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const at = rowids[mid] as number;
+    if (at === rowid) return mid;
+    if (at < rowid) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return undefined;
+}
+
 function ignoreMissing(err: unknown): void {
   if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
 }
@@ -173,10 +187,14 @@ export class Evictor {
     const lastAccess: number[] = [];
     const sizes: number[] = [];
     const idOf = new Map<string, number>();
+    // Manifests and references name a blob by its rowid; rows come in rowid order, so a rowid's id is found by
+    // binary search over this list (no second Map).
+    const rowids: number[] = [];
     for (let after = 0; ; ) {
       const rows = this.deps.metadata.blobTuples(after, PAGE_ROWS);
-      for (const [, digest, at, size] of rows) {
+      for (const [rowid, digest, at, size] of rows) {
         idOf.set(digest, digests.length);
+        rowids.push(rowid);
         digests.push(digest);
         lastAccess.push(at);
         sizes.push(size);
@@ -189,14 +207,14 @@ export class Evictor {
     const graph: StoreGraph = { digests, lastAccess, sizes, firstRef: new Int32Array(n), refCount: new Int32Array(n), refChild: [], isChild: new Uint8Array(n), manifests: [] };
     // References come in manifest order, so each manifest's stored children are one run of refChild, and its id is
     // looked up once per run (a lookup of a digest string costs ~0.8 µs at 126k).
-    let lastManifest = '';
+    let lastManifest = -1;
     let m: number | undefined;
-    for (let after: readonly [string, string] = ['', '']; ; ) {
+    for (let after: readonly [number, string] = [0, '']; ; ) {
       const rows = this.deps.metadata.refPage(after, PAGE_ROWS);
       for (const [manifest, child] of rows) {
         if (manifest !== lastManifest) {
           lastManifest = manifest;
-          m = idOf.get(manifest);
+          m = indexOfRowid(rowids, manifest);
         }
         const c = idOf.get(child);
         if (m === undefined || c === undefined) continue;
@@ -209,10 +227,10 @@ export class Evictor {
       after = rows[rows.length - 1] ?? after;
       await nextTurn();
     }
-    for (let after = ''; ; ) {
+    for (let after = 0; ; ) {
       const rows = this.deps.metadata.manifestPage(after, PAGE_ROWS);
-      for (const digest of rows) {
-        const id = idOf.get(digest);
+      for (const rowid of rows) {
+        const id = indexOfRowid(rowids, rowid);
         if (id !== undefined) graph.manifests.push(id);
       }
       if (rows.length < PAGE_ROWS) break;

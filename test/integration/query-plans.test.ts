@@ -25,12 +25,12 @@ const WHOLE_STORE_PASSES: Record<string, string> = {
 };
 /** The `records` listing (all of it, by definition): records, their credential hashes, preloaded manifests. */
 const RECORDS_LISTING = [
-  'SELECT registry, repository, digest, node_pods_accessible, created_at, last_verified FROM pull_records ORDER BY',
-  'SELECT registry, repository, digest, credential_hash FROM pull_record_credentials',
+  'SELECT p.registry, p.repository, b.digest, p.node_pods_accessible, p.created_at, p.last_verified',
+  'SELECT c.registry, c.repository, b.digest, c.credential_hash FROM pull_record_credentials c',
   "SELECT substr(p.image, 1, instr(p.image, '/') - 1)",
 ];
 /** Marking everything stored as preloaded, once per store when verification is first enabled. */
-const FIRST_ENABLE = "SELECT b.digest, 'first-enable', '', ? FROM blobs b";
+const FIRST_ENABLE = "SELECT b.id, 'first-enable', '', ? FROM blobs b";
 
 describe('query plans', () => {
   const cleanup: (() => Promise<void>)[] = [];

@@ -140,14 +140,14 @@ providers:
     for (let i = 0; i < 5; i++) expect((await call(url, { headers: basic({ username: `made-up-${i}`, password: 'x' }) })).status).toBe(200);
     const db = new Database(join(cache.storage, 'registry-cache.db'));
     cleanup.push(async () => void db.close());
-    const hashes = db.prepare('SELECT count(*) FROM pull_record_credentials WHERE digest = ?').pluck();
+    const hashes = db.prepare('SELECT count(*) FROM pull_record_credentials WHERE blob = (SELECT id FROM blobs WHERE digest = ?)').pluck();
     expect(hashes.get(image.manifestDigest)).toBe(5);
     // What a longer run of the same leaves (~200,000 upstream GETs of a few hundred bytes), written directly.
     db
       .prepare(
         `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000)
-         INSERT INTO pull_record_credentials (registry, repository, digest, credential_hash, verified_at)
-         SELECT ?, 'app', ?, lower(hex(randomblob(32))), 0 FROM n`,
+         INSERT INTO pull_record_credentials (registry, repository, blob, credential_hash, verified_at)
+         SELECT ?, 'app', (SELECT id FROM blobs WHERE digest = ?), lower(hex(randomblob(32))), 0 FROM n`,
       )
       .run(u.host, image.manifestDigest);
     // A tenant whose record is there is served from the store, and its access check must not read the 200,000 hashes

@@ -271,8 +271,12 @@ describe('costs that stay flat as the store grows', () => {
     const { index } = openMetadata(join(storage, 'registry-cache.db'));
     const db = (index as unknown as { db: Database.Database }).db;
     for (const i of [1, 2, 3, 4]) index.insertBlob(digestOf(i), 10, null);
-    const record = db.prepare('INSERT INTO pull_records (registry, repository, digest, node_pods_accessible, created_at, last_verified) VALUES (?, ?, ?, ?, 0, ?)');
-    const credential = db.prepare("INSERT INTO pull_record_credentials (registry, repository, digest, credential_hash, verified_at) VALUES ('reg.test', ?, ?, ?, 0)");
+    const record = db.prepare(
+      'INSERT INTO pull_records (registry, repository, blob, node_pods_accessible, created_at, last_verified) VALUES (?, ?, (SELECT id FROM blobs WHERE digest = ?), ?, 0, ?)',
+    );
+    const credential = db.prepare(
+      "INSERT INTO pull_record_credentials (registry, repository, blob, credential_hash, verified_at) VALUES ('reg.test', ?, (SELECT id FROM blobs WHERE digest = ?), ?, 0)",
+    );
     record.run('reg.test', 'a', digestOf(1), 0, Date.UTC(2026, 0, 2, 3, 4, 5));
     credential.run('a', digestOf(1), 'a'.repeat(64));
     credential.run('a', digestOf(1), 'b'.repeat(64));

@@ -102,7 +102,7 @@ describe('content index (db/content-index.ts) against an in-memory database', ()
     }
   });
 
-  it('pages blobs by rowid, references by key and manifests by digest, each page after the last one read', () => {
+  it('pages blobs by rowid, references by (manifest rowid, child) and manifests by rowid, each page after the last one read', () => {
     const { index } = open();
     for (let i = 1; i <= 5; i++) index.insertBlob(digest(i), i, null);
     index.insertManifest({ digest: digest(10), size: 1, mediaType: OCI_MANIFEST }, [1, 2, 3].map((i) => ({ child: digest(i), kind: 'blob' as const })), { registry: 'r', repository: 'a' });
@@ -113,11 +113,14 @@ describe('content index (db/content-index.ts) against an in-memory database', ()
     const rest = index.blobPage(first[2]?.rowid ?? 0, 10);
     expect(rest.map((r) => r.digest)).toEqual([digest(4), digest(5), digest(10), digest(11)]);
     expect(index.blobTuples(first[2]?.rowid ?? 0, 10)).toEqual(rest.map((r) => [r.rowid, r.digest, r.last_access, r.size]));
-    const refs = index.refPage(['', ''], 2);
-    expect(refs).toEqual([[digest(10), digest(1)], [digest(10), digest(2)]]);
-    expect(index.refPage(refs[1] ?? ['', ''], 10)).toEqual([[digest(10), digest(3)], [digest(11), digest(4)]]);
-    expect(index.manifestPage('', 1)).toEqual([digest(10)]);
-    expect(index.manifestPage(digest(10), 5)).toEqual([digest(11)]);
+    const rowid = new Map(index.blobPage(0, 10).map((r) => [r.digest, r.rowid]));
+    const m10 = rowid.get(digest(10)) ?? -1;
+    const m11 = rowid.get(digest(11)) ?? -1;
+    const refs = index.refPage([0, ''], 2);
+    expect(refs).toEqual([[m10, digest(1)], [m10, digest(2)]]);
+    expect(index.refPage(refs[1] ?? [0, ''], 10)).toEqual([[m10, digest(3)], [m11, digest(4)]]);
+    expect(index.manifestPage(0, 1)).toEqual([m10]);
+    expect(index.manifestPage(m10, 5)).toEqual([m11]);
   });
 
   it('evicts content with its tags, repository links, manifest rows, references and pull records in one go', () => {
