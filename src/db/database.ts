@@ -57,13 +57,16 @@ function setPragmas(db: Db, options: DatabaseOptions): void {
 }
 
 function migrate(db: Db): void {
-  const current = db.pragma('user_version', { simple: true }) as number;
-  for (let i = current; i < MIGRATIONS.length; i++) {
-    const migration = MIGRATIONS[i];
-    if (!migration) break;
-    db.transaction(() => {
+  if ((db.pragma('user_version', { simple: true }) as number) >= MIGRATIONS.length) return;
+  // The version is read again under the write lock (IMMEDIATE): a command started beside a starting server must not
+  // run a migration the other process has just run.
+  db.transaction(() => {
+    const current = db.pragma('user_version', { simple: true }) as number;
+    for (let i = current; i < MIGRATIONS.length; i++) {
+      const migration = MIGRATIONS[i];
+      if (!migration) break;
       db.exec(migration.sql);
       db.pragma(`user_version = ${i + 1}`);
-    })();
-  }
+    }
+  }).immediate();
 }

@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { openDatabase } from '../../../src/db/database.js';
 import { openMetadata, type MetadataDatabase } from '../../../src/db/open.js';
 import { MIGRATIONS } from '../../../src/db/migrations.js';
 import { makeTempDir, removeTempDir } from '../../support/temp-dir.js';
@@ -117,5 +118,31 @@ describe('migration 006: rows keyed by blob id (db/migrations.ts)', () => {
     expect(index.storedBytes()).toBe(611);
     index.insertBlob(digest(5), 5, null);
     expect(index.storedBytes()).toBe(616);
+  });
+  it('runs no migration another process ran between its version check and its write lock', async () => {
+    const dir = await makeTempDir('rc-migrate-race-');
+    dirs.push(dir);
+    const file = join(dir, 'registry-cache.db');
+    version5Store(file);
+    openDatabase(file).close();
+    // This connection's first look at the version sees 005, as if the other process had not committed yet.
+    const pragma = Database.prototype.pragma;
+    let stale = true;
+    const spy = vi.spyOn(Database.prototype, 'pragma').mockImplementation(function (this: Database.Database, source: string, options?: Database.PragmaOptions) {
+      if (stale && source === 'user_version') {
+        stale = false;
+        return 5;
+      }
+      return pragma.call(this, source, options);
+    });
+    try {
+      const db = openDatabase(file);
+      expect(stale).toBe(false);
+      expect(db.pragma('user_version', { simple: true })).toBe(MIGRATIONS.length);
+      expect(db.prepare('SELECT count(*) FROM pull_record_credentials').pluck().get()).toBe(3);
+      db.close();
+    } finally {
+      spy.mockRestore();
+    }
   });
 });
