@@ -207,6 +207,8 @@ export class Metadata {
 
   /** The manifest row and references of a stored blob (inside the caller's transaction). */
   private addManifestRows(digest: string, mediaType: string, refs: readonly ManifestRef[]): void {
+    // Checked here, not left to a NOT NULL: manifests.blob is its table's rowid, and SQLite gives a NULL rowid the
+    // next free number, which would attach the row to some other blob.
     const id = this.stmt.blobId.get(digest);
     if (id === undefined) throw new Error(`manifest ${digest} has no blob row`);
     this.stmt.insertManifest.run(id, mediaType);

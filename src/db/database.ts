@@ -57,7 +57,12 @@ function setPragmas(db: Db, options: DatabaseOptions): void {
 }
 
 function migrate(db: Db): void {
-  if ((db.pragma('user_version', { simple: true }) as number) >= MIGRATIONS.length) return;
+  const version = db.pragma('user_version', { simple: true }) as number;
+  // A store written by a newer build: its queries would fail one by one, or worse, read columns that changed meaning.
+  if (version > MIGRATIONS.length) {
+    throw new Error(`the metadata database has schema version ${version}, newer than this build's ${MIGRATIONS.length}: run a registry-cache at least as new as the one that wrote it`);
+  }
+  if (version === MIGRATIONS.length) return;
   // The version is read again under the write lock (IMMEDIATE): a command started beside a starting server must not
   // run a migration the other process has just run.
   db.transaction(() => {

@@ -141,8 +141,10 @@ export const MIGRATIONS: readonly { name: string; sql: string }[] = [
       DROP TRIGGER blobs_usage_insert;
       DROP TRIGGER blobs_usage_delete;
       DROP TRIGGER blobs_usage_resize;
+      -- AUTOINCREMENT: an id is never given again after its row is deleted, so nothing read by id before (eviction's
+      -- list is read in pages, between requests) can be taken for content stored since.
       CREATE TABLE blobs_v6 (
-        id          INTEGER PRIMARY KEY,
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
         digest      TEXT NOT NULL UNIQUE,
         size        INTEGER NOT NULL,
         media_type  TEXT,

@@ -78,6 +78,8 @@ describe('migration 006: rows keyed by blob id (db/migrations.ts)', () => {
     expect(targets('pull_record_credentials')).toEqual(['pull_records']);
     expect(targets('preloaded')).toEqual(['blobs']);
     expect(db.prepare("SELECT name FROM sqlite_master WHERE name LIKE '%_v6'").all()).toEqual([]);
+    // The id sequence follows the rename and starts after the highest id carried over.
+    expect(db.prepare('SELECT name, seq FROM sqlite_sequence').all()).toEqual([{ name: 'blobs', seq: 6 }]);
     const triggers = db.prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY name").pluck().all();
     expect(triggers).toEqual(['blobs_usage_delete', 'blobs_usage_insert', 'blobs_usage_resize']);
 
@@ -144,5 +146,32 @@ describe('migration 006: rows keyed by blob id (db/migrations.ts)', () => {
     } finally {
       spy.mockRestore();
     }
+  });
+  it('never gives a deleted blob row id to new content, migrated or new store alike', async () => {
+    const dir = await makeTempDir('rc-migrate-ids-');
+    dirs.push(dir);
+    const migrated = join(dir, 'migrated.db');
+    version5Store(migrated);
+    for (const file of [migrated, join(dir, 'new.db')]) {
+      const { index } = openMetadata(file);
+      opened.push({ index } as MetadataDatabase);
+      index.insertBlob(digest(20), 1, null);
+      const idOf = (d: string): number | undefined => index.blobPage(0, 100).find((r) => r.digest === d)?.rowid;
+      const last = idOf(digest(20)) ?? -1;
+      index.deleteContent([digest(20)]);
+      index.insertBlob(digest(21), 1, null);
+      expect(idOf(digest(21)), file).toBeGreaterThan(last);
+    }
+  });
+
+  it('refuses a store written by a newer build, naming both schema versions', async () => {
+    const dir = await makeTempDir('rc-migrate-newer-');
+    dirs.push(dir);
+    const file = join(dir, 'registry-cache.db');
+    openDatabase(file).close();
+    const db = new Database(file);
+    db.pragma(`user_version = ${MIGRATIONS.length + 1}`);
+    db.close();
+    expect(() => openDatabase(file)).toThrow(`schema version ${MIGRATIONS.length + 1}, newer than this build's ${MIGRATIONS.length}`);
   });
 });
