@@ -26,6 +26,8 @@ const WRK = { connections: 64, threads: 1, durationSeconds: 5, headers: { accept
 
 /** Child mode: serve `body` with `headers` on an ephemeral port, the bare way or through fastify; print the port. */
 async function serve(kind: 'node:http' | 'fastify', body: Buffer, headers: OutgoingHttpHeaders): Promise<void> {
+  // A normal exit on SIGINT, so that `--cpu-prof` writes its profile.
+  process.on('SIGINT', () => process.exit(0));
   if (kind === 'node:http') {
     const server = createServer((_req, res) => {
       res.writeHead(200, headers);

@@ -60,6 +60,18 @@ const TOUCH_FLUSH_MS = 5_000;
 const TOUCH_FLUSH_ROWS = 250;
 /** Repository links remembered as written; one forgotten costs one INSERT that does nothing. */
 const LINK_MEMO_ENTRIES = 65_536;
+/** Stored manifests' rows remembered by the store's sole deleter; one forgotten costs one SELECT. */
+const MANIFEST_ROW_ENTRIES = 65_536;
+
+/** How a connection's queries may be answered. */
+export interface MetadataOptions {
+  /**
+   * This process holds the store's lock, so no other process deletes rows while it runs (`gc` and `verify --repair`
+   * refuse next to it; `preload` and the read-only commands only add or read): a stored manifest's row, once read,
+   * stays until this connection deletes it, and is answered from memory until then.
+   */
+  soleDeleter?: boolean;
+}
 
 /** A keyset page of blobs by rowid: pages follow the table's own order, not one index lookup per row. */
 const BLOB_PAGE = 'SELECT id AS rowid, digest, last_access, size FROM blobs WHERE id > ? ORDER BY id LIMIT ?';
@@ -104,8 +116,18 @@ export class Metadata {
    * stored row.
    */
   private readonly linked = new LRUCache<string, true>({ max: LINK_MEMO_ENTRIES });
+  /**
+   * Stored manifests' rows this connection read, when it is the store's sole deleter: every delete below forgets the
+   * digests it deleted, so a remembered row is a stored row (a warm hit by digest then makes no SQLite call, and its
+   * read transaction's file locks were a third of the SELECT's cost).
+   */
+  private readonly manifestRows: LRUCache<string, ManifestRow> | undefined;
 
-  constructor(private readonly db: Db) {
+  constructor(
+    private readonly db: Db,
+    options: MetadataOptions = {},
+  ) {
+    this.manifestRows = options.soleDeleter ? new LRUCache<string, ManifestRow>({ max: MANIFEST_ROW_ENTRIES }) : undefined;
     this.stmt = {
       getBlob: db.prepare('SELECT digest, size, media_type, node_open FROM blobs WHERE digest = ?'),
       insertBlob: db.prepare(
@@ -183,8 +205,13 @@ export class Metadata {
 
   /** A stored manifest's row. */
   getManifest(digest: string): ManifestRow | undefined {
+    const remembered = this.manifestRows?.get(digest);
+    if (remembered) return remembered;
     const row = this.stmt.getManifest.get(digest);
-    return row && { digest, size: row[0], mediaType: row[1] };
+    if (!row) return undefined;
+    const found = { digest, size: row[0], mediaType: row[1] };
+    this.manifestRows?.set(digest, found);
+    return found;
   }
 
   /** Records a committed manifest, what it references, and the repository it came through, in one transaction. */
@@ -340,6 +367,7 @@ export class Metadata {
   /** Removes a blob row and, by cascade, its manifest row and references. */
   deleteBlob(digest: string): void {
     this.stmt.deleteBlob.run(digest);
+    this.manifestRows?.delete(digest);
   }
 
   /** Removes blob rows (as `deleteBlob`) in one transaction. */
@@ -347,6 +375,7 @@ export class Metadata {
     this.db.transaction(() => {
       for (const digest of digests) this.stmt.deleteBlob.run(digest);
     })();
+    for (const digest of digests) this.manifestRows?.delete(digest);
   }
 
   /**
@@ -363,6 +392,7 @@ export class Metadata {
     })();
     // Rare (eviction), so the whole memo goes rather than an index by digest being kept for it.
     this.linked.clear();
+    for (const d of digests) this.manifestRows?.delete(d);
   }
 
   /** Up to `limit` blobs after rowid `after`, in rowid order (a keyset page for eviction's list). */

@@ -1,4 +1,4 @@
-import { Metadata } from './content-index.js';
+import { Metadata, type MetadataOptions } from './content-index.js';
 import { openDatabase, type DatabaseOptions } from './database.js';
 import { PullIntentLog } from './intents.js';
 import { PullRecords } from './pull-records.js';
@@ -12,7 +12,7 @@ export interface MetadataDatabase {
 }
 
 /** Opens (and migrates) the metadata database at `file` (`:memory:` for a private in-memory one). */
-export function openMetadata(file: string, options: DatabaseOptions = {}): MetadataDatabase {
+export function openMetadata(file: string, options: DatabaseOptions & MetadataOptions = {}): MetadataDatabase {
   const db = openDatabase(file, options);
-  return { index: new Metadata(db), records: new PullRecords(db), intents: new PullIntentLog(db) };
+  return { index: new Metadata(db, options), records: new PullRecords(db), intents: new PullIntentLog(db) };
 }

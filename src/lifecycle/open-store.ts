@@ -42,7 +42,8 @@ export async function openStore(config: Config, log: Logger, options: { exclusiv
       if (options.exclusive) throw err;
     }
   }
-  const { index: metadata, records, intents } = openMetadata(store.layout.databaseFile, { cacheBytes: options.cacheBytes });
+  // The lock holder is the only process that deletes rows while it runs.
+  const { index: metadata, records, intents } = openMetadata(store.layout.databaseFile, { cacheBytes: options.cacheBytes, soleDeleter: lock !== undefined });
   // Set once disk and rows are known to agree; only then may a clean close say so for the next start.
   let consistent = false;
   const close = async (): Promise<void> => {

@@ -47,3 +47,56 @@ describe('metadata access times', () => {
     metadata.close();
   });
 });
+
+describe('stored manifest rows remembered by the store\'s sole deleter', () => {
+  const dirs: string[] = [];
+  afterEach(() => {
+    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  });
+  const manifest = (n: number): { digest: string; size: number; mediaType: string } => ({
+    digest: `sha256:${n.toString(16).padStart(64, '0')}`,
+    size: 10 + n,
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+  });
+
+  it('answers a row it read from memory until this connection deletes it, by any delete', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rc-rows-'));
+    dirs.push(dir);
+    const file = join(dir, 'db.sqlite');
+    const holder = new Metadata(openDatabase(file), { soleDeleter: true });
+    const other = new Metadata(openDatabase(file));
+    const via = { registry: 'r.io', repository: 'team/app' };
+    for (const n of [1, 2, 3]) holder.insertManifest(manifest(n), [], via);
+    for (const n of [1, 2, 3]) expect(holder.getManifest(manifest(n).digest)).toEqual(manifest(n));
+    // Answered from memory: a row another connection deleted behind the lock's back is still answered (the lock
+    // forbids that delete; it shows here that no SELECT was made).
+    const select = vi.spyOn((holder as unknown as { stmt: { getManifest: { get: () => unknown } } }).stmt.getManifest, 'get');
+    expect(holder.getManifest(manifest(1).digest)).toEqual(manifest(1));
+    expect(select).not.toHaveBeenCalled();
+    // Each delete of this connection forgets what it deleted: eviction, verify --repair's and healing's, recovery's.
+    holder.deleteContent([manifest(1).digest]);
+    holder.deleteBlob(manifest(2).digest);
+    holder.deleteBlobs([manifest(3).digest]);
+    for (const n of [1, 2, 3]) expect(holder.getManifest(manifest(n).digest)).toBeUndefined();
+    expect(select).toHaveBeenCalledTimes(3);
+    // Stored again: read again, and remembered again.
+    holder.insertManifest(manifest(1), [], via);
+    expect(holder.getManifest(manifest(1).digest)).toEqual(manifest(1));
+    other.close();
+    holder.close();
+  });
+
+  it('remembers nothing for a connection that is not the sole deleter: a row another process deletes is gone', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rc-rows-'));
+    dirs.push(dir);
+    const file = join(dir, 'db.sqlite');
+    const reader = new Metadata(openDatabase(file));
+    const holder = new Metadata(openDatabase(file), { soleDeleter: true });
+    holder.insertManifest(manifest(1), [], { registry: 'r.io', repository: 'team/app' });
+    expect(reader.getManifest(manifest(1).digest)).toEqual(manifest(1));
+    holder.deleteContent([manifest(1).digest]);
+    expect(reader.getManifest(manifest(1).digest)).toBeUndefined();
+    reader.close();
+    holder.close();
+  });
+});
