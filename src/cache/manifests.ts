@@ -87,7 +87,7 @@ export class ManifestCache {
 
   /** The row of the manifest stored under this digest, if it is stored. */
   storedRow(digest: string): ManifestRow | undefined {
-    return this.deps.metadata.getManifest(digest);
+    return this.deps.metadata.storedManifest(digest);
   }
 
   /**

@@ -60,8 +60,8 @@ const TOUCH_FLUSH_MS = 5_000;
 const TOUCH_FLUSH_ROWS = 250;
 /** Repository links remembered as written; one forgotten costs one INSERT that does nothing. */
 const LINK_MEMO_ENTRIES = 65_536;
-/** Stored manifests' rows remembered by the store's sole deleter; one forgotten costs one SELECT. */
-const MANIFEST_ROW_ENTRIES = 65_536;
+/** Stored manifests' rows remembered by the store's sole deleter (~200 bytes each); one forgotten costs one SELECT. */
+const MANIFEST_ROW_ENTRIES = 16_384;
 
 /** How a connection's queries may be answered. */
 export interface MetadataOptions {
@@ -203,15 +203,24 @@ export class Metadata {
     this.stmt.insertBlob.run(digest, size, mediaType, now, now, nodeOpen ? 1 : 0);
   }
 
-  /** A stored manifest's row. */
+  /** A stored manifest's row, as the database says now (and remembered, or forgotten, accordingly). */
   getManifest(digest: string): ManifestRow | undefined {
-    const remembered = this.manifestRows?.get(digest);
-    if (remembered) return remembered;
     const row = this.stmt.getManifest.get(digest);
-    if (!row) return undefined;
+    if (!row) {
+      this.manifestRows?.delete(digest);
+      return undefined;
+    }
     const found = { digest, size: row[0], mediaType: row[1] };
     this.manifestRows?.set(digest, found);
     return found;
+  }
+
+  /**
+   * A stored manifest's row for serving it: remembered when this connection is the sole deleter, else `getManifest`.
+   * Only the hit path asks this; whatever decides to store or skip a manifest asks the database.
+   */
+  storedManifest(digest: string): ManifestRow | undefined {
+    return this.manifestRows?.get(digest) ?? this.getManifest(digest);
   }
 
   /** Records a committed manifest, what it references, and the repository it came through, in one transaction. */
@@ -423,6 +432,8 @@ export class Metadata {
   /** Flushes and closes the database. */
   close(): void {
     this.flushTouches();
+    // Nothing is answered from memory once the database that said so is closed.
+    this.manifestRows?.clear();
     this.db.close();
   }
 }

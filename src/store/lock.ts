@@ -1,4 +1,4 @@
-import { open, readFile, rm } from 'node:fs/promises';
+import { link, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { syncDirectory } from './blob-store.js';
 
@@ -40,7 +40,17 @@ export interface StoreLock {
   release(): Promise<void>;
 }
 
-function alive(pid: number): boolean {
+/** Roots this process holds the lock of. */
+const held = new Set<string>();
+
+/**
+ * Whether `pid` is a live process other than this one's earlier life. A lock naming this process's own pid that this
+ * process does not hold was left by an earlier process with the same pid: in a container the server is pid 1 after
+ * every restart, and its lock from before a kill -9 must not refuse it forever.
+ */
+function aliveHolder(root: string, pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  if (pid === process.pid) return held.has(root);
   try {
     process.kill(pid, 0);
     return true;
@@ -49,11 +59,15 @@ function alive(pid: number): boolean {
   }
 }
 
+async function readPid(path: string): Promise<number> {
+  return Number((await readFile(path, 'utf8')).trim());
+}
+
 /** The pid holding the store, when a live process does. */
 export async function storeHolder(root: string): Promise<number | undefined> {
   try {
-    const pid = Number((await readFile(join(root, LOCK_FILE), 'utf8')).trim());
-    return Number.isInteger(pid) && pid > 0 && alive(pid) ? pid : undefined;
+    const pid = await readPid(join(root, LOCK_FILE));
+    return aliveHolder(root, pid) ? pid : undefined;
   } catch {
     return undefined;
   }
@@ -61,29 +75,51 @@ export async function storeHolder(root: string): Promise<number | undefined> {
 
 /**
  * Takes the store's lock, or throws naming the live holder. A lock left by a process that died (kill -9, power cut)
- * is taken over: recovery is exactly what that store needs.
+ * is taken over: recovery is exactly what that store needs. The lock file appears with its pid already in it (a
+ * hard link to a file written first), so nobody ever reads an empty one as abandoned; a stale one is moved aside
+ * under this process's own name and discarded only if what was moved still names no live process (another process
+ * may have taken it over meanwhile: then it is put back).
  */
 export async function lockStore(root: string): Promise<StoreLock> {
   const path = join(root, LOCK_FILE);
-  for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      const handle = await open(path, 'wx', 0o600);
-      await handle.write(`${process.pid}\n`);
-      await handle.close();
-      let released = false;
-      return {
-        release: async () => {
-          if (released) return;
-          released = true;
-          await rm(path, { force: true });
-        },
-      };
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  const mine = `${path}.${process.pid}.new`;
+  const aside = `${path}.${process.pid}.stale`;
+  await writeFile(mine, `${process.pid}\n`, { mode: 0o600 });
+  try {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      try {
+        await link(mine, path);
+        held.add(root);
+        let released = false;
+        return {
+          release: async () => {
+            if (released) return;
+            released = true;
+            held.delete(root);
+            await rm(path, { force: true });
+          },
+        };
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      }
       const holder = await storeHolder(root);
       if (holder !== undefined) throw new Error(`the store ${root} is in use by registry-cache (pid ${holder})`);
-      await rm(path, { force: true });
+      try {
+        await rename(path, aside);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw err;
+      }
+      const moved = await readPid(aside).catch(() => Number.NaN);
+      if (aliveHolder(root, moved)) {
+        await link(aside, path).catch(() => undefined);
+        await rm(aside, { force: true });
+        throw new Error(`the store ${root} is in use by registry-cache (pid ${moved})`);
+      }
+      await rm(aside, { force: true });
     }
+    throw new Error(`cannot lock the store ${root}`);
+  } finally {
+    await rm(mine, { force: true });
   }
-  throw new Error(`cannot lock the store ${root}`);
 }

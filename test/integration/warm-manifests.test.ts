@@ -42,16 +42,21 @@ describe('warm manifests: bytes and repository links remembered in memory', () =
     expect(upstream.count('GET', /\/manifests\//)).toBe(1);
   });
 
-  it('reads the manifest row once per hit by digest: the row that says it is stored is the one served', async () => {
+  it('asks for the manifest row once per hit by digest, and the server (the lock holder) answers it without a SELECT', async () => {
     cache = await startCache({ [upstream.host]: upstream.url }, { imagePullCredentialsVerificationPolicy: 'NeverVerify' });
-    expect((await call(byDigest('team/app'))).status).toBe(200);
-    const reads = vi.spyOn(cache.services.metadata, 'getManifest');
+    // The miss asks the database twice (is it stored; again before storing it), the first hit once.
+    const selects = vi.spyOn(cache.services.metadata, 'getManifest');
+    for (let i = 0; i < 2; i++) expect((await call(byDigest('team/app'))).status).toBe(200);
+    expect(selects).toHaveBeenCalledTimes(3);
+    selects.mockClear();
+    const rows = vi.spyOn(cache.services.metadata, 'storedManifest');
     for (let i = 0; i < 3; i++) {
       const res = await call(byDigest('team/app'));
       expect(res.status).toBe(200);
       expect(res.body.equals(image.manifest)).toBe(true);
     }
-    expect(reads.mock.calls.map(([digest]) => digest)).toEqual([image.manifestDigest, image.manifestDigest, image.manifestDigest]);
+    expect(rows.mock.calls.map(([digest]) => digest)).toEqual([image.manifestDigest, image.manifestDigest, image.manifestDigest]);
+    expect(selects).not.toHaveBeenCalled();
   });
 
   it('asks the database first: an evicted manifest is not served from memory', async () => {

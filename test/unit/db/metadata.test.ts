@@ -59,7 +59,7 @@ describe('stored manifest rows remembered by the store\'s sole deleter', () => {
     mediaType: 'application/vnd.oci.image.manifest.v1+json',
   });
 
-  it('answers a row it read from memory until this connection deletes it, by any delete', () => {
+  it('serves a row it read from memory until this connection deletes it, by any delete; storing asks the database', () => {
     const dir = mkdtempSync(join(tmpdir(), 'rc-rows-'));
     dirs.push(dir);
     const file = join(dir, 'db.sqlite');
@@ -67,23 +67,32 @@ describe('stored manifest rows remembered by the store\'s sole deleter', () => {
     const other = new Metadata(openDatabase(file));
     const via = { registry: 'r.io', repository: 'team/app' };
     for (const n of [1, 2, 3]) holder.insertManifest(manifest(n), [], via);
-    for (const n of [1, 2, 3]) expect(holder.getManifest(manifest(n).digest)).toEqual(manifest(n));
-    // Answered from memory: a row another connection deleted behind the lock's back is still answered (the lock
+    for (const n of [1, 2, 3]) expect(holder.storedManifest(manifest(n).digest)).toEqual(manifest(n));
+    // Served from memory: a row another connection deleted behind the lock's back is still answered (the lock
     // forbids that delete; it shows here that no SELECT was made).
     const select = vi.spyOn((holder as unknown as { stmt: { getManifest: { get: () => unknown } } }).stmt.getManifest, 'get');
-    expect(holder.getManifest(manifest(1).digest)).toEqual(manifest(1));
+    other.deleteBlob(manifest(1).digest);
+    expect(holder.storedManifest(manifest(1).digest)).toEqual(manifest(1));
     expect(select).not.toHaveBeenCalled();
+    // What decides whether to store a manifest asks the database, and the memory follows its answer.
+    expect(holder.getManifest(manifest(1).digest)).toBeUndefined();
+    expect(holder.storedManifest(manifest(1).digest)).toBeUndefined();
+    expect(select).toHaveBeenCalledTimes(2);
     // Each delete of this connection forgets what it deleted: eviction, verify --repair's and healing's, recovery's.
+    holder.insertManifest(manifest(1), [], via);
+    expect(holder.storedManifest(manifest(1).digest)).toEqual(manifest(1));
     holder.deleteContent([manifest(1).digest]);
     holder.deleteBlob(manifest(2).digest);
     holder.deleteBlobs([manifest(3).digest]);
-    for (const n of [1, 2, 3]) expect(holder.getManifest(manifest(n).digest)).toBeUndefined();
+    select.mockClear();
+    for (const n of [1, 2, 3]) expect(holder.storedManifest(manifest(n).digest)).toBeUndefined();
     expect(select).toHaveBeenCalledTimes(3);
-    // Stored again: read again, and remembered again.
-    holder.insertManifest(manifest(1), [], via);
-    expect(holder.getManifest(manifest(1).digest)).toEqual(manifest(1));
-    other.close();
+    holder.insertManifest(manifest(2), [], via);
+    expect(holder.storedManifest(manifest(2).digest)).toEqual(manifest(2));
+    // Closed: nothing from memory (the database's own error).
     holder.close();
+    expect(() => holder.storedManifest(manifest(2).digest)).toThrow();
+    other.close();
   });
 
   it('remembers nothing for a connection that is not the sole deleter: a row another process deletes is gone', () => {
