@@ -65,7 +65,8 @@ export class ManifestService {
    */
   private async byDigest(access: Access, req: Omit<ManifestRequest, 'credential'>): Promise<ManifestAnswer> {
     const { manifests, verifier } = this.deps;
-    // One SELECT per hit: the row that says the manifest is stored is the row that is served.
+    // One row lookup per hit (a SELECT, or the lock holder's memory of the rows its deletes keep current): the row that
+    // says the manifest is stored is the row that is served.
     const row = manifests.storedRow(req.reference);
     if (row && verifier.allowedLocally(access, req.reference)) {
       try {

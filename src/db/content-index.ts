@@ -1,7 +1,7 @@
 import type { Statement } from 'better-sqlite3';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { LRUCache } from 'lru-cache';
-import type { Db } from './database.js';
+import { BLOB_ID, type Db } from './database.js';
 
 /** A stored blob's metadata. */
 export interface BlobRow {
@@ -135,8 +135,8 @@ export class Metadata {
         'INSERT INTO blobs (digest, size, media_type, created_at, last_access, node_open) VALUES (?, ?, ?, ?, ?, ?) ' +
           'ON CONFLICT(digest) DO UPDATE SET node_open = 1 WHERE excluded.node_open = 1 AND blobs.node_open = 0',
       ),
-      // Raw (an array, not an object with named keys) and without the digest it is looked up by: this read runs on
-      // every manifest hit.
+      // Raw (an array, not an object with named keys) and without the digest it is looked up by: every manifest hit
+      // asks for this row (answered from memory by the store's sole deleter once read).
       getManifest: db.prepare<[string], [size: number, mediaType: string]>('SELECT b.size, m.media_type FROM blobs b JOIN manifests m ON m.blob = b.id WHERE b.digest = ?').raw(),
       blobId: db.prepare<[string], number>('SELECT id FROM blobs WHERE digest = ?').pluck(),
       insertManifest: db.prepare('INSERT INTO manifests (blob, media_type) VALUES (?, ?) ON CONFLICT(blob) DO NOTHING'),
@@ -148,7 +148,7 @@ export class Metadata {
       ),
       link: db.prepare('INSERT INTO repository_digests (registry, repository, digest) VALUES (?, ?, ?) ON CONFLICT DO NOTHING'),
       touch: db.prepare('UPDATE blobs SET last_access = MAX(last_access, ?) WHERE digest = ?'),
-      refs: db.prepare('SELECT child, kind FROM manifest_refs WHERE manifest = (SELECT id FROM blobs WHERE digest = ?)'),
+      refs: db.prepare(`SELECT child, kind FROM manifest_refs WHERE manifest = ${BLOB_ID}`),
       parents: db
         .prepare<[string, string, string], string>(
           // CROSS JOIN keeps the child's references the outer loop: a repository may link thousands of digests.

@@ -5,6 +5,12 @@ import { MIGRATIONS } from './migrations.js';
 /** A better-sqlite3 connection. */
 export type Db = Database.Database;
 
+/**
+ * A stored blob's id by its digest, as a scalar subquery taking the digest parameter (NULL when it is not stored):
+ * the rows that hang off a blob name it by this id (migration 006), while callers name content by digest.
+ */
+export const BLOB_ID = '(SELECT id FROM blobs WHERE digest = ?)';
+
 /** SQLite's name for a private in-memory database (contract tests). */
 const IN_MEMORY = ':memory:';
 

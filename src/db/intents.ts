@@ -1,5 +1,5 @@
 import type { Statement } from 'better-sqlite3';
-import type { Db } from './database.js';
+import { BLOB_ID, type Db } from './database.js';
 
 /**
  * Pull intents, the kubelet's crash guard: one is written before an upstream pull and removed when it ends, so a
@@ -26,7 +26,7 @@ export class PullIntentLog {
       blobExists: db.prepare<[string], number>('SELECT 1 FROM blobs WHERE digest = ?').pluck(),
       ensureRecord: db.prepare(
         `INSERT INTO pull_records (registry, repository, blob, node_pods_accessible, created_at)
-         VALUES (?, ?, (SELECT id FROM blobs WHERE digest = ?), 0, ?) ON CONFLICT DO NOTHING`,
+         VALUES (?, ?, ${BLOB_ID}, 0, ?) ON CONFLICT DO NOTHING`,
       ),
     };
   }

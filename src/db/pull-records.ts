@@ -1,4 +1,4 @@
-import type { Db } from './database.js';
+import { BLOB_ID, type Db } from './database.js';
 
 /** Who a successful upstream pull or verification is recorded for. */
 export type Puller = { kind: 'nodePodsAccessible' } | { kind: 'credential'; hash: string };
@@ -32,23 +32,23 @@ export class PullRecords {
   constructor(private readonly db: Db) {
     this.stmt = {
       get: db.prepare<[string, string, string], { node_pods_accessible: number; created_at: number; last_verified: number | null }>(
-        'SELECT node_pods_accessible, created_at, last_verified FROM pull_records WHERE registry = ? AND repository = ? AND blob = (SELECT id FROM blobs WHERE digest = ?)',
+        `SELECT node_pods_accessible, created_at, last_verified FROM pull_records WHERE registry = ? AND repository = ? AND blob = ${BLOB_ID}`,
       ),
       hashes: db.prepare<[string, string, string], string>(
-        'SELECT credential_hash FROM pull_record_credentials WHERE registry = ? AND repository = ? AND blob = (SELECT id FROM blobs WHERE digest = ?)',
+        `SELECT credential_hash FROM pull_record_credentials WHERE registry = ? AND repository = ? AND blob = ${BLOB_ID}`,
       ),
       hasHash: db.prepare<[string, string, string, string], number>(
-        'SELECT 1 FROM pull_record_credentials WHERE registry = ? AND repository = ? AND blob = (SELECT id FROM blobs WHERE digest = ?) AND credential_hash = ?',
+        `SELECT 1 FROM pull_record_credentials WHERE registry = ? AND repository = ? AND blob = ${BLOB_ID} AND credential_hash = ?`,
       ),
       upsert: db.prepare<[string, string, string, number, number, number]>(
         `INSERT INTO pull_records (registry, repository, blob, node_pods_accessible, created_at, last_verified)
-         VALUES (?, ?, (SELECT id FROM blobs WHERE digest = ?), ?, ?, ?)
+         VALUES (?, ?, ${BLOB_ID}, ?, ?, ?)
          ON CONFLICT (registry, repository, blob) DO UPDATE SET
            node_pods_accessible = max(node_pods_accessible, excluded.node_pods_accessible),
            last_verified = excluded.last_verified`,
       ),
       addHash: db.prepare<[string, string, string, string, number]>(
-        `INSERT INTO pull_record_credentials (registry, repository, blob, credential_hash, verified_at) VALUES (?, ?, (SELECT id FROM blobs WHERE digest = ?), ?, ?)
+        `INSERT INTO pull_record_credentials (registry, repository, blob, credential_hash, verified_at) VALUES (?, ?, ${BLOB_ID}, ?, ?)
          ON CONFLICT DO UPDATE SET verified_at = excluded.verified_at`,
       ),
       // Preloaded under this name (given at preload, or the name it was fetched through before verification was
@@ -61,10 +61,10 @@ export class PullRecords {
            AND NOT EXISTS (SELECT 1 FROM pull_records r WHERE r.blob = p.blob)
          LIMIT 1`,
       ),
-      anyPreloaded: db.prepare<[string], number>('SELECT 1 FROM preloaded WHERE blob = (SELECT id FROM blobs WHERE digest = ?) LIMIT 1'),
-      importedAs: db.prepare<[string, string], number>("SELECT 1 FROM preloaded WHERE blob = (SELECT id FROM blobs WHERE digest = ?) AND image = ? AND source = 'preload'"),
+      anyPreloaded: db.prepare<[string], number>(`SELECT 1 FROM preloaded WHERE blob = ${BLOB_ID} LIMIT 1`),
+      importedAs: db.prepare<[string, string], number>(`SELECT 1 FROM preloaded WHERE blob = ${BLOB_ID} AND image = ? AND source = 'preload'`),
       markPreloaded: db.prepare<[string, string, string, number]>(
-        'INSERT INTO preloaded (blob, source, image, imported_at) VALUES ((SELECT id FROM blobs WHERE digest = ?), ?, ?, ?) ON CONFLICT DO NOTHING',
+        `INSERT INTO preloaded (blob, source, image, imported_at) VALUES (${BLOB_ID}, ?, ?, ?) ON CONFLICT DO NOTHING`,
       ),
       blobExists: db.prepare<[string], number>('SELECT 1 FROM blobs WHERE digest = ?'),
       openRepository: db.prepare<[string, string], number>(

@@ -59,6 +59,10 @@ function aliveHolder(root: string, pid: number): boolean {
   }
 }
 
+function inUse(root: string, pid: number): Error {
+  return new Error(`the store ${root} is in use by registry-cache (pid ${pid})`);
+}
+
 async function readPid(path: string): Promise<number> {
   return Number((await readFile(path, 'utf8')).trim());
 }
@@ -103,7 +107,7 @@ export async function lockStore(root: string): Promise<StoreLock> {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       }
       const holder = await storeHolder(root);
-      if (holder !== undefined) throw new Error(`the store ${root} is in use by registry-cache (pid ${holder})`);
+      if (holder !== undefined) throw inUse(root, holder);
       try {
         await rename(path, aside);
       } catch (err) {
@@ -114,7 +118,7 @@ export async function lockStore(root: string): Promise<StoreLock> {
       if (aliveHolder(root, moved)) {
         await link(aside, path).catch(() => undefined);
         await rm(aside, { force: true });
-        throw new Error(`the store ${root} is in use by registry-cache (pid ${moved})`);
+        throw inUse(root, moved);
       }
       await rm(aside, { force: true });
     }
